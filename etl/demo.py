@@ -1,0 +1,280 @@
+"""``etl demo``: the main job on embedded defaults, start to drained, in one command.
+
+1. start the bundled broker on a free loopback port and create the topics;
+2. start the real workers (one process per role, exactly as ``etl worker``);
+3. produce a realistic synthetic stream (or the lines of ``--input``);
+4. wait until every consumer group has committed everything, showing progress;
+5. print a summary (and, with ``--json``, one JSON object as the last line).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from etl.broker import EmbeddedBroker
+from etl.config import Settings, load_settings
+from etl.pipeline import LocalPipeline
+from etl.synthetic import Generator
+from etl.workers import WorkerProcess
+
+
+@dataclass
+class DemoResult:
+    produced: int = 0
+    messages: int = 0
+    expected_valid: int | None = None
+    expected_rejected: int | None = None
+    normalized: int = 0
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    by_event: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    warehouse: dict[str, Any] = field(default_factory=dict)
+    sinks: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "produced": self.produced,
+            "messages": self.messages,
+            "normalized": self.normalized,
+            "rejected": self.rejected,
+            "reconciled": self.produced == self.normalized + self.rejected,
+            "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
+            "by_event": dict(sorted(self.by_event.items())),
+            "events_per_second": round(self.produced / self.seconds, 1) if self.seconds else None,
+            "seconds": round(self.seconds, 2),
+            "warehouse": self.warehouse,
+            "sinks": self.sinks,
+        }
+
+
+def count_events(value: bytes) -> int:
+    """How many events a raw message holds, counted the way the normalizer counts outcomes."""
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return 1
+    if isinstance(doc, dict) and "batch" in doc and "event" not in doc and "type" not in doc:
+        batch = doc["batch"]
+        return len(batch) if isinstance(batch, list) and batch else 1
+    return 1
+
+
+def input_lines(path: Path) -> Iterator[bytes]:
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for line in lines:
+        yield line[:-1] if line.endswith(b"\r") else line
+
+
+def scrape(url: str, timeout: float = 2.0) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Parse a Prometheus text page into {(name, labels): value}."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        text = resp.read().decode()
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, labels = head.partition("{")
+        pairs = []
+        for part in labels.rstrip("}").split('",'):
+            if "=" in part:
+                k, _, v = part.partition("=")
+                pairs.append((k.strip(), v.strip().strip('"')))
+        samples[(name, frozenset(pairs))] = float(value)
+    return samples
+
+
+def metric_sum(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+class Progress:
+    """A live view when attached to a terminal, plain lines otherwise (to stderr)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self._last = 0.0
+        self._live: Any = None
+        if self.tty and not quiet:
+            from rich.live import Live
+
+            self._live = Live(refresh_per_second=4, transient=True)
+            self._live.start()
+
+    def update(self, produced: int, total: int | None, groups: dict[str, tuple[int, int]], started: float) -> None:
+        if self.quiet:
+            return
+        elapsed = max(time.monotonic() - started, 1e-6)
+        if self._live is not None:
+            from rich.table import Table
+
+            table = Table(title=f"etl demo - {elapsed:5.1f}s", show_edge=False)
+            table.add_column("stage")
+            table.add_column("done", justify="right")
+            table.add_column("of", justify="right")
+            table.add_column("lag", justify="right")
+            table.add_row("produce raw", f"{produced:,}", f"{total:,}" if total else "?", "")
+            for group, (done, end) in groups.items():
+                table.add_row(group, f"{done:,}", f"{end:,}", f"{max(end - done, 0):,}")
+            self._live.update(table)
+        elif time.monotonic() - self._last > 2.0:
+            self._last = time.monotonic()
+            parts = ", ".join(f"{g} {d:,}/{e:,}" for g, (d, e) in groups.items())
+            print(f"[{elapsed:6.1f}s] produced {produced:,}; {parts}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+
+def run_demo(
+    events: int = 20_000,
+    input_path: Path | None = None,
+    warehouse: Path = Path("warehouse.duckdb"),
+    sinks: list[str] | None = None,
+    json_output: bool = False,
+    partitions: int = 4,
+    seed: int = 7,
+    timeout: float | None = None,
+    work_dir: Path | None = None,
+) -> DemoResult:
+    overrides: dict[str, Any] = {}
+    if sinks:
+        overrides["sinks"] = sinks
+    base = load_settings(**overrides)
+    work_dir = work_dir or Path(tempfile.mkdtemp(prefix="etl-demo-"))
+    warehouse = warehouse.resolve()
+    result = DemoResult()
+    broker = EmbeddedBroker(log_path=work_dir / "broker.log").start()
+    pipeline: LocalPipeline | None = None
+    progress = Progress(quiet=False)
+    try:
+        settings = base.model_copy(
+            update={
+                "kafka": base.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap, "partitions": partitions}),
+                "duckdb": base.duckdb.model_copy(update={"path": warehouse}),
+            }
+        )
+        pipeline = LocalPipeline.create(settings, work_dir)
+        pipeline.start()
+        started = time.monotonic()
+        pipeline.produce(_values(events, input_path, seed, result))
+        limit = timeout if timeout is not None else 300 + result.produced / 500
+        pipeline.wait_drained(limit, on_progress=lambda st: progress.update(result.produced, result.produced, st.groups, started))
+        result.seconds = time.monotonic() - started
+        _collect(settings, pipeline.workers, warehouse, result)
+    finally:
+        progress.close()
+        if pipeline is not None:
+            pipeline.stop()
+        broker.stop()
+    return result
+
+
+def _values(events: int, input_path: Path | None, seed: int, result: DemoResult) -> Iterator[bytes]:
+    """The raw messages to produce, counting messages and events as they go."""
+    if input_path is not None:
+        for line in input_lines(input_path):
+            result.messages += 1
+            result.produced += count_events(line)
+            yield line
+        return
+    result.expected_valid = result.expected_rejected = 0
+    for msg in Generator(seed=seed).messages(events):
+        result.messages += 1
+        result.produced += msg.valid + msg.rejected
+        result.expected_valid += msg.valid
+        result.expected_rejected += msg.rejected
+        yield msg.value
+
+
+def _collect(settings: Settings, workers: list[WorkerProcess], warehouse: Path, result: DemoResult) -> None:
+    normalize = next(w for w in workers if w.role == "normalize")
+    samples = scrape(normalize.metrics_url)
+    result.normalized = int(metric_sum(samples, "etl_events_out_total", stage="normalize", outcome="normalized"))
+    result.rejected = int(metric_sum(samples, "etl_events_out_total", stage="normalize", outcome="rejected"))
+    reasons: dict[str, int] = {}
+    for (name, labels), value in samples.items():
+        lab = dict(labels)
+        if name == "etl_dlq_total" and lab.get("stage") == "normalize" and value:
+            reasons[lab["reason"]] = reasons.get(lab["reason"], 0) + int(value)
+    result.rejected_by_reason = reasons
+    for w in workers:
+        if w.role.startswith("sink:"):
+            s = scrape(w.metrics_url)
+            stage = w.role
+            result.sinks[w.role.split(":", 1)[1]] = {
+                "delivered": int(metric_sum(s, "etl_events_out_total", stage=stage, outcome="delivered")),
+                "dead_lettered": int(metric_sum(s, "etl_events_out_total", stage=stage, outcome="dead_lettered")),
+                "retries": int(metric_sum(s, "etl_sink_retries_total")),
+            }
+    if "duckdb" in settings.sinks:
+        from sinks.duckdb import wait_for_lock
+
+        con = wait_for_lock(warehouse, timeout=60)
+        try:
+            result.by_event = dict(con.execute("SELECT event, count(*) FROM events GROUP BY 1 ORDER BY 1").fetchall())
+            tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' ORDER BY 1").fetchall()]
+            counts = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+        finally:
+            con.close()
+        result.warehouse = {
+            "path": str(warehouse),
+            "events": counts.get("events", 0),
+            "rejected_events": counts.get("rejected_events", 0),
+            "tables": counts,
+        }
+    else:
+        result.by_event = {
+            dict(labels)["event"]: int(v) for (name, labels), v in samples.items() if name == "etl_normalized_by_event_total" and v
+        }
+
+
+def print_summary(result: DemoResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=False)
+    data = result.as_json()
+    table = Table(title="etl demo summary", show_header=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("events produced", f"{result.produced:,} in {result.messages:,} messages")
+    table.add_row("normalized", f"{result.normalized:,}")
+    table.add_row("rejected (dead letters)", f"{result.rejected:,}")
+    table.add_row("reconciled", "yes" if data["reconciled"] else "NO")
+    table.add_row("throughput", f"{data['events_per_second']:,} events/s over {result.seconds:.1f}s")
+    if result.warehouse:
+        table.add_row("warehouse", result.warehouse["path"])
+        for name, n in result.warehouse["tables"].items():
+            table.add_row(f"  {name}", f"{n:,}")
+    for sink, stats in result.sinks.items():
+        table.add_row(f"sink {sink}", f"{stats['delivered']:,} delivered, {stats['dead_lettered']} dead-lettered, {stats['retries']} retries")
+    console.print(table)
+    if result.rejected_by_reason:
+        reasons = Table(title="rejected by reason")
+        reasons.add_column("reason")
+        reasons.add_column("count", justify="right")
+        for reason, n in sorted(result.rejected_by_reason.items(), key=lambda kv: -kv[1]):
+            reasons.add_row(reason, f"{n:,}")
+        console.print(reasons)
+    by_event = Table(title="events by name")
+    by_event.add_column("event")
+    by_event.add_column("rows", justify="right")
+    for name, n in sorted(result.by_event.items(), key=lambda kv: -kv[1]):
+        by_event.add_row(name, f"{n:,}")
+    console.print(by_event)

@@ -1,0 +1,109 @@
+"""Starting and supervising worker processes (one per role) on this machine.
+
+Used by ``etl worker`` with role ``all`` and by ``etl demo``.  In production
+each role runs as its own deployment (see deploy/); this is the single-host
+equivalent: if any role's process dies, the others are stopped and the
+supervisor exits non-zero so that the service manager restarts the set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from etl.config import Settings
+
+
+def roles_for(settings: Settings) -> list[str]:
+    return ["normalize", *(f"sink:{name}" for name in settings.sinks)]
+
+
+@dataclass
+class WorkerProcess:
+    role: str
+    web_port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}/metrics"
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def start_worker(role: str, env: dict[str, str], web_port: int, log_dir: Path, extra_args: list[str] | None = None) -> WorkerProcess:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"worker-{role.replace(':', '-')}.log"
+    worker_env = {**env, "ETL_ROLE": role, "ETL_WEB_PORT": str(web_port)}
+    log = open(log_path, "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "worker", *(extra_args or [])],
+        env=worker_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    return WorkerProcess(role, web_port, log_path, process)
+
+
+def stop_workers(workers: list[WorkerProcess], timeout: float = 20.0) -> None:
+    for w in workers:
+        if w.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(w.process.pid, signal.SIGTERM)  # type: ignore[union-attr]
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        if w.process is None:
+            continue
+        try:
+            w.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(w.process.pid, signal.SIGKILL)
+            w.process.wait(timeout=5)
+
+
+def kill_worker(worker: WorkerProcess) -> None:
+    """SIGKILL, as a crash would: no shutdown hooks, no final commit."""
+    if worker.process is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.process.pid, signal.SIGKILL)
+        worker.process.wait(timeout=10)
+
+
+def supervise(settings: Settings, extra_args: list[str]) -> int:
+    """Run one worker process per role until a signal or a child's death."""
+    env = dict(os.environ)
+    workers = [
+        start_worker(role, env, settings.web_port + i if settings.web_port else 0, settings.data_dir / "logs", extra_args)
+        for i, role in enumerate(roles_for(settings))
+    ]
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print("etl: supervising " + ", ".join(f"{w.role} (pid {w.process.pid}, port {w.web_port}, log {w.log_path})" for w in workers), flush=True)  # type: ignore[union-attr]
+    code = 0
+    while not stopping:
+        for w in workers:
+            if not w.alive():
+                code = w.process.returncode or 1  # type: ignore[union-attr]
+                print(f"etl: worker {w.role} exited with {code}; stopping the others (see {w.log_path})", file=sys.stderr, flush=True)
+                stopping = True
+                break
+        time.sleep(0.5)
+    stop_workers(workers)
+    return code

@@ -1,0 +1,331 @@
+"""The embedded DuckDB warehouse (the default sink).
+
+Writes are idempotent on ``message_id`` (``INSERT OR REPLACE`` against a
+primary key), so redelivery and replay never duplicate a row; a replay after a
+mapper fix overwrites the row with the corrected version.
+
+DuckDB allows one writing process per file.  The sink therefore opens the file
+per batch and closes it when idle: several workers (scale-out, ``etl replay``)
+and ``etl query`` take turns on the lock, and a lock held by someone else is a
+retryable error - the partition waits, nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from etl.config import Settings
+from sinks.base import Capabilities, RetryableSinkError, Sink, WriteResult
+from sinks.schema import (
+    BOOLEAN,
+    DISCARD_COLUMNS,
+    EVENTS_COLUMNS,
+    FLOAT,
+    INTEGER,
+    JSON,
+    REJECTED_COLUMNS,
+    STRING,
+    STRING_ARRAY,
+    TIMESTAMP,
+    Column,
+    SchemaTracker,
+    dedupe_last,
+    utcnow,
+)
+
+log = logging.getLogger("etl.sinks.duckdb")
+
+DUCKDB_TYPES = {
+    STRING: "VARCHAR",
+    INTEGER: "BIGINT",
+    FLOAT: "DOUBLE",
+    BOOLEAN: "BOOLEAN",
+    TIMESTAMP: "TIMESTAMP",
+    JSON: "JSON",
+    STRING_ARRAY: "VARCHAR[]",
+}
+ARROW_TYPES = {
+    STRING: pa.string(),
+    INTEGER: pa.int64(),
+    FLOAT: pa.float64(),
+    BOOLEAN: pa.bool_(),
+    TIMESTAMP: pa.string(),  # cast in SQL: ISO text with Z
+    JSON: pa.string(),
+    STRING_ARRAY: pa.list_(pa.string()),
+}
+
+
+def quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _select_expr(col: Column) -> str:
+    q = quote(col.name)
+    if col.type == TIMESTAMP:
+        # Values are RFC 3339 with Z; go through TIMESTAMPTZ so an explicit
+        # offset would be honoured, then store naive UTC.
+        return f"CAST(CAST({q} AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS TIMESTAMP) AS {q}"
+    if col.type == JSON:
+        return f"CAST({q} AS JSON) AS {q}"
+    return q
+
+
+def _json_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return orjson.dumps(value).decode()
+
+
+VIEWS: dict[str, str] = {
+    "flow_success_daily": """
+        SELECT CAST(date_trunc('day', "timestamp") AS DATE) AS day,
+               count(*) AS flows,
+               count(*) FILTER (WHERE success) AS succeeded,
+               count(*) FILTER (WHERE success IS NOT NULL) AS with_outcome,
+               CAST(count(*) FILTER (WHERE success) AS DOUBLE)
+                   / NULLIF(count(*) FILTER (WHERE success IS NOT NULL), 0) AS success_rate,
+               quantile_cont(time_ms, 0.5) AS p50_time_ms,
+               quantile_cont(time_ms, 0.95) AS p95_time_ms
+        FROM flow_executed GROUP BY 1""",
+    "tool_latency": """
+        SELECT tool_type,
+               count(*) AS calls,
+               quantile_cont(latency_ms, 0.5) AS p50_latency_ms,
+               quantile_cont(latency_ms, 0.95) AS p95_latency_ms,
+               quantile_cont(latency_ms, 0.99) AS p99_latency_ms,
+               CAST(count(*) FILTER (WHERE status IS NOT NULL AND status NOT IN ('success', 'ok')) AS DOUBLE)
+                   / count(*) AS error_rate
+        FROM tool_used GROUP BY 1""",
+    "llm_cost_daily": """
+        SELECT CAST(date_trunc('day', "timestamp") AS DATE) AS day,
+               ai_model AS model,
+               ai_provider AS provider,
+               workspace_id,
+               count(*) AS generations,
+               CAST(sum(ai_input_tokens) AS BIGINT) AS input_tokens,
+               CAST(sum(ai_output_tokens) AS BIGINT) AS output_tokens,
+               sum(ai_total_cost_usd) AS cost_usd
+        FROM ai_generation GROUP BY 1, 2, 3, 4""",
+    "blocked_prompt_rate": """
+        SELECT e.workspace_id,
+               count(*) FILTER (WHERE e.event = 'prompt_blocked') AS blocked_prompts,
+               count(*) FILTER (WHERE e.event = 'flow_executed') AS flow_runs,
+               count(*) AS events,
+               CAST(count(*) FILTER (WHERE e.event = 'prompt_blocked') AS DOUBLE)
+                   / NULLIF(count(*) FILTER (WHERE e.event IN ('prompt_blocked', 'flow_executed')), 0)
+                   AS blocked_rate
+        FROM events e WHERE e.type = 'track' GROUP BY 1""",
+    "rag_latency": """
+        SELECT vector_db_used AS vector_db,
+               count(*) AS queries,
+               quantile_cont(latency_ms, 0.5) AS p50_latency_ms,
+               quantile_cont(latency_ms, 0.95) AS p95_latency_ms,
+               avg(sources_found) AS avg_sources_found
+        FROM rag_query_triggered GROUP BY 1""",
+}
+
+
+class DuckDBSink(Sink):
+    name = "duckdb"
+
+    @classmethod
+    def declare_capabilities(cls, settings: Settings) -> Capabilities:
+        return Capabilities(
+            max_identifier_length=None,
+            max_batch_events=settings.delivery.batch_max_events,
+            stores_rejected=True,
+            is_warehouse=True,
+        )
+
+    def __init__(self, settings: Settings, path: Path | None = None) -> None:
+        super().__init__(settings)
+        self.path = Path(path or settings.duckdb.path)
+        self.schema = SchemaTracker(self.capabilities.max_identifier_length)
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._initialised = False
+
+    # ------------------------------------------------------------ connection
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        if self._con is not None:
+            return self._con
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            con = duckdb.connect(str(self.path))
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise RetryableSinkError(f"warehouse file {self.path} is locked by another process", retry_after=0.2) from None
+            raise
+        con.execute("SET TimeZone = 'UTC'")
+        self._con = con
+        if not self._initialised:
+            self._create_objects(con)
+            self._initialised = True
+        self._load_columns(con)
+        return con
+
+    def close(self) -> None:
+        if self._con is not None:
+            try:
+                self._con.close()
+            finally:
+                self._con = None
+
+    on_idle = close
+
+    def open(self) -> None:
+        self._connect()
+
+    # ---------------------------------------------------------------- schema
+    def _create_objects(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.execute("BEGIN")
+        con.execute(self._ddl("events", EVENTS_COLUMNS, "message_id"))
+        for table in self.schema.tables.values():
+            con.execute(self._ddl(table.name, table.columns, "message_id"))
+        con.execute(self._ddl("rejected_events", REJECTED_COLUMNS, "rejection_id"))
+        con.execute(self._ddl("schema_discards", DISCARD_COLUMNS, ("message_id", "table_name", "property_key")))
+        for name, sql in VIEWS.items():
+            con.execute(f"CREATE OR REPLACE VIEW {quote(name)} AS {sql}")
+        con.execute("COMMIT")
+
+    @staticmethod
+    def _ddl(table: str, columns: tuple[Column, ...], key: str | tuple[str, ...]) -> str:
+        cols = ", ".join(f"{quote(c.name)} {DUCKDB_TYPES[c.type]}" for c in columns)
+        keys = (key,) if isinstance(key, str) else key
+        pk = f", PRIMARY KEY ({', '.join(quote(k) for k in keys)})"
+        return f"CREATE TABLE IF NOT EXISTS {quote(table)} ({cols}{pk})"
+
+    def _load_columns(self, con: duckdb.DuckDBPyConnection) -> None:
+        rows = con.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'main' AND table_name IN (SELECT unnest(?))",
+            [list(self.schema.tables)],
+        ).fetchall()
+        reverse = {v: k for k, v in DUCKDB_TYPES.items()}
+        found: dict[str, dict[str, str]] = {}
+        for table, column, data_type in rows:
+            found.setdefault(table, {})[column] = reverse.get(data_type, JSON)
+        for table, columns in found.items():
+            self.schema.load_existing(table, columns)
+
+    # ----------------------------------------------------------------- write
+    def write(self, events: list[dict[str, Any]]) -> WriteResult:
+        events = dedupe_last(events)
+        con = self._connect()
+        plan = self.schema.plan(events)
+        loaded_at = utcnow().isoformat() + "Z"
+        try:
+            con.execute("BEGIN")
+            for table, columns in plan.new_columns.items():
+                for col in columns:
+                    con.execute(f"ALTER TABLE {quote(table)} ADD COLUMN IF NOT EXISTS {quote(col.name)} {DUCKDB_TYPES[col.type]}")
+                    log.info("schema evolution: added column %s.%s %s", table, col.name, DUCKDB_TYPES[col.type])
+            self._upsert(con, "events", EVENTS_COLUMNS, self._event_rows(events, loaded_at))
+            for table, rows in plan.rows.items():
+                existing = self.schema.existing[table]
+                columns = tuple(Column(name, kind) for name, kind in existing.items())
+                self._upsert(con, table, columns, rows)
+            if plan.discards:
+                now = utcnow().isoformat() + "Z"
+                self._insert(
+                    con,
+                    "schema_discards",
+                    DISCARD_COLUMNS,
+                    [{**asdict(d), "discarded_at": now} for d in plan.discards],
+                    upsert=True,
+                )
+            con.execute("COMMIT")
+        except BaseException:
+            self._rollback(con)
+            self.schema.forget_new_columns(plan)
+            raise
+        finally:
+            self._release()
+        return WriteResult(written=len(events))
+
+    def write_rejected(self, records: list[dict[str, Any]]) -> None:
+        seen: dict[str, dict[str, Any]] = {r["rejection_id"]: r for r in records}
+        con = self._connect()
+        try:
+            con.execute("BEGIN")
+            self._upsert(con, "rejected_events", REJECTED_COLUMNS, list(seen.values()))
+            con.execute("COMMIT")
+        except BaseException:
+            self._rollback(con)
+            raise
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        # Give the file lock back between batches unless told to hold it.
+        if not self.settings.duckdb.hold_connection:
+            self.close()
+
+    def _rollback(self, con: duckdb.DuckDBPyConnection) -> None:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+        # A failed connection (e.g. disk full) is not reused.
+        self.close()
+
+    @staticmethod
+    def _event_rows(events: list[dict[str, Any]], loaded_at: str) -> list[dict[str, Any]]:
+        return [{**ev, "loaded_at": loaded_at} for ev in events]
+
+    def _upsert(self, con: duckdb.DuckDBPyConnection, table: str, columns: tuple[Column, ...], rows: list[dict[str, Any]]) -> None:
+        self._insert(con, table, columns, rows, upsert=True)
+
+    @staticmethod
+    def _insert(
+        con: duckdb.DuckDBPyConnection,
+        table: str,
+        columns: tuple[Column, ...],
+        rows: list[dict[str, Any]],
+        *,
+        upsert: bool,
+    ) -> None:
+        if not rows:
+            return
+        arrays = {}
+        for col in columns:
+            values = [row.get(col.name) for row in rows]
+            if col.type == JSON:
+                values = [_json_text(v) for v in values]
+            arrays[col.name] = pa.array(values, type=ARROW_TYPES[col.type])
+        staging = pa.table(arrays)
+        view = f"_staging_{table}"
+        con.register(view, staging)
+        try:
+            names = ", ".join(quote(c.name) for c in columns)
+            select = ", ".join(_select_expr(c) for c in columns)
+            verb = "INSERT OR REPLACE INTO" if upsert else "INSERT INTO"
+            con.execute(f"{verb} {quote(table)} ({names}) SELECT {select} FROM {quote(view)}")
+        finally:
+            con.unregister(view)
+
+
+def wait_for_lock(path: Path, timeout: float, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse for reading, waiting while a worker holds the write lock."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            con.execute("SET TimeZone = 'UTC'")
+            return con
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+SINK = DuckDBSink

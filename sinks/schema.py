@@ -1,0 +1,265 @@
+"""Warehouse layout and schema evolution, shared by every warehouse sink.
+
+The tables are described once, in logical types; each warehouse maps the
+logical types to its own (``DuckDB``, ``Snowflake``, ``BigQuery``).  Typed
+tables start with the declared properties of the platform's events and grow a
+nullable column when a known event carries a new property.  A value whose type
+conflicts with its column is kept in ``events.properties`` (it always is) and
+leaves a row in ``schema_discards`` - it never fails the batch.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from mappers.identifiers import normalize_identifier
+from mappers.models import KNOWN_EVENTS, TypedProperties
+
+# Logical column types.
+STRING = "string"
+INTEGER = "integer"
+FLOAT = "float"
+BOOLEAN = "boolean"
+TIMESTAMP = "timestamp"
+JSON = "json"
+STRING_ARRAY = "string_array"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: str
+    description: str = ""
+
+
+EVENTS_COLUMNS: tuple[Column, ...] = (
+    Column("message_id", STRING, "Unique key: the source uuid/messageId, else a stable content hash."),
+    Column("type", STRING, "track, identify, group, page, screen or alias."),
+    Column("event", STRING, "Event name as sent ($identify, $pageview... for non-track calls)."),
+    Column("distinct_id", STRING, "PostHog distinct_id, or Segment userId else anonymousId."),
+    Column("user_id", STRING, "Known user id, when there is one."),
+    Column("anonymous_id", STRING, "Anonymous/device id, when there is one."),
+    Column("workspace_id", STRING, "Workspace (properties.workspace_id, $groups.workspace, context.groupId)."),
+    Column("trace_id", STRING, "Trace id (properties.trace_id or $ai_trace_id)."),
+    Column("timestamp", TIMESTAMP, "Event time, UTC, corrected for client clock skew."),
+    Column("original_timestamp", TIMESTAMP, "Event time as the client's clock stated it, UTC."),
+    Column("sent_at", TIMESTAMP, "When the client sent it (client clock), UTC."),
+    Column("received_at", TIMESTAMP, "When the platform received it, UTC."),
+    Column("loaded_at", TIMESTAMP, "When this row was last written to the warehouse, UTC."),
+    Column("properties", JSON, "All event properties (typed ones coerced, sensitive ones redacted)."),
+    Column("context", JSON, "Context: library, traits, flag decisions, ETL sanitising notes (context.etl)."),
+    Column("schema_version", INTEGER, "Version of the unified schema that produced the row."),
+    Column("source_topic", STRING, "Kafka topic the raw event came from."),
+    Column("source_partition", INTEGER, "Kafka partition of the raw event."),
+    Column("source_offset", INTEGER, "Kafka offset of the raw event."),
+)
+
+TYPED_BASE_COLUMNS: tuple[Column, ...] = (
+    Column("message_id", STRING, "Unique key; joins to events.message_id."),
+    Column("timestamp", TIMESTAMP, "Event time, UTC."),
+    Column("distinct_id", STRING, "Who did it."),
+    Column("workspace_id", STRING, "Workspace."),
+)
+RESERVED_TYPED_COLUMNS = frozenset(c.name for c in TYPED_BASE_COLUMNS) | {"loaded_at"}
+
+REJECTED_COLUMNS: tuple[Column, ...] = (
+    Column("rejection_id", STRING, "Unique key: hash of stage, source coordinates and batch index."),
+    Column("reason", STRING, "Machine-readable reason (invalid_json, missing_identity, out_of_range, ...)."),
+    Column("field", STRING, "Offending field path, when there is one."),
+    Column("error", STRING, "Human-readable error detail."),
+    Column("stage", STRING, "normalize, or sink:<name> for events a destination refused."),
+    Column("event", STRING, "Event name, when it could be read."),
+    Column("message_id", STRING, "Message id, when it could be derived."),
+    Column("raw_payload", STRING, "Original bytes as text (UTF-8), or base64 when not UTF-8."),
+    Column("raw_encoding", STRING, "utf-8 or base64."),
+    Column("raw_size", INTEGER, "Size of the original payload in bytes (raw_payload may be cut)."),
+    Column("raw_sha256", STRING, "SHA-256 of the original payload."),
+    Column("source_topic", STRING, "Kafka coordinates of the original message."),
+    Column("source_partition", INTEGER, ""),
+    Column("source_offset", INTEGER, ""),
+    Column("batch_index", INTEGER, "Position inside a batch envelope, when it came in one."),
+    Column("rejected_at", TIMESTAMP, "When it was rejected, UTC."),
+)
+
+DISCARD_COLUMNS: tuple[Column, ...] = (
+    Column("message_id", STRING, "Event whose property could not go to its typed column."),
+    Column("table_name", STRING, "Typed table."),
+    Column("column_name", STRING, "Column the property maps to."),
+    Column("property_key", STRING, "Property key as sent."),
+    Column("reason", STRING, "type_conflict, reserved_column or identifier_collision."),
+    Column("value_type", STRING, "Logical type of the value that was sent."),
+    Column("column_type", STRING, "Logical type of the existing column."),
+    Column("discarded_at", TIMESTAMP, "UTC."),
+)
+
+
+def _logical_type(annotation: Any) -> str:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        if len(args) == 1:
+            return _logical_type(args[0])
+        return STRING  # e.g. str | bool for $feature_flag_response
+    if typing.get_origin(annotation) is list:
+        return STRING_ARRAY
+    return {str: STRING, int: INTEGER, float: FLOAT, bool: BOOLEAN}.get(annotation, JSON)
+
+
+@dataclass(frozen=True, slots=True)
+class TypedTable:
+    name: str
+    event: str
+    model: type[TypedProperties]
+    #: property key as sent -> declared column
+    declared: dict[str, Column]
+
+    @property
+    def columns(self) -> tuple[Column, ...]:
+        return TYPED_BASE_COLUMNS + tuple(self.declared.values())
+
+
+def typed_tables(max_identifier_length: int | None = None) -> dict[str, TypedTable]:
+    tables: dict[str, TypedTable] = {}
+    for event, model in KNOWN_EVENTS.items():
+        declared: dict[str, Column] = {}
+        for field_name, info in model.model_fields.items():
+            key = info.alias or field_name
+            column = normalize_identifier(key.lstrip("$"), max_identifier_length)
+            declared[key] = Column(column, _logical_type(info.annotation), info.description or "")
+        tables[model.table] = TypedTable(model.table, event, model, declared)
+    return tables
+
+
+def infer_type(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return BOOLEAN
+    if isinstance(value, int):
+        return INTEGER
+    if isinstance(value, float):
+        return FLOAT
+    if isinstance(value, str):
+        return STRING
+    return JSON
+
+
+def coerce_to(column_type: str, value: Any) -> tuple[bool, Any]:
+    """(fits, value) for a value going into an existing column of ``column_type``."""
+    kind = infer_type(value)
+    if kind == column_type:
+        return True, value
+    if column_type == FLOAT and kind == INTEGER:
+        return True, float(value)
+    if column_type == INTEGER and kind == FLOAT and value.is_integer() and abs(value) < 2**63:
+        return True, int(value)
+    if column_type == JSON:
+        return True, value
+    if column_type == STRING_ARRAY and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return True, value
+    return False, value
+
+
+@dataclass(slots=True)
+class Discard:
+    message_id: str
+    table_name: str
+    column_name: str
+    property_key: str
+    reason: str
+    value_type: str | None
+    column_type: str | None
+
+
+@dataclass(slots=True)
+class TypedPlan:
+    """Rows per typed table, the columns to add first, and the discards to record."""
+
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    new_columns: dict[str, list[Column]] = field(default_factory=dict)
+    discards: list[Discard] = field(default_factory=list)
+
+
+class SchemaTracker:
+    """Knows each typed table's columns and plans rows and evolution for a batch."""
+
+    def __init__(self, max_identifier_length: int | None = None) -> None:
+        self.max_identifier_length = max_identifier_length
+        self.tables = typed_tables(max_identifier_length)
+        self.by_event = {t.event: t for t in self.tables.values()}
+        # Columns as they exist in the warehouse, refreshed by the sink.
+        self.existing: dict[str, dict[str, str]] = {
+            name: {c.name: c.type for c in table.columns} for name, table in self.tables.items()
+        }
+
+    def load_existing(self, table: str, columns: dict[str, str]) -> None:
+        self.existing[table] = dict(columns)
+
+    def column_for(self, key: str) -> str:
+        return normalize_identifier(key.lstrip("$"), self.max_identifier_length)
+
+    def plan(self, events: list[dict[str, Any]]) -> TypedPlan:
+        plan = TypedPlan()
+        for ev in events:
+            table = self.by_event.get(ev.get("event"))
+            if table is None:
+                continue
+            existing = self.existing[table.name]
+            row: dict[str, Any] = {
+                "message_id": ev["message_id"],
+                "timestamp": ev["timestamp"],
+                "distinct_id": ev["distinct_id"],
+                "workspace_id": ev.get("workspace_id"),
+            }
+            owners: dict[str, str] = {}
+            for key, value in (ev.get("properties") or {}).items():
+                declared = table.declared.get(key)
+                if declared is not None:
+                    if value is not None:
+                        if declared.type == STRING and isinstance(value, bool):
+                            value = "true" if value else "false"
+                        row[declared.name] = value
+                    continue
+                if value is None or key == "workspace_id":
+                    continue  # workspace_id is the source of the base column
+                column = self.column_for(key)
+                kind = infer_type(value)
+                if column in RESERVED_TYPED_COLUMNS or any(c.name == column for c in table.declared.values()):
+                    plan.discards.append(Discard(ev["message_id"], table.name, column, key, "reserved_column", kind, existing.get(column)))
+                    continue
+                if owners.setdefault(column, key) != key:
+                    plan.discards.append(Discard(ev["message_id"], table.name, column, key, "identifier_collision", kind, existing.get(column)))
+                    continue
+                current = existing.get(column)
+                if current is None:
+                    current = kind
+                    existing[column] = kind
+                    plan.new_columns.setdefault(table.name, []).append(Column(column, kind, f"From property {key!r}."))
+                fits, coerced = coerce_to(current, value)
+                if fits:
+                    row[column] = coerced
+                else:
+                    plan.discards.append(Discard(ev["message_id"], table.name, column, key, "type_conflict", kind, current))
+            plan.rows.setdefault(table.name, []).append(row)
+        return plan
+
+    def forget_new_columns(self, plan: TypedPlan) -> None:
+        """Undo the optimistic column bookkeeping after a failed write."""
+        for table, cols in plan.new_columns.items():
+            for col in cols:
+                self.existing[table].pop(col.name, None)
+
+
+def dedupe_last(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep the last event per message_id (redelivery inside one batch)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for ev in events:
+        seen[ev["message_id"]] = ev
+    return list(seen.values()) if len(seen) != len(events) else events
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)

@@ -1,0 +1,103 @@
+"""The one Faust ``app``.
+
+A worker has a *role*: ``normalize`` (consumer group ``etl-normalize``) or
+``sink:<name>`` (consumer group ``etl-sink-<name>``).  Faust ties a consumer
+group to an app id, so each role is its own app id and its own process; that
+is what lets a slow or broken destination fall behind without holding back
+the others, and lets each role scale alone.  ``etl worker`` with role ``all``
+(the default) supervises one process per role on this machine.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import faust
+
+from etl.config import Settings, get_settings
+from streams import transport
+from streams.logs import dict_config
+from streams.transport import ChunkSchema
+
+transport.register()
+
+
+def app_id(settings: Settings, role: str) -> str:
+    if role.startswith("sink:"):
+        return settings.sink_group(role.split(":", 1)[1])
+    return settings.normalize_group
+
+
+def broker_credentials(settings: Settings) -> object | None:
+    kafka = settings.kafka
+    context = None
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+    if kafka.security_protocol.startswith("SASL"):
+        assert kafka.sasl_username and kafka.sasl_password and kafka.sasl_mechanism
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value(),
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def create_app(settings: Settings) -> faust.App:
+    role = settings.role if settings.role != "all" else "normalize"
+    data_dir = settings.data_dir / role.replace(":", "-")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        app_id(settings, role),
+        broker=[f"etl://{host}" for host in settings.kafka.hosts],
+        broker_credentials=broker_credentials(settings),
+        autodiscover=False,
+        datadir=str(data_dir),
+        web_enabled=settings.web_enabled,
+        web_port=settings.web_port,
+        web_bind="0.0.0.0",
+        web_host="127.0.0.1",
+        topic_partitions=settings.kafka.partitions,
+        topic_replication_factor=settings.kafka.replication_factor,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.kafka.session_timeout,
+        broker_heartbeat_interval=settings.kafka.heartbeat_interval,
+        broker_rebalance_timeout=settings.kafka.rebalance_timeout,
+        broker_commit_interval=1.0,
+        broker_commit_every=10_000_000,
+        broker_max_poll_records=2000,
+        consumer_max_fetch_size=16 * 1024 * 1024,
+        stream_buffer_maxsize=64,
+        producer_acks=-1,
+        producer_linger=0.005,
+        producer_max_request_size=16 * 1024 * 1024,
+        producer_max_batch_size=1024 * 1024,
+        producer_compression_type="lz4" if _has_lz4() else None,
+        store="memory://",
+        table_standby_replicas=0,
+        logging_config=dict_config(settings.log_level, settings.log_format),
+    )
+    app.etl_settings = settings  # type: ignore[attr-defined]
+    app.etl_role = role  # type: ignore[attr-defined]
+    return app
+
+
+def _has_lz4() -> bool:
+    try:
+        import lz4  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def chunk_topic(app: faust.App, name: str) -> faust.TopicT:
+    return app.topic(name, schema=ChunkSchema(), internal=False)
+
+
+settings = get_settings()
+app = create_app(settings)

@@ -1,0 +1,81 @@
+"""Shared fixtures: one real broker per test session, isolated topics per test.
+
+Every end-to-end test gets its own topic names and consumer-group prefix on
+the session's broker, and its own warehouse file, so tests never see each
+other's data.  Workers are the real ``etl worker`` processes.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Tests must not inherit a developer's configuration.
+for _name in list(os.environ):
+    if _name.startswith("ETL_") or _name.startswith(("POSTHOG_", "RUDDERSTACK_", "SNOWFLAKE_")):
+        del os.environ[_name]
+
+from etl.broker import EmbeddedBroker  # noqa: E402
+from etl.config import DuckDBSettings, KafkaSettings, Settings  # noqa: E402
+from etl.pipeline import LocalPipeline  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    b = EmbeddedBroker(log_path=tmp_path_factory.mktemp("broker") / "broker.log")
+    try:
+        b.start()
+    except Exception as exc:  # a test must fail with the reason, never skip
+        pytest.fail(f"cannot start the bundled broker: {exc}")
+    yield b
+    b.stop()
+
+
+def isolated_settings(broker: EmbeddedBroker, tmp_path: Path, *, sinks: tuple[str, ...] = ("duckdb",), partitions: int = 2, **overrides: Any) -> Settings:
+    suffix = uuid.uuid4().hex[:8]
+    kafka = KafkaSettings(
+        bootstrap_servers=broker.bootstrap,
+        partitions=partitions,
+        raw_topic=f"raw-{suffix}",
+        normalized_topic=f"normalized-{suffix}",
+        dlq_topic=f"dlq-{suffix}",
+        group_prefix=f"t{suffix}",
+    )
+    return Settings(
+        kafka=kafka,
+        sinks=list(sinks),
+        duckdb=DuckDBSettings(path=tmp_path / f"warehouse-{suffix}.duckdb"),
+        data_dir=tmp_path / f"state-{suffix}",
+        **overrides,
+    )
+
+
+@pytest.fixture
+def make_pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[..., LocalPipeline]]:
+    """``make_pipeline(sinks=("duckdb",), partitions=2, extra_env=None, **settings)`` -> LocalPipeline (not started)."""
+    created: list[LocalPipeline] = []
+
+    def factory(*, extra_env: dict[str, str] | None = None, **kwargs: Any) -> LocalPipeline:
+        settings = isolated_settings(broker, tmp_path, **kwargs)
+        pipeline = LocalPipeline.create(settings, tmp_path / f"work-{settings.kafka.group_prefix}", extra_env)
+        created.append(pipeline)
+        return pipeline
+
+    yield factory
+    for p in created:
+        p.stop()
+
+
+def warehouse_rows(path: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    from sinks.duckdb import wait_for_lock
+
+    con = wait_for_lock(path, timeout=30)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
