@@ -56,6 +56,9 @@ class KafkaSettings(BaseModel):
     session_timeout: float = Field(10.0, gt=0, description="Seconds before the group evicts a silent worker (then rebalances).")
     heartbeat_interval: float = Field(1.0, gt=0, description="Seconds between consumer heartbeats.")
     rebalance_timeout: float = Field(10.0, gt=0, description="Seconds members get to rejoin during a rebalance.")
+    commit_interval: float = Field(
+        1.0, gt=0, description="Seconds between offset commits (of work already durable downstream)."
+    )
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> "KafkaSettings":
@@ -127,7 +130,8 @@ class RudderStackSettings(BaseModel):
     data_plane_url: str | None = Field(None, description="Data plane URL (also RUDDERSTACK_DATA_PLANE_URL).")
     gzip: bool = True
     timeout: float = Field(15.0, gt=0)
-    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # rudder-server's gateway default (Gateway.maxReqSizeInKB = 4000), a little under 4 MiB.
+    max_request_bytes: int = Field(4000 * 1024, ge=1024)
     max_event_bytes: int = Field(32 * 1024, ge=256)
     max_batch_events: int = Field(500, ge=1)
 
@@ -159,7 +163,78 @@ class BigQuerySettings(BaseModel):
 class FlagSettings(BaseModel):
     database_url: str | None = Field(None, description="PostgreSQL URL of the flag fallback store; unset = embedded file.")
     embedded_path: Path = Field(Path("flags.sqlite3"), description="Embedded flag store used when no database_url is set.")
-    cache_ttl: float = Field(30.0, gt=0, description="Seconds a flag decision is cached.")
+    cache_ttl: float = Field(
+        30.0, gt=0, description="Seconds a flag decision is cached; a flag changed at any source takes effect within this."
+    )
+    posthog_mode: Literal["local", "remote", "off"] = Field(
+        "local",
+        description="PostHog as the first flag source: local = SDK local evaluation (needs posthog.personal_api_key), "
+        "remote /flags only for flags it cannot decide locally; remote = also ask /flags per user when there is no "
+        "personal key (one call per user and TTL); off = flag database and default only.",
+    )
+    remote_timeout: float = Field(
+        1.0, gt=0, description="Timeout of one remote PostHog /flags call (only for flags local evaluation cannot decide)."
+    )
+    remote_backoff: float = Field(
+        30.0, gt=0, description="After a failed remote /flags call, seconds to skip PostHog remote evaluation (fallback decides)."
+    )
+    remote_budget: float = Field(
+        2.0, gt=0, description="Seconds of remote /flags calls allowed per batch; beyond it the fallback decides (never block the stream)."
+    )
+    startup_wait: float = Field(
+        5.0, ge=0, description="Seconds a worker waits at start for the first PostHog flag definitions before going on without them."
+    )
+    db_timeout: float = Field(2.0, gt=0, description="Connect/statement timeout of the flag database, seconds.")
+    gates: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {
+            sink: {
+                "$ai_generation": "track_model_costs",
+                "prompt_blocked": "enable_guardrails_tracing",
+                "rag_query_triggered": "versioned_rag_tracking",
+            }
+            for sink in ("posthog", "rudderstack")
+        },
+        description='Gating policy: {sink: {event: flag key}}; an event is forwarded to a sink only when its flag is on. '
+        'JSON in env, e.g. ETL_FLAGS__GATES=\'{"posthog":{"prompt_blocked":"enable_guardrails_tracing"}}\'. '
+        "Sinks not listed (the warehouses by default) receive everything.",
+    )
+
+    @field_validator("gates")
+    @classmethod
+    def _valid_gates(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for sink, mapping in value.items():
+            if sink not in KNOWN_SINKS:
+                raise ValueError(f"gates: unknown sink {sink!r}; choose from {', '.join(KNOWN_SINKS)}")
+            for event, flag in mapping.items():
+                if not event.strip() or not flag.strip():
+                    raise ValueError(f"gates.{sink}: event names and flag keys must be non-empty")
+        return value
+
+
+class RedactionSettings(BaseModel):
+    """PII redaction of sensitive properties (``prompt_blocked.prompt_preview`` and configured paths)."""
+
+    paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra property paths to redact besides the models' sensitive ones (dotted, e.g. "
+        "user_note or context.page.search); comma-separated or a JSON list.",
+    )
+    max_length: int = Field(120, ge=0, description="Redacted text is cut to this many characters.")
+    hmac_secret: SecretStr | None = Field(
+        None,
+        description="Key of the HMAC-SHA256 kept beside each redacted value (<key>_hash) so repeats can be counted; "
+        "unset = no hash is kept.",
+    )
+    keep_raw_in_warehouse: bool = Field(
+        False,
+        description="RISK: stores raw sensitive text (prompts with emails, secrets) in the warehouse; third-party "
+        "sinks still get the redacted form. Only for warehouses with access control fit for PII.",
+    )
+
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _parse_paths(cls, value: Any) -> Any:
+        return _split_csv(value)
 
 
 class Settings(BaseSettings):
@@ -191,6 +266,7 @@ class Settings(BaseSettings):
     snowflake: SnowflakeSettings = SnowflakeSettings()
     bigquery: BigQuerySettings = BigQuerySettings()
     flags: FlagSettings = FlagSettings()
+    redaction: RedactionSettings = RedactionSettings()
 
     @field_validator("sinks", mode="before")
     @classmethod
@@ -234,8 +310,13 @@ class Settings(BaseSettings):
             "snowflake": [("snowflake.account", self.snowflake.account), ("snowflake.user", self.snowflake.user)],
             "bigquery": [("bigquery.project", self.bigquery.project)],
         }
-        for sink in self.sinks:
+        checked = list(self.sinks)
+        if self.role.startswith("sink:") and self.role[5:] not in checked:
+            checked.append(self.role[5:])  # a worker for one sink validates that sink
+        for sink in checked:
             for field, value in required.get(sink, []):
+                if isinstance(value, SecretStr):
+                    value = value.get_secret_value()
                 if value is None or (isinstance(value, str) and not value.strip()):
                     raise ValueError(f"sink {sink!r} is enabled but {field} is not set")
         if "snowflake" in self.sinks and self.snowflake.password is None and self.snowflake.private_key_file is None:

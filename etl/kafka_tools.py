@@ -146,3 +146,119 @@ def committed_offsets(settings: Settings, group: str) -> dict[TopicPartition, in
     finally:
         client.close()
     return {tp: meta.offset for tp, meta in offsets.items() if meta.offset is not None and meta.offset >= 0}
+
+
+def offsets_at_times(kc: KafkaConsumer, targets: dict[TopicPartition, int], ends: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+    """Earliest offset per partition whose record timestamp is >= the target (ms); ``ends[tp]`` if none.
+
+    ``offsets_for_times`` gives a lower bound: the bundled broker answers at
+    batch granularity (the base offset of the first batch whose max timestamp
+    reaches the target).  Reading forward from that bound to the first record
+    that reaches the target gives Kafka's exact answer on either broker.
+    """
+    result: dict[TopicPartition, int] = {}
+    found = kc.offsets_for_times(dict(targets)) if targets else {}
+    scan: dict[TopicPartition, int] = {}
+    for tp in targets:
+        hit = found.get(tp)
+        if hit is None or hit.timestamp is None or hit.timestamp < 0 or hit.offset < 0 or hit.offset >= ends[tp]:
+            result[tp] = ends[tp]
+        else:
+            scan[tp] = hit.offset
+    if not scan:
+        return result
+    kc.assign(list(scan))
+    for tp, start in scan.items():
+        kc.seek(tp, start)
+    pending = dict(scan)
+    idle_polls = 0
+    while pending and idle_polls < 20:
+        batch = kc.poll(timeout_ms=300, max_records=10_000)
+        if not batch:
+            idle_polls += 1
+            continue
+        idle_polls = 0
+        for tp, records in batch.items():
+            if tp not in pending:
+                continue
+            for rec in records:
+                if rec.offset >= ends[tp]:
+                    break
+                if rec.timestamp >= targets[tp]:
+                    result[tp] = rec.offset
+                    break
+            else:
+                if records[-1].offset + 1 < ends[tp]:
+                    continue
+            result.setdefault(tp, ends[tp])
+            pending.pop(tp)
+            kc.pause(tp)
+    for tp in pending:  # the broker stopped answering: nothing more before the end
+        result[tp] = ends[tp]
+    kc.unsubscribe()
+    return result
+
+
+def describe_group(settings: Settings, group: str) -> dict[str, Any]:
+    """DescribeGroups for one group: state and members.
+
+    kafka-python 3.x maps the reply's authorized-operations bitfield onto its
+    ACL enum and fails on the bits the bundled broker sets; we never need
+    them, so that step is skipped on this client instance.
+    """
+    client = admin(settings)
+    try:
+        client._process_acl_operations = lambda obj: obj  # type: ignore[method-assign]
+        return client.describe_groups([group])[group]
+    finally:
+        client.close()
+
+
+def remove_group_members(settings: Settings, group: str, member_ids: list[str]) -> None:
+    """LeaveGroup on behalf of members (a live one rejoins at once, with a rebalance)."""
+    from kafka.admin import MemberToRemove
+
+    client = admin(settings)
+    try:
+        client.remove_group_members(group, [MemberToRemove(member_id=m) for m in member_ids])
+    finally:
+        client.close()
+
+
+def alter_committed_offsets(settings: Settings, group: str, offsets: dict[TopicPartition, int]) -> None:
+    """Commit ``offsets`` for ``group`` (the group must have no live members on real Kafka)."""
+    from kafka.structs import OffsetAndMetadata
+
+    client = admin(settings)
+    try:
+        result = client.alter_group_offsets(group, {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+    finally:
+        client.close()
+    failed = {tp: err for tp, err in (result or {}).items() if err is not None and getattr(err, "errno", 0)}
+    if failed and all(getattr(err, "__name__", "") == "UnknownMemberIdError" for err in failed.values()):
+        # The bundled broker keeps members that left listed as a Stable group and then
+        # refuses an admin commit.  Joining the group ourselves makes the coordinator
+        # rebalance (dropping the departed members), and a member may commit.
+        _commit_as_member(settings, group, offsets)
+        return
+    if failed:
+        tp, err = next(iter(failed.items()))
+        raise KafkaError(f"could not set offsets of group {group!r} ({tp.topic}:{tp.partition}: {err.__name__ if isinstance(err, type) else err})")
+
+
+def _commit_as_member(settings: Settings, group: str, offsets: dict[TopicPartition, int], timeout: float = 60.0) -> None:
+    from kafka.structs import OffsetAndMetadata
+
+    kc = consumer(settings, group_id=group, client_id=f"{group}-offsets-admin",
+                  session_timeout_ms=int(settings.kafka.session_timeout * 1000),
+                  heartbeat_interval_ms=int(settings.kafka.heartbeat_interval * 1000))
+    try:
+        kc.subscribe(sorted({tp.topic for tp in offsets}))
+        deadline = time.monotonic() + timeout
+        while not kc.assignment():
+            if time.monotonic() > deadline:
+                raise KafkaError(f"could not join group {group!r} to commit its offsets")
+            kc.poll(timeout_ms=200, max_records=1)
+        kc.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+    finally:
+        kc.close(autocommit=False)

@@ -108,6 +108,26 @@ class LocalPipeline:
             raise RuntimeError(f"{len(failures)} messages could not be produced: {failures[0]}")
         return n
 
+    def note_ends(self, topic: str | None = None) -> dict[TopicPartition, int]:
+        """Record the true end offsets of ``topic`` (default raw) as produced, e.g. after
+        another process (``etl dlq requeue``) or a custom producer wrote to it."""
+        kc = kafka_tools.consumer(self.settings)
+        try:
+            ends = kafka_tools.true_end_offsets(kc, kafka_tools.partitions(kc, topic or self.settings.kafka.raw_topic))
+        finally:
+            kc.close()
+        for tp, end in ends.items():
+            self.produced_ends[tp] = max(self.produced_ends.get(tp, 0), end)
+        return ends
+
+    def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120.0) -> "subprocess.CompletedProcess[str]":
+        """Run an ``etl`` command with this pipeline's settings (and ``env`` overrides)."""
+        import subprocess
+        import sys
+
+        return subprocess.run([sys.executable, "-m", "streams.cli", *args], env={**self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=timeout)
+
     # ---------------------------------------------------------------- drain
     def drain_state(self, kc: Any = None) -> DrainState:
         s = self.settings

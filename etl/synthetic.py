@@ -130,8 +130,8 @@ class Generator:
             good.setdefault("userId", self.rng.choice(self.users))
             value = orjson.dumps(good)
         elif kind == 6:
-            good["event"] = {"name": "tool_used"}
-            value = orjson.dumps(good)
+            # A track call (identify/page ignore the event field, so they would land).
+            value = orjson.dumps({**self._base("tool_used", self.rng.random() < 0.5), "event": {"name": "tool_used"}})
         elif kind == 7:
             for k in ("distinct_id", "userId", "anonymousId"):
                 good.pop(k, None)

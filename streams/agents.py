@@ -23,6 +23,7 @@ from aiokafka.partitioner import murmur2
 from etl.config import Settings
 from mappers.deadletter import dead_letter, dumps_dead_letter
 from mappers.errors import Rejection
+from mappers.governance import NormalizeGovernance, SinkGovernance
 from mappers.models import KNOWN_EVENTS
 from mappers.normalize import Normalizer, dumps_event
 from sinks.base import Sink, sink_class
@@ -30,6 +31,7 @@ from streams import metrics
 from streams.app import app, chunk_topic, settings
 from streams.delivery import Deliverer, backoff
 from streams.logs import batch_context
+import streams.lag  # noqa: F401,E402  (etl_consumer_lag timer)
 
 log = logging.getLogger("etl.agents")
 
@@ -94,6 +96,8 @@ class NormalizeStage:
         self.settings = settings
         self.out = out
         self.normalizer = Normalizer(settings.normalize)
+        # Flag decisions and PII redaction (mappers/governance.py).
+        self.governance = NormalizeGovernance(settings)
 
     async def process(self, records: list[Any]) -> tuple[int, int]:
         unified: list[dict[str, Any]] = []
@@ -106,6 +110,7 @@ class NormalizeStage:
             unified.extend(events)
             for r in rejections:
                 dead.append((r, rec.topic, rec.partition, rec.offset))
+        await self.governance.apply_async(unified, [d[0] for d in dead])
         messages = await self._envelopes(unified)
         await self.out.send_all(messages)
         await self.out.dead_letters(dead, self.stage)
@@ -242,6 +247,7 @@ elif role.startswith("sink:"):
         auth_retry_interval=settings.delivery.auth_retry_interval,
         encode=dumps_event,
     )
+    sink_governance = SinkGovernance(settings, sink_name, third_party=not sink.capabilities.is_warehouse)
     # Serialise warehouse access between this process's two agents.
     sink_lock = asyncio.Lock()
     normalized_topic = chunk_topic(app, settings.kafka.normalized_topic)
@@ -255,6 +261,8 @@ elif role.startswith("sink:"):
                 continue
             events = decode_unified([r for event in batch for r in event.value])
             metrics.EVENTS_IN.labels(deliverer.stage).inc(len(events))
+            # Flag gates and third-party redaction (mappers/governance.py).
+            events = sink_governance.prepare(events)
             with batch_context(stage=deliverer.stage, events=len(events)):
                 async with sink_lock:
                     await deliverer.deliver(events)

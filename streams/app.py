@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.kafka.session_timeout,
         broker_heartbeat_interval=settings.kafka.heartbeat_interval,
         broker_rebalance_timeout=settings.kafka.rebalance_timeout,
-        broker_commit_interval=1.0,
+        broker_commit_interval=settings.kafka.commit_interval,
         broker_commit_every=10_000_000,
         broker_max_poll_records=2000,
         consumer_max_fetch_size=16 * 1024 * 1024,

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     from streams.app import app
     import streams.agents  # noqa: F401  (registers the agents of this role)
     import streams.commands  # noqa: F401  (registers etl demo/query/...)
+    import streams.ops_commands  # noqa: F401  (registers etl replay/offsets/dlq/status)
 
     sys.argv = [os.path.basename(sys.argv[0]) or "etl", *argv]
     app.main()

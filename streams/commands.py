@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 import orjson
-from faust.cli import AppCommand, option
+from faust.cli import AppCommand, argument, option
 
 from streams.app import app
 
@@ -59,15 +59,59 @@ async def demo(
 
 
 @app.command(
+    argument("sql", nargs=-1, required=True),
     option("--warehouse", type=click.Path(dir_okay=False, path_type=Path), default=None,
            help="DuckDB warehouse file (default: ETL_DUCKDB__PATH)."),
     option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True),
 )
-async def query(self: AppCommand, warehouse: Path | None, fmt: str) -> None:
+async def query(self: AppCommand, sql: tuple[str, ...], warehouse: Path | None, fmt: str) -> None:
     """Run read-only SQL against the embedded warehouse: etl query "SELECT ..." """
     from etl.query import run_query
 
-    sql = " ".join(self.args) if self.args else ""
-    if not sql.strip():
-        raise self.UsageError("give the SQL as an argument: etl query \"SELECT count(*) FROM events\"")
-    run_query(sql, warehouse, fmt)
+    run_query(" ".join(sql), warehouse, fmt)
+
+
+@app.command(
+    argument("action", type=click.Choice(["list", "get", "set", "delete", "migrate"])),
+    argument("key", required=False),
+    option("--enabled/--disabled", "enabled", default=True, show_default=True, help="set: the flag's on/off switch."),
+    option("--rollout", type=click.FloatRange(0, 100), default=None, help="set: percentage of eligible users (PostHog bucketing)."),
+    option("--variants", default=None, help='set: "control:50,test:50" or a JSON list of {key, rollout_percentage, payload}.'),
+    option("--workspaces", default=None, help="set: only these workspaces are eligible (comma-separated)."),
+    option("--users", default=None, help="set: only these distinct_ids are eligible (comma-separated)."),
+    option("--bucket-by", type=click.Choice(["user", "workspace"]), default="user", show_default=True),
+    option("--description", default=None),
+    option("--distinct-id", default=None, help="get: evaluate for this user."),
+    option("--workspace", default=None, help="get: evaluate for this workspace."),
+    option("--json", "json_output", is_flag=True, default=False),
+)
+async def flags(
+    self: AppCommand,
+    action: str,
+    key: str | None,
+    enabled: bool,
+    rollout: float | None,
+    variants: str | None,
+    workspaces: str | None,
+    users: str | None,
+    bucket_by: str,
+    description: str | None,
+    distinct_id: str | None,
+    workspace: str | None,
+    json_output: bool,
+) -> None:
+    """Flag database: etl flags list | get KEY | set KEY [...] | delete KEY | migrate"""
+    from mappers.flags import FlagCommandError, run_flags_command
+
+    try:
+        out = run_flags_command(
+            [action, *([key] if key else [])], app.etl_settings,  # type: ignore[attr-defined]
+            enabled=enabled, rollout=rollout, variants=variants, workspaces=workspaces, users=users,
+            bucket_by=bucket_by, description=description, distinct_id=distinct_id, workspace=workspace,
+            json_output=json_output,
+        )
+    except FlagCommandError as exc:
+        sys.stderr.write(f"etl flags: {exc}\n")
+        raise SystemExit(2) from None
+    sys.stdout.write(out + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,116 @@
+"""End-to-end latency of our pipeline: produce -> visible in the DuckDB warehouse.
+
+Method: with the workers already running and idle, valid track events are
+produced at a steady paced rate (half of our measured maximum).  Each event
+carries its produce time in ``properties.bench_sent_ns`` (``time.time_ns()``
+just before ``produce()``).  After the pipeline drains, the warehouse is
+queried once: latency = ``loaded_at - bench_sent_ns`` per event.
+
+``loaded_at`` is stamped by the sink when the write transaction *starts*; the
+rows become visible at its COMMIT, later by the write's duration (reported as
+``write_ms_mean``: the sink's own ``etl_sink_write_seconds`` over this phase).
+Polling the file instead would take DuckDB's single-writer lock away from the
+sink and distort what is measured.  Producer and workers share this machine's
+clock, so no clock skew is involved.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.pipeline import EndTracker, OursRun, confluent_producer
+from etl.synthetic import Generator
+
+
+def track_events(n: int, seed: int) -> list[dict[str, Any]]:
+    """Valid events with a ``properties`` object (identify calls carry traits instead)."""
+    gen = Generator(seed=seed)
+    out: list[dict[str, Any]] = []
+    while len(out) < n:
+        ev = gen.event(gen.rng.random() < 0.4)
+        if isinstance(ev.get("properties"), dict):
+            out.append(ev)
+    return out
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile of already sorted values."""
+    if not sorted_values:
+        raise ValueError("no values")
+    pos = (len(sorted_values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def run_latency(run: OursRun, rate: float, seconds: float, seed: int = 11, timeout: float = 300.0) -> dict[str, Any]:
+    settings = run.pipeline.settings
+    n = max(1, int(rate * seconds))
+    events = track_events(n, seed)
+    producer = confluent_producer(settings.kafka.bootstrap_servers)
+    tracker = EndTracker(run.pipeline.produced_ends)
+    topic = settings.kafka.raw_topic
+    writes_before = _sink_writes(run)
+    tick = 0.002  # produce in small bursts: at most 2 ms ahead of schedule
+    started = time.perf_counter()
+    for i, ev in enumerate(events):
+        due = started + i / rate
+        now = time.perf_counter()
+        if due - now > tick:
+            time.sleep(due - now)
+        ev["properties"]["bench_sent_ns"] = time.time_ns()
+        producer.produce(topic, value=orjson.dumps(ev), on_delivery=tracker)
+        producer.poll(0)
+    producer.flush(60)
+    produce_seconds = time.perf_counter() - started
+    if tracker.errors:
+        raise RuntimeError(f"latency produce failed: {tracker.errors[:3]}")
+    run.pipeline.wait_drained(timeout, poll=0.25)
+    latencies = sorted(_latencies_ms(Path(settings.duckdb.path)))
+    if len(latencies) < n:
+        raise RuntimeError(f"latency: only {len(latencies)} of {n} stamped events reached the warehouse")
+    writes_after = _sink_writes(run)
+    write = None
+    if writes_before and writes_after and writes_after[1] > writes_before[1]:
+        write = (writes_after[0] - writes_before[0]) / (writes_after[1] - writes_before[1])
+    return {
+        "target_rate": round(rate, 1),
+        "achieved_rate": round(n / produce_seconds, 1),
+        "events": n,
+        "seconds": round(produce_seconds, 2),
+        "p50_ms": round(percentile(latencies, 0.50), 1),
+        "p90_ms": round(percentile(latencies, 0.90), 1),
+        "p99_ms": round(percentile(latencies, 0.99), 1),
+        "max_ms": round(latencies[-1], 1),
+        "write_ms_mean": round(1000 * write, 1) if write is not None else None,
+        "method": "loaded_at (sink write start) - properties.bench_sent_ns (before produce), paced produce, warm workers",
+    }
+
+
+def _latencies_ms(path: Path) -> list[float]:
+    from sinks.duckdb import wait_for_lock
+
+    con = wait_for_lock(path, timeout=60)
+    try:
+        rows = con.execute(
+            "SELECT (epoch_us(loaded_at) * 1000 - CAST(json_extract(properties, '$.bench_sent_ns') AS BIGINT)) / 1e6 "
+            "FROM events WHERE json_extract(properties, '$.bench_sent_ns') IS NOT NULL"
+        ).fetchall()
+    finally:
+        con.close()
+    return [r[0] for r in rows]
+
+
+def _sink_writes(run: OursRun) -> tuple[float, float] | None:
+    """(seconds, count) of the sink worker's successful writes so far, from its /metrics."""
+    from etl.demo import metric_sum, scrape
+
+    try:
+        samples = scrape(run.sink_worker.metrics_url)
+    except OSError:
+        return None
+    return metric_sum(samples, "etl_sink_write_seconds_sum"), metric_sum(samples, "etl_sink_write_seconds_count")

@@ -1,0 +1,60 @@
+"""Our warehouse sink alone: ``DuckDBSink.write`` rows/s at several batch sizes.
+
+The events are normalized once up front and put through the same JSON round
+trip the sink worker sees (``dumps_event`` on the normalize side, ``orjson.loads``
+in the sink), so only the write is timed.  Each batch size writes into a fresh
+warehouse file, with the sink's deployed settings (the file is opened and
+closed per batch unless ``duckdb.hold_connection`` is set).  The same sizes
+are measured again with ``hold_connection=True`` (keys ``"<size> held"``) to
+show what reopening the file per batch costs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from etl.config import DuckDBSettings, Settings
+from mappers.normalize import Normalizer, dumps_event
+from sinks.duckdb import DuckDBSink
+
+
+def normalized_events(values: list[bytes], limit: int) -> list[dict[str, Any]]:
+    normalizer = Normalizer()
+    out: list[dict[str, Any]] = []
+    for offset, value in enumerate(values):
+        events, _ = normalizer.normalize(value, topic="bench", partition=0, offset=offset, timestamp_ms=1_795_000_000_000)
+        out.extend(orjson.loads(dumps_event(ev)) for ev in events)
+        if len(out) >= limit:
+            break
+    return out[:limit]
+
+
+def run_sink_alone(values: list[bytes], work_dir: Path, sizes: tuple[int, ...], rows_per_size: int) -> dict[str, Any]:
+    events = normalized_events(values, rows_per_size)
+    results: dict[str, Any] = {}
+    runs = [(size, False) for size in sizes] + [(size, True) for size in sizes]
+    for size, held in runs:
+        path = work_dir / f"sink-alone-{size}{'-held' if held else ''}.duckdb"
+        path.unlink(missing_ok=True)
+        settings = Settings(sinks=["duckdb"], duckdb=DuckDBSettings(path=path, hold_connection=held))
+        sink = DuckDBSink(settings, path)
+        sink.open()  # tables exist before the clock starts, as in the worker
+        sink.close()
+        batches = [events[i : i + size] for i in range(0, len(events), size)]
+        started = time.perf_counter()
+        for batch in batches:
+            sink.write(batch)
+        seconds = time.perf_counter() - started
+        sink.close()
+        results[f"{size} held" if held else str(size)] = {
+            "rows": len(events),
+            "batches": len(batches),
+            "seconds": round(seconds, 3),
+            "rows_per_s": round(len(events) / seconds, 1),
+            "ms_per_batch": round(1000 * seconds / len(batches), 2),
+        }
+    return results

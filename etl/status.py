@@ -1,0 +1,168 @@
+"""``etl status``: one screen on the whole pipeline.
+
+Per consumer group and partition: committed offset, true end offset, lag.
+Rates come from the workers' ``/metrics`` when ``--metrics`` URLs are given
+(two scrapes ``interval`` seconds apart: events in/out per stage and sink,
+backpressure pauses, flag-gated counts); otherwise from two samples of the
+committed offsets (records/s per group).  DLQ counts by reason come from the
+DLQ topic (after the purge watermark).
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections import defaultdict
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from etl import kafka_tools
+from etl.config import Settings
+from etl.offsets import group_for, group_offsets
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(urls: list[str], timeout: float = 3.0) -> tuple[Samples, list[str]]:
+    """Sum the samples of all reachable workers; returns (samples, unreachable urls)."""
+    samples: Samples = defaultdict(float)
+    unreachable = []
+    for url in urls:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - operator-given URL
+                text = resp.read().decode("utf-8")
+        except OSError:
+            unreachable.append(url)
+            continue
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                key = (s.name, tuple(sorted(s.labels.items())))
+                if s.name == "etl_sink_paused_since_seconds":
+                    # A gauge of a time: the earliest pause among workers, not a sum.
+                    old = samples.get(key, 0.0)
+                    samples[key] = min(old, s.value) if old and s.value else (old or s.value)
+                else:
+                    samples[key] += s.value
+    return dict(samples), unreachable
+
+
+def _labels(key: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    return dict(key)
+
+
+def metric_rates(first: Samples, second: Samples, interval: float) -> dict[str, Any]:
+    rates_in: dict[str, float] = {}
+    rates_out: dict[str, dict[str, float]] = defaultdict(dict)
+    for (name, key), value in second.items():
+        delta = max(0.0, value - first.get((name, key), 0.0)) / interval
+        labels = _labels(key)
+        if name == "etl_events_in_total":
+            rates_in[labels["stage"]] = round(delta, 1)
+        elif name == "etl_events_out_total":
+            rates_out[labels["stage"]][labels["outcome"]] = round(delta, 1)
+    return {"events_in_per_second": rates_in, "events_out_per_second": dict(rates_out)}
+
+
+def metric_state(samples: Samples) -> dict[str, Any]:
+    paused: dict[str, str] = {}
+    stopped: list[str] = []
+    gated: dict[str, float] = {}
+    dlq_metric: dict[str, float] = defaultdict(float)
+    for (name, key), value in samples.items():
+        labels = _labels(key)
+        if name == "etl_sink_paused_since_seconds" and value > 0:
+            paused[labels["sink"]] = datetime.fromtimestamp(value, UTC).isoformat()
+        elif name == "etl_sink_stopped" and value > 0:
+            stopped.append(labels["sink"])
+        elif name == "etl_gated_total":
+            gated[f"{labels.get('sink')}/{labels.get('flag')}"] = value
+        elif name == "etl_dlq_total":
+            dlq_metric[labels["reason"]] += value
+    return {"paused_since": paused, "stopped": sorted(stopped), "gated": gated, "dlq_by_reason_since_start": dict(dlq_metric)}
+
+
+def collect(settings: Settings, *, metrics_urls: list[str] | None = None, interval: float = 0.0, include_dlq: bool = True) -> dict[str, Any]:
+    names = ["normalize", *settings.sinks]
+    targets = {name: group_for(settings, name) for name in names}
+    first_scrape: Samples = {}
+    unreachable: list[str] = []
+    if metrics_urls:
+        first_scrape, unreachable = scrape(metrics_urls)
+    kc = kafka_tools.consumer(settings)
+    try:
+        started = time.monotonic()
+        first = {name: group_offsets(settings, group, topics, kc) for name, (group, topics) in targets.items()}
+        second = first
+        if interval > 0:
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+            second = {name: group_offsets(settings, group, topics, kc) for name, (group, topics) in targets.items()}
+        elapsed = max(time.monotonic() - started, 1e-9)
+    finally:
+        kc.close()
+    groups = []
+    for name, (group, _) in targets.items():
+        rows = second[name]
+        before = {(r.topic, r.partition): r.committed or 0 for r in first[name]}
+        committed_rate = sum((r.committed or 0) - before[(r.topic, r.partition)] for r in rows) / elapsed if interval > 0 else None
+        groups.append({
+            "name": name,
+            "group": group,
+            "lag": sum(r.lag for r in rows),
+            "records_per_second": round(committed_rate, 1) if committed_rate is not None else None,
+            "partitions": [asdict(r) for r in rows],
+        })
+    doc: dict[str, Any] = {"at": datetime.now(UTC).isoformat(), "groups": groups, "total_lag": sum(g["lag"] for g in groups)}
+    if metrics_urls:
+        second_scrape, unreachable = scrape(metrics_urls) if interval > 0 else (first_scrape, unreachable)
+        doc["metrics"] = {**metric_state(second_scrape), "unreachable": unreachable}
+        if interval > 0:
+            doc["metrics"].update(metric_rates(first_scrape, second_scrape, elapsed))
+    if include_dlq:
+        from etl.dlq import read_dead_letters, summarize
+
+        doc["dlq"] = summarize(read_dead_letters(settings))
+    return doc
+
+
+def render(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"etl status  {doc['at']}  total lag {doc['total_lag']}")
+    for col in ("group", "topic", "partition", "committed", "end", "lag"):
+        table.add_column(col, justify="right" if col in ("partition", "committed", "end", "lag") else "left")
+    for g in doc["groups"]:
+        rate = f"  {g['records_per_second']} rec/s" if g["records_per_second"] is not None else ""
+        for i, p in enumerate(g["partitions"]):
+            table.add_row(f"{g['group']}{rate}" if i == 0 else "", p["topic"], str(p["partition"]),
+                          "-" if p["committed"] is None else str(p["committed"]), str(p["end"]), str(p["lag"]))
+        table.add_section()
+    console.print(table)
+    m = doc.get("metrics")
+    if m:
+        rates = Table(title="workers (from /metrics)")
+        rates.add_column("stage")
+        rates.add_column("in/s", justify="right")
+        rates.add_column("out/s by outcome")
+        stages = sorted(set(m.get("events_in_per_second", {})) | set(m.get("events_out_per_second", {})))
+        for stage in stages:
+            outs = ", ".join(f"{k} {v}" for k, v in sorted(m.get("events_out_per_second", {}).get(stage, {}).items()))
+            rates.add_row(stage, str(m.get("events_in_per_second", {}).get(stage, "-")), outs)
+        console.print(rates)
+        console.print(f"paused by backpressure: {m['paused_since'] or 'none'}   stopped (auth): {m['stopped'] or 'none'}")
+        console.print(f"flag-gated: {m['gated'] or 'none'}")
+        if m["unreachable"]:
+            console.print(f"[yellow]unreachable: {', '.join(m['unreachable'])}[/yellow]")
+    dlq = doc.get("dlq")
+    if dlq is not None:
+        t = Table(title=f"dead letters: {dlq['total']}")
+        t.add_column("stage")
+        t.add_column("reason")
+        t.add_column("count", justify="right")
+        for row in dlq["by_stage_reason"]:
+            t.add_row(row["stage"], row["reason"], str(row["count"]))
+        console.print(t)

@@ -1,0 +1,441 @@
+"""Snowflake warehouse sink (``snowflake-connector-python``).
+
+Same tables and views as the DuckDB reference (``sinks/duckdb.py``).  Each batch:
+
+1. rows per table -> one Parquet file (pyarrow) -> ``PUT`` to a temporary stage;
+2. ``COPY INTO`` a per-worker staging table with ``MATCH_BY_COLUMN_NAME``;
+3. ``MERGE`` staging into the target on its key (``message_id``; ``rejection_id``
+   for ``rejected_events``), converting JSON text with ``PARSE_JSON`` in the
+   ``USING`` subquery.
+
+Why this path: Parquet + PUT + COPY is Snowflake's bulk path (measured 14k-36k
+rows/s end to end against the emulator, vs. < 1k rows/s for ``executemany``),
+and it keeps column types exact.  ``COPY ... MATCH_BY_COLUMN_NAME`` cannot load a
+TEMPORARY table, so staging tables are permanent (transient where supported),
+named per sink instance (``_ETL_STG_<TABLE>_<token>``) so that scaled-out workers
+never share one, truncated before every load and dropped on close.  Every file
+gets a unique name because COPY skips files it has already loaded.
+
+Identifiers are created unquoted: Snowflake folds them to upper case, so
+analysts write ``select latency_ms from tool_used`` without quotes.  Names from
+event data are already ``[a-z0-9_]`` with reserved words suffixed
+(``mappers/identifiers.py``), which makes unquoted use safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from etl.config import Settings
+from sinks.base import Capabilities, RetryableSinkError, Sink, SinkAuthError, WriteResult
+from sinks.schema import (
+    BOOLEAN,
+    DISCARD_COLUMNS,
+    EVENTS_COLUMNS,
+    FLOAT,
+    INTEGER,
+    JSON,
+    REJECTED_COLUMNS,
+    STRING,
+    STRING_ARRAY,
+    TIMESTAMP,
+    Column,
+    SchemaTracker,
+    dedupe_last,
+    utcnow,
+)
+from sinks.warehouse_sql import (
+    DISCARD_KEY,
+    EVENTS_KEY,
+    REJECTED_KEY,
+    discard_rows,
+    event_rows,
+    merge_statement,
+    parse_timestamp,
+    typed_columns,
+)
+
+log = logging.getLogger("etl.sinks.snowflake")
+
+SNOWFLAKE_TYPES = {
+    STRING: "VARCHAR",
+    INTEGER: "NUMBER(38,0)",
+    FLOAT: "FLOAT",
+    BOOLEAN: "BOOLEAN",
+    TIMESTAMP: "TIMESTAMP_NTZ",
+    JSON: "VARIANT",
+    STRING_ARRAY: "ARRAY",
+}
+# information_schema.columns.data_type -> logical type (for evolved columns).
+REVERSE_TYPES = {
+    "TEXT": STRING,
+    "VARCHAR": STRING,
+    "NUMBER": INTEGER,
+    "BIGINT": INTEGER,
+    "INTEGER": INTEGER,
+    "FLOAT": FLOAT,
+    "DOUBLE": FLOAT,
+    "BOOLEAN": BOOLEAN,
+    "TIMESTAMP_NTZ": TIMESTAMP,
+    "TIMESTAMP": TIMESTAMP,
+    "VARIANT": JSON,
+    "OBJECT": JSON,
+    "ARRAY": STRING_ARRAY,
+}
+# Staging holds JSON and arrays as text; PARSE_JSON converts them in the MERGE source.
+STAGING_TYPES = {**SNOWFLAKE_TYPES, JSON: "VARCHAR", STRING_ARRAY: "VARCHAR"}
+ARROW_TYPES = {
+    STRING: pa.string(),
+    INTEGER: pa.int64(),
+    FLOAT: pa.float64(),
+    BOOLEAN: pa.bool_(),
+    TIMESTAMP: pa.timestamp("us"),
+    JSON: pa.string(),
+    STRING_ARRAY: pa.string(),
+}
+# Snowflake error numbers meaning "credentials refused".
+AUTH_ERRNOS = {390100, 390101, 390102, 390144, 390186, 390189, 250001}
+
+_PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+
+
+def ident(name: str) -> str:
+    """Unquoted upper-case identifier when safe (analysts need no quotes), else quoted."""
+    if _PLAIN_NAME.match(name):
+        return name.upper()
+    return '"' + name.replace('"', '""') + '"'
+
+
+VIEWS: dict[str, str] = {
+    "flow_success_daily": """
+        SELECT CAST(DATE_TRUNC('day', timestamp) AS DATE) AS day,
+               COUNT(*) AS flows,
+               COUNT_IF(success) AS succeeded,
+               COUNT_IF(success IS NOT NULL) AS with_outcome,
+               CAST(COUNT_IF(success) AS FLOAT) / NULLIF(COUNT_IF(success IS NOT NULL), 0) AS success_rate,
+               PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY time_ms) AS p50_time_ms,
+               PERCENTILE_CONT(0.95) WITHIN GROUP (ORDER BY time_ms) AS p95_time_ms
+        FROM flow_executed GROUP BY 1""",
+    "tool_latency": """
+        SELECT tool_type,
+               COUNT(*) AS calls,
+               PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50_latency_ms,
+               PERCENTILE_CONT(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95_latency_ms,
+               PERCENTILE_CONT(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99_latency_ms,
+               CAST(COUNT_IF(status IS NOT NULL AND status NOT IN ('success', 'ok')) AS FLOAT) / COUNT(*) AS error_rate
+        FROM tool_used GROUP BY 1""",
+    "llm_cost_daily": """
+        SELECT CAST(DATE_TRUNC('day', timestamp) AS DATE) AS day,
+               ai_model AS model,
+               ai_provider AS provider,
+               workspace_id,
+               COUNT(*) AS generations,
+               SUM(ai_input_tokens) AS input_tokens,
+               SUM(ai_output_tokens) AS output_tokens,
+               SUM(ai_total_cost_usd) AS cost_usd
+        FROM ai_generation GROUP BY 1, 2, 3, 4""",
+    "blocked_prompt_rate": """
+        SELECT workspace_id,
+               COUNT_IF(event = 'prompt_blocked') AS blocked_prompts,
+               COUNT_IF(event = 'flow_executed') AS flow_runs,
+               COUNT(*) AS events,
+               CAST(COUNT_IF(event = 'prompt_blocked') AS FLOAT)
+                   / NULLIF(COUNT_IF(event IN ('prompt_blocked', 'flow_executed')), 0) AS blocked_rate
+        FROM events WHERE type = 'track' GROUP BY 1""",
+    "rag_latency": """
+        SELECT vector_db_used AS vector_db,
+               COUNT(*) AS queries,
+               PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50_latency_ms,
+               PERCENTILE_CONT(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95_latency_ms,
+               AVG(sources_found) AS avg_sources_found
+        FROM rag_query_triggered GROUP BY 1""",
+}
+
+
+def _source_expr(col: Column) -> str:
+    name = ident(col.name)
+    if col.type == JSON:
+        return f"PARSE_JSON({name}) AS {name}"
+    if col.type == STRING_ARRAY:
+        return f"CAST(PARSE_JSON({name}) AS ARRAY) AS {name}"
+    return name
+
+
+def _cell(col: Column, value: Any) -> Any:
+    if value is None:
+        return None
+    if col.type == TIMESTAMP:
+        return parse_timestamp(value)
+    if col.type in (JSON, STRING_ARRAY):
+        return orjson.dumps(value).decode()
+    return value
+
+
+def parquet_table(columns: tuple[Column, ...], rows: list[dict[str, Any]]) -> pa.Table:
+    arrays = {
+        col.name.upper(): pa.array([_cell(col, row.get(col.name)) for row in rows], type=ARROW_TYPES[col.type])
+        for col in columns
+    }
+    return pa.table(arrays)
+
+
+class SnowflakeSink(Sink):
+    name = "snowflake"
+
+    @classmethod
+    def declare_capabilities(cls, settings: Settings) -> Capabilities:
+        return Capabilities(
+            max_identifier_length=255,
+            max_batch_events=settings.delivery.batch_max_events,
+            stores_rejected=True,
+            is_warehouse=True,
+        )
+
+    def __init__(self, settings: Settings, connect_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        self.schema = SchemaTracker(self.capabilities.max_identifier_length)
+        self._connect_kwargs = connect_kwargs
+        self._conn: Any = None
+        self._token = uuid.uuid4().hex[:8].upper()
+        self._stage = f"_ETL_STAGE_{self._token}"
+        self._staging_signature: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._tmp = Path(tempfile.mkdtemp(prefix="etl-snowflake-"))
+        self._initialised = False
+        self._stage_dirty = False
+
+    # ------------------------------------------------------------ connection
+    def connection_kwargs(self) -> dict[str, Any]:
+        if self._connect_kwargs is not None:
+            return dict(self._connect_kwargs)
+        s = self.settings.snowflake
+        kwargs: dict[str, Any] = {
+            "account": s.account,
+            "user": s.user,
+            "database": s.database,
+            "schema": s.schema_name,
+            "session_parameters": {"QUERY_TAG": "analytics-etl", "TIMEZONE": "UTC"},
+            "login_timeout": 30,
+            "network_timeout": 60,
+        }
+        if s.private_key_file is not None:
+            kwargs["private_key"] = self._private_key_der()
+        elif s.password is not None:
+            kwargs["password"] = s.password.get_secret_value()
+        for field in ("role", "warehouse", "host", "port"):
+            value = getattr(s, field)
+            if value is not None:
+                kwargs[field] = value
+        if s.host is not None:
+            kwargs["protocol"] = s.protocol
+            # Emulators and private links have no telemetry endpoint.
+            kwargs["session_parameters"] = {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False}
+        return {k: v for k, v in kwargs.items() if v is not None}
+
+    def _private_key_der(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        s = self.settings.snowflake
+        assert s.private_key_file is not None
+        passphrase = s.private_key_passphrase.get_secret_value().encode() if s.private_key_passphrase else None
+        key = serialization.load_pem_private_key(Path(s.private_key_file).read_bytes(), password=passphrase)
+        return key.private_bytes(
+            encoding=serialization.Encoding.DER,
+            format=serialization.PrivateFormat.PKCS8,
+            encryption_algorithm=serialization.NoEncryption(),
+        )
+
+    def _connect(self) -> Any:
+        if self._conn is not None:
+            return self._conn
+        import snowflake.connector
+        from snowflake.connector import errors as sf_errors
+
+        kwargs = self.connection_kwargs()
+        try:
+            conn = snowflake.connector.connect(**kwargs)
+        except sf_errors.DatabaseError as exc:
+            if getattr(exc, "errno", None) in AUTH_ERRNOS or isinstance(exc, sf_errors.ForbiddenError):
+                raise SinkAuthError(f"snowflake refused the credentials of user {kwargs.get('user')!r}: {exc.msg}") from None
+            raise RetryableSinkError(f"cannot connect to snowflake: {exc}", retry_after=1.0) from exc
+        self._conn = conn
+        schema = kwargs.get("schema")
+        if schema:
+            self._exec(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}")
+            self._exec(f"USE SCHEMA {ident(schema)}")
+        self._exec(f"CREATE TEMPORARY STAGE IF NOT EXISTS {self._stage} FILE_FORMAT = (TYPE = PARQUET)")
+        self._stage_dirty = False
+        self._staging_signature.clear()  # a new session: verify staging tables again
+        if not self._initialised:
+            self._create_objects()
+            self._initialised = True
+        self._load_columns()
+        return conn
+
+    def open(self) -> None:
+        self._guard(self._connect)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            cur = conn.cursor()
+            for table in list(self._staging_signature):
+                cur.execute(f"DROP TABLE IF EXISTS {self._staging_name(table)}")
+        except Exception as exc:  # best effort: the staging tables are recreated or dropped later
+            log.warning("could not drop staging tables: %s", exc)
+        finally:
+            self._staging_signature.clear()
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def __del__(self) -> None:
+        shutil.rmtree(getattr(self, "_tmp", ""), ignore_errors=True)
+
+    def _exec(self, sql: str, params: Any = None) -> Any:
+        cur = self._conn.cursor()
+        cur.execute(sql, params)
+        return cur
+
+    def _guard(self, fn: Any, *args: Any) -> Any:
+        """Map connector errors to the runtime's vocabulary."""
+        from snowflake.connector import errors as sf_errors
+
+        try:
+            return fn(*args)
+        except (SinkAuthError, RetryableSinkError):
+            raise
+        except (sf_errors.OperationalError, sf_errors.InterfaceError, sf_errors.ServiceUnavailableError,
+                sf_errors.GatewayTimeoutError, sf_errors.InternalServerError, sf_errors.BadGatewayError) as exc:
+            self._drop_connection()
+            raise RetryableSinkError(f"snowflake unavailable: {exc}", retry_after=1.0) from exc
+        except sf_errors.DatabaseError as exc:
+            if getattr(exc, "errno", None) in AUTH_ERRNOS:
+                self._drop_connection()
+                raise SinkAuthError(f"snowflake refused the credentials: {exc.msg}") from None
+            raise
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        self._staging_signature.clear()
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    # ---------------------------------------------------------------- schema
+    def _create_objects(self) -> None:
+        self._exec(self._ddl("events", EVENTS_COLUMNS) + " CLUSTER BY (TO_DATE(TIMESTAMP), EVENT)")
+        for table in self.schema.tables.values():
+            self._exec(self._ddl(table.name, table.columns) + " CLUSTER BY (TO_DATE(TIMESTAMP), WORKSPACE_ID)")
+        self._exec(self._ddl("rejected_events", REJECTED_COLUMNS))
+        self._exec(self._ddl("schema_discards", DISCARD_COLUMNS))
+        for name, sql in VIEWS.items():
+            self._exec(f"CREATE OR REPLACE VIEW {ident(name)} AS {sql}")
+
+    @staticmethod
+    def _ddl(table: str, columns: tuple[Column, ...], types: dict[str, str] = SNOWFLAKE_TYPES, verb: str = "CREATE TABLE IF NOT EXISTS") -> str:
+        cols = ", ".join(f"{ident(c.name)} {types[c.type]}" for c in columns)
+        return f"{verb} {ident(table)} ({cols})"
+
+    def _load_columns(self) -> None:
+        rows = self._exec(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = CURRENT_SCHEMA()"
+        ).fetchall()
+        found: dict[str, dict[str, str]] = {}
+        for table, column, data_type in rows:
+            table, column = table.lower(), column.lower()
+            if table not in self.schema.tables:
+                continue
+            declared = {c.name: c.type for c in self.schema.tables[table].columns}
+            kind = declared.get(column) or REVERSE_TYPES.get(str(data_type).upper().split("(")[0], JSON)
+            found.setdefault(table, {})[column] = kind
+        for table, columns in found.items():
+            self.schema.load_existing(table, columns)
+
+    # ----------------------------------------------------------------- write
+    def write(self, events: list[dict[str, Any]]) -> WriteResult:
+        events = dedupe_last(events)
+        return self._guard(self._write, events)
+
+    def _write(self, events: list[dict[str, Any]]) -> WriteResult:
+        self._connect()
+        plan = self.schema.plan(events)
+        try:
+            for table, columns in plan.new_columns.items():
+                for col in columns:
+                    self._exec(f"ALTER TABLE {ident(table)} ADD COLUMN IF NOT EXISTS {ident(col.name)} {SNOWFLAKE_TYPES[col.type]}")
+                    log.info("schema evolution: added column %s.%s %s", table, col.name, SNOWFLAKE_TYPES[col.type])
+            # Typed tables first, events last: a crash in between is repaired by redelivery.
+            for table, rows in plan.rows.items():
+                self._merge(table, typed_columns(self.schema.existing[table]), rows, EVENTS_KEY)
+            if plan.discards:
+                self._merge("schema_discards", DISCARD_COLUMNS, discard_rows(plan), DISCARD_KEY)
+            self._merge("events", EVENTS_COLUMNS, event_rows(events, utcnow()), EVENTS_KEY)
+        except BaseException:
+            self.schema.forget_new_columns(plan)
+            raise
+        return WriteResult(written=len(events))
+
+    def write_rejected(self, records: list[dict[str, Any]]) -> None:
+        unique = list({r["rejection_id"]: r for r in records}.values())
+        self._guard(self._write_rejected, unique)
+
+    def _write_rejected(self, records: list[dict[str, Any]]) -> None:
+        self._connect()
+        self._merge("rejected_events", REJECTED_COLUMNS, records, REJECTED_KEY)
+
+    def _staging_name(self, table: str) -> str:
+        return f"_ETL_STG_{table.upper()}_{self._token}"
+
+    def _prepare_staging(self, table: str, columns: tuple[Column, ...]) -> str:
+        staging = self._staging_name(table)
+        signature = tuple((c.name, c.type) for c in columns)
+        if self._staging_signature.get(table) == signature:
+            self._exec(f"TRUNCATE TABLE {staging}")
+        else:
+            # TRANSIENT: no fail-safe storage for scratch data (COPY cannot load TEMPORARY tables by name match).
+            self._exec(self._ddl(staging, columns, STAGING_TYPES, verb="CREATE OR REPLACE TRANSIENT TABLE"))
+            self._staging_signature[table] = signature
+        return staging
+
+    def _merge(self, table: str, columns: tuple[Column, ...], rows: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
+        if not rows:
+            return
+        staging = self._prepare_staging(table, columns)
+        path = self._tmp / f"{table}-{uuid.uuid4().hex}.parquet"
+        pq.write_table(parquet_table(columns, rows), path)
+        if self._stage_dirty:
+            # A failed COPY may have left a file behind; the stage must hold only this batch.
+            self._exec(f"CREATE OR REPLACE TEMPORARY STAGE {self._stage} FILE_FORMAT = (TYPE = PARQUET)")
+            self._stage_dirty = False
+        self._stage_dirty = True
+        try:
+            self._exec(f"PUT 'file://{path}' @{self._stage} AUTO_COMPRESS = FALSE OVERWRITE = TRUE")
+        finally:
+            path.unlink(missing_ok=True)
+        # The whole (per-instance) stage: the emulator rejects FILES = (...); PURGE empties it.
+        self._exec(
+            f"COPY INTO {staging} FROM @{self._stage} "
+            "FILE_FORMAT = (TYPE = PARQUET) MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE PURGE = TRUE"
+        )
+        self._stage_dirty = False
+        source = f"(SELECT {', '.join(_source_expr(c) for c in columns)} FROM {staging})"
+        self._exec(merge_statement(ident(table), source, [c.name for c in columns], keys, quote=ident))
+
+
+SINK = SnowflakeSink

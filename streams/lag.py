@@ -1,0 +1,58 @@
+"""``etl_consumer_lag``: records between this worker group's commit and the true end.
+
+Each worker reports the partitions assigned to it (so summing over workers
+counts every partition once) and drops partitions it lost in a rebalance.
+Ends come from ``true_end_offsets`` (the bundled broker under-reports its
+high watermark), committed offsets from the group coordinator; both on
+kafka-python clients in a thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from kafka import TopicPartition
+
+from etl import kafka_tools
+from streams import metrics
+from streams.app import app, settings
+
+log = logging.getLogger("etl.lag")
+
+LAG_INTERVAL = 5.0
+
+_group: str = app.conf.id
+_reported: set[tuple[str, int]] = set()
+_consumer: Any = None
+
+
+def _measure(assigned: list[TopicPartition]) -> dict[TopicPartition, int]:
+    global _consumer
+    if _consumer is None:
+        _consumer = kafka_tools.consumer(settings, client_id=f"{_group}-lag")
+    ends = kafka_tools.true_end_offsets(_consumer, assigned)
+    begins = _consumer.beginning_offsets(assigned)
+    committed = kafka_tools.committed_offsets(settings, _group)
+    return {tp: max(0, ends[tp] - committed.get(tp, begins[tp])) for tp in assigned}
+
+
+@app.timer(interval=LAG_INTERVAL)
+async def report_lag() -> None:
+    consumer = app.consumer
+    if consumer is None or app.rebalancing:
+        return
+    assigned = sorted((TopicPartition(tp.topic, tp.partition) for tp in consumer.assignment()), key=lambda t: (t.topic, t.partition))
+    try:
+        lags = await asyncio.to_thread(_measure, assigned) if assigned else {}
+    except Exception as exc:  # noqa: BLE001 - a metric must never stop a worker
+        log.warning("consumer lag not measured: %s: %s", type(exc).__name__, exc)
+        return
+    current = {(tp.topic, tp.partition) for tp in lags}
+    for topic, partition in _reported - current:
+        metrics.LAG.remove(_group, topic, str(partition))
+    for tp, lag in lags.items():
+        metrics.LAG.labels(_group, tp.topic, str(tp.partition)).set(lag)
+    _reported.clear()
+    _reported.update(current)
