@@ -3,10 +3,10 @@
 The events are normalized once up front and put through the same JSON round
 trip the sink worker sees (``dumps_event`` on the normalize side, ``orjson.loads``
 in the sink), so only the write is timed.  Each batch size writes into a fresh
-warehouse file, with the sink's deployed settings (the file is opened and
-closed per batch unless ``duckdb.hold_connection`` is set).  The same sizes
-are measured again with ``hold_connection=True`` (keys ``"<size> held"``) to
-show what reopening the file per batch costs.
+warehouse file with the sink's deployed settings (the file stays open while
+batches keep coming: keys ``"<size> held"``), and again with
+``max_hold_seconds=0`` (the file reopened for every batch: keys ``"<size>"``)
+to show what reopening costs.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def run_sink_alone(values: list[bytes], work_dir: Path, sizes: tuple[int, ...], 
     for size, held in runs:
         path = work_dir / f"sink-alone-{size}{'-held' if held else ''}.duckdb"
         path.unlink(missing_ok=True)
-        settings = Settings(sinks=["duckdb"], duckdb=DuckDBSettings(path=path, hold_connection=held))
+        settings = Settings(sinks=["duckdb"], duckdb=DuckDBSettings(path=path, max_hold_seconds=5.0 if held else 0.0))
         sink = DuckDBSink(settings, path)
         sink.open()  # tables exist before the clock starts, as in the worker
         sink.close()

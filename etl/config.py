@@ -47,10 +47,14 @@ class KafkaSettings(BaseModel):
     dlq_topic: str = Field("events.dlq", description="Dead-letter topic (original bytes + reason).")
     partitions: int = Field(4, ge=1, description="Partitions used when this job creates topics.")
     replication_factor: int = Field(1, ge=1, description="Replication factor for created topics.")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (MSK, Confluent Cloud, Redpanda Cloud)."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="PLAIN (Confluent Cloud), SCRAM-SHA-256/512 (MSK, Redpanda)."
+    )
+    sasl_username: str | None = Field(None, description="SASL user (Confluent: the API key).")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (Confluent: the API secret). Never logged.")
     ssl_cafile: Path | None = Field(None, description="CA bundle for SSL/SASL_SSL.")
     group_prefix: str = Field("etl", description="Consumer groups are <prefix>-normalize and <prefix>-sink-<name>.")
     session_timeout: float = Field(10.0, gt=0, description="Seconds before the group evicts a silent worker (then rebalances).")
@@ -95,7 +99,9 @@ class NormalizeSettings(BaseModel):
 
 
 class DeliverySettings(BaseModel):
-    batch_max_events: int = Field(5000, ge=1, description="Events a delivering agent hands to a sink at most per write.")
+    batch_max_events: int = Field(
+        10000, ge=1, description="Events a delivering agent gathers per batch (a sink may split further by its own limits)."
+    )
     flush_interval: float = Field(0.5, gt=0, description="Seconds a delivering agent waits to fill a batch.")
     retry_initial: float = Field(0.2, gt=0, description="First retry back-off, seconds.")
     retry_max: float = Field(30.0, gt=0, description="Cap of the exponential back-off, seconds.")
@@ -109,31 +115,32 @@ class DeliverySettings(BaseModel):
 
 class DuckDBSettings(BaseModel):
     path: Path = Field(Path("warehouse.duckdb"), description="Embedded warehouse file.")
-    hold_connection: bool = Field(
-        False, description="Keep the file open between batches (faster; blocks other writers and readers)."
+    max_hold_seconds: float = Field(
+        5.0, ge=0, description="Longest the sink keeps the file locked under load before letting readers and other writers in (0 = after every batch)."
     )
+    memory_limit_mb: int = Field(192, ge=64, description="DuckDB memory limit of the sink process, MB.")
 
 
 class PostHogSettings(BaseModel):
     api_key: SecretStr | None = Field(None, description="Project API key (also POSTHOG_API_KEY).")
     host: str = Field("https://us.i.posthog.com", description="PostHog host (also POSTHOG_HOST).")
     personal_api_key: SecretStr | None = Field(None, description="Personal API key for local flag evaluation (also POSTHOG_PERSONAL_API_KEY).")
-    gzip: bool = True
-    timeout: float = Field(15.0, gt=0)
-    max_request_bytes: int = Field(20 * 1024 * 1024 - 1, ge=1024)
-    max_event_bytes: int = Field(900 * 1024, ge=1024)
-    max_batch_events: int = Field(1000, ge=1)
+    gzip: bool = Field(True, description="Gzip request bodies.")
+    timeout: float = Field(15.0, gt=0, description="Seconds per /batch/ request; a timeout is retried.")
+    max_request_bytes: int = Field(20 * 1024 * 1024 - 1, ge=1024, description="Largest request body (PostHog: < 20 MB).")
+    max_event_bytes: int = Field(900 * 1024, ge=1024, description="Largest event; bigger ones are truncated to fit (SDK cap 900 KiB).")
+    max_batch_events: int = Field(1000, ge=1, description="Most events per request.")
 
 
 class RudderStackSettings(BaseModel):
     write_key: SecretStr | None = Field(None, description="Source write key (also RUDDERSTACK_WRITE_KEY).")
     data_plane_url: str | None = Field(None, description="Data plane URL (also RUDDERSTACK_DATA_PLANE_URL).")
-    gzip: bool = True
-    timeout: float = Field(15.0, gt=0)
+    gzip: bool = Field(True, description="Gzip request bodies.")
+    timeout: float = Field(15.0, gt=0, description="Seconds per /v1/batch request; a timeout is retried.")
     # rudder-server's gateway default (Gateway.maxReqSizeInKB = 4000), a little under 4 MiB.
-    max_request_bytes: int = Field(4000 * 1024, ge=1024)
-    max_event_bytes: int = Field(32 * 1024, ge=256)
-    max_batch_events: int = Field(500, ge=1)
+    max_request_bytes: int = Field(4000 * 1024, ge=1024, description="Largest request body (gateway default 4000 KB).")
+    max_event_bytes: int = Field(32 * 1024, ge=256, description="Largest event; bigger ones are truncated to fit.")
+    max_batch_events: int = Field(500, ge=1, description="Most events per request.")
 
 
 class SnowflakeSettings(BaseModel):
@@ -147,8 +154,8 @@ class SnowflakeSettings(BaseModel):
     database: str | None = None
     schema_name: str = Field("ANALYTICS", alias="schema", description="Target schema (also SNOWFLAKE_SCHEMA).")
     host: str | None = Field(None, description="Override host (emulators, private link).")
-    port: int | None = None
-    protocol: Literal["https", "http"] = "https"
+    port: int | None = Field(None, description="Override port (emulators).")
+    protocol: Literal["https", "http"] = Field("https", description="https; http only for local emulators.")
 
     model_config = {"populate_by_name": True}
 
@@ -251,9 +258,11 @@ class Settings(BaseSettings):
     role: Annotated[str, Field(description="Worker role: all | normalize | sink:<name>.")] = "all"
     sinks: Annotated[list[str], NoDecode, Field(description="Enabled sinks, comma-separated.")] = ["duckdb"]
     web_port: int = Field(6066, ge=0, le=65535, description="Worker HTTP port (health, metrics); 0 = pick a free port.")
-    web_enabled: bool = True
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "text"
+    web_enabled: bool = Field(True, description="Serve /healthz, /readyz and /metrics on the web port.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of the workers and commands.")
+    log_format: Literal["json", "text"] = Field(
+        "text", description="json: one JSON object per line with a batch_id per batch; text: for humans."
+    )
     data_dir: Path = Field(Path(".etl"), description="Worker state (Faust tables, pid files).")
     replay: bool = Field(False, description="Mark deliveries as backfill (PostHog historical_migration).")
 

@@ -58,6 +58,14 @@ def topic_partitions(kc: KafkaConsumer, topics: list[str]) -> list[TopicPartitio
     return [tp for topic in topics for tp in kafka_tools.partitions(kc, topic)]
 
 
+def beginning_offsets(kc: KafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """One request per topic: a request mixing topics came back without some partitions here."""
+    result: dict[TopicPartition, int] = {}
+    for topic in dict.fromkeys(tp.topic for tp in tps):
+        result.update(kc.beginning_offsets([tp for tp in tps if tp.topic == topic]))
+    return result
+
+
 @dataclass
 class PartitionOffsets:
     topic: str
@@ -67,13 +75,23 @@ class PartitionOffsets:
     lag: int
 
 
-def group_offsets(settings: Settings, group: str, topics: list[str], kc: KafkaConsumer | None = None) -> list[PartitionOffsets]:
+def group_offsets(
+    settings: Settings,
+    group: str,
+    topics: list[str],
+    kc: KafkaConsumer | None = None,
+    known: tuple[dict[TopicPartition, int], dict[TopicPartition, int]] | None = None,
+) -> list[PartitionOffsets]:
+    """Committed/end/lag per partition; ``known`` = (true ends, beginnings) already measured."""
     own = kc is None
     kc = kc or kafka_tools.consumer(settings)
     try:
         tps = topic_partitions(kc, topics)
-        ends = kafka_tools.true_end_offsets(kc, tps)
-        begins = kc.beginning_offsets(tps)
+        if known is None:
+            ends = kafka_tools.true_end_offsets(kc, tps)
+            begins = beginning_offsets(kc, tps)
+        else:
+            ends, begins = known
         committed = kafka_tools.committed_offsets(settings, group)
     finally:
         if own:
@@ -117,7 +135,7 @@ def target_offsets(
     try:
         tps = topic_partitions(kc, topics)
         ends = kafka_tools.true_end_offsets(kc, tps)
-        begins = kc.beginning_offsets(tps)
+        begins = beginning_offsets(kc, tps)
         if to_earliest:
             return {tp: begins[tp] for tp in tps}
         if to_latest:

@@ -45,6 +45,7 @@ from etl import kafka_tools
 from etl.config import Settings
 from etl.offsets import parse_time, to_ms
 from mappers.deadletter import dead_letter, dumps_dead_letter
+from mappers.envelope import decode_unified
 from mappers.errors import Rejection
 from mappers.normalize import Normalizer, dumps_event
 
@@ -162,6 +163,9 @@ def make_plan(
     if ranges and (window_from or window_to):
         raise ValueError("give either --from/--to or --range, not both")
     topic = settings.kafka.raw_topic if source == "raw" else settings.kafka.normalized_topic
+    # The id comes from the arguments as typed, so a relative window (-3d) run again
+    # after an interruption finds its checkpoint.
+    replay_id = replay_id or replay_id_for(source, sinks, window_from, window_to, ranges or [])
     kc = kafka_tools.consumer(settings)
     try:
         tps = kafka_tools.partitions(kc, topic)
@@ -190,7 +194,7 @@ def make_plan(
     finally:
         kc.close()
     return ReplayPlan(
-        replay_id=replay_id or replay_id_for(source, sinks, window_from, window_to, ranges or []),
+        replay_id=replay_id,
         source=source,
         topic=topic,
         sinks=list(sinks),
@@ -230,18 +234,6 @@ def read_window(kc: KafkaConsumer, topic: str, ranges: dict[int, tuple[int, int]
     kc.unsubscribe()
 
 
-def decode_normalized(records: list[Any]) -> list[dict[str, Any]]:
-    """Normalized-topic records (envelopes ``{"events": [...]}`` or single events) -> unified events."""
-    events: list[dict[str, Any]] = []
-    for rec in records:
-        doc = orjson.loads(rec.value)
-        if "events" in doc and "message_id" not in doc:
-            events.extend(doc["events"])
-        else:
-            events.append(doc)
-    return events
-
-
 class Converter:
     """Records of the replayed topic -> (unified events, rejections with source coordinates)."""
 
@@ -251,7 +243,7 @@ class Converter:
 
     def __call__(self, records: list[Any]) -> tuple[list[dict[str, Any]], list[tuple[Rejection, str, int, int]]]:
         if self.normalizer is None:
-            return decode_normalized(records), []
+            return decode_unified(records), []
         events: list[dict[str, Any]] = []
         dead: list[tuple[Rejection, str, int, int]] = []
         for rec in records:

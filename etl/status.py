@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from etl import kafka_tools
 from etl.config import Settings
-from etl.offsets import group_for, group_offsets
+from etl.offsets import beginning_offsets, group_for, group_offsets, topic_partitions
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -93,12 +93,22 @@ def collect(settings: Settings, *, metrics_urls: list[str] | None = None, interv
         first_scrape, unreachable = scrape(metrics_urls)
     kc = kafka_tools.consumer(settings)
     try:
+        all_tps = topic_partitions(kc, sorted({t for _, topics in targets.values() for t in topics}))
+
+        def sample() -> dict[str, list[Any]]:
+            # One true-end measurement for all topics, shared by the groups.
+            ends: dict[Any, int] = {}
+            for topic in dict.fromkeys(tp.topic for tp in all_tps):  # one topic per request, as beginning_offsets
+                ends.update(kafka_tools.true_end_offsets(kc, [tp for tp in all_tps if tp.topic == topic]))
+            known = (ends, beginning_offsets(kc, all_tps))
+            return {name: group_offsets(settings, group, topics, kc, known) for name, (group, topics) in targets.items()}
+
         started = time.monotonic()
-        first = {name: group_offsets(settings, group, topics, kc) for name, (group, topics) in targets.items()}
+        first = sample()
         second = first
         if interval > 0:
             time.sleep(max(0.0, interval - (time.monotonic() - started)))
-            second = {name: group_offsets(settings, group, topics, kc) for name, (group, topics) in targets.items()}
+            second = sample()
         elapsed = max(time.monotonic() - started, 1e-9)
     finally:
         kc.close()

@@ -18,6 +18,7 @@ import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -54,6 +55,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class _Sanitised:
     truncated: list[str] = field(default_factory=list)
     nul_stripped: bool = False
+
+
+#: Shared "nothing was sanitised" state for the common case (never mutated).
+_CLEAN = _Sanitised(truncated=[], nul_stripped=False)
 
 
 def parse_timestamp(value: Any, field_name: str) -> datetime | None:
@@ -242,7 +247,7 @@ class Normalizer:
         rejections: list[Rejection],
     ) -> None:
         try:
-            events.append(self._event(obj, envelope_sent_at, source, sanitised_utf8))
+            events.append(self._event(obj, envelope_sent_at, source, sanitised_utf8, self._needs_cleaning(item_raw)))
         except EventRejected as exc:
             name = obj.get("event")
             rejections.append(
@@ -262,6 +267,7 @@ class Normalizer:
         envelope_sent_at: Any,
         source: tuple[str, int, int, datetime],
         sanitised_utf8: bool,
+        needs_cleaning: bool = True,
     ) -> dict[str, Any]:
         topic, partition, offset, received_default = source
         segment = "type" in obj or "userId" in obj or "anonymousId" in obj or "messageId" in obj
@@ -334,11 +340,13 @@ class Normalizer:
             if isinstance(groups, dict):
                 workspace = groups.get("workspace")
 
-        state = _Sanitised(nul_stripped=sanitised_utf8)
-        properties = self._clean(properties, 1, "properties", state)
-        context = self._clean(context, 1, "context", state)
-        if traits is not None:
-            traits = self._clean(traits, 1, "traits", state)
+        state = _CLEAN
+        if needs_cleaning or sanitised_utf8:
+            state = _Sanitised(nul_stripped=sanitised_utf8)
+            properties = self._clean(properties, 1, "properties", state)
+            context = self._clean(context, 1, "context", state)
+            if traits is not None:
+                traits = self._clean(traits, 1, "traits", state)
 
         model = KNOWN_EVENTS.get(name)
         if model is not None:
@@ -444,6 +452,19 @@ class Normalizer:
             )
         return text
 
+    def _needs_cleaning(self, raw: bytes) -> bool:
+        """False when the bytes prove there is nothing to sanitise (the common case).
+
+        In valid JSON a NUL can only appear as the escape ``\\u0000``; no string
+        can be longer than the whole document; and nesting cannot be deeper
+        than the number of brackets.
+        """
+        return (
+            len(raw) > self._max_len
+            or b"\\u0000" in raw
+            or raw.count(b"{") + raw.count(b"[") > self._max_depth
+        )
+
     def _clean(self, value: Any, depth: int, path: str, state: _Sanitised) -> Any:
         """Strip NULs, cut oversized strings, refuse runaway nesting."""
         kind = type(value)
@@ -487,10 +508,10 @@ class Normalizer:
             reason = Reason.OUT_OF_RANGE if err["type"] in _RANGE_ERRORS else Reason.INVALID_PROPERTY
             shown = "" if key in SENSITIVE_PROPERTIES else f" (got {_preview(err.get('input'))})"
             raise EventRejected(reason, f"{field_path}: {err['msg']}{shown}", field_path, name) from None
-        for field_name, info in model.model_fields.items():
-            key = info.alias or field_name
+        values = typed.__dict__
+        for field_name, key in _field_keys(model):
             if key in properties:
-                coerced = getattr(typed, field_name)
+                coerced = values[field_name]
                 if coerced is not None or properties[key] is None:
                     properties[key] = coerced
         if name == "$ai_generation" and "$ai_total_cost_usd" not in properties:
@@ -500,6 +521,12 @@ class Normalizer:
 
 
 _RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}
+
+
+@lru_cache(maxsize=None)
+def _field_keys(model: type[TypedProperties]) -> tuple[tuple[str, str], ...]:
+    """(field name, property key as sent) per field; read once (pydantic's accessor is slow)."""
+    return tuple((name, info.alias or name) for name, info in model.model_fields.items())
 
 
 def _json_type(value: Any) -> str:

@@ -204,7 +204,7 @@ class BigQuerySink(Sink):
         self._client = client
         self._owns_client = client is None
         self._token = uuid.uuid4().hex[:8]
-        self._staging_tables: set[str] = set()
+        self._staging_tables: dict[str, tuple[tuple[str, str], ...]] = {}
         self._initialised = False
 
     # ------------------------------------------------------------ connection
@@ -248,11 +248,11 @@ class BigQuerySink(Sink):
     def close(self) -> None:
         if self._client is None:
             return
-        for table in list(self._staging_tables):
+        for staging in list(self._staging_tables):
             try:
-                self._client.delete_table(self.table_id(table), not_found_ok=True)
+                self._client.delete_table(self.table_id(staging), not_found_ok=True)
             except Exception as exc:  # best effort; the next start reuses/replaces it anyway
-                log.warning("could not drop staging table %s: %s", table, exc)
+                log.warning("could not drop staging table %s: %s", staging, exc)
         self._staging_tables.clear()
         if self._owns_client:
             self._client.close()
@@ -379,7 +379,12 @@ class BigQuerySink(Sink):
             write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
             create_disposition=bigquery.CreateDisposition.CREATE_IF_NEEDED,
         )
-        self._staging_tables.add(staging)
+        signature = tuple((c.name, c.type) for c in columns)
+        if self._staging_tables.get(staging, signature) != signature:
+            # The emulator keeps an existing table's schema on WRITE_TRUNCATE (BigQuery replaces
+            # it): after schema evolution, start the staging table afresh.
+            self.client.delete_table(self.table_id(staging), not_found_ok=True)
+        self._staging_tables[staging] = signature
         # size=None: a resumable upload (multipart is refused by emulators; resumable scales to GBs).
         job = self.client.load_table_from_file(io.BytesIO(ndjson(columns, rows)), self.table_id(staging), size=None, job_config=config)
         try:

@@ -5,7 +5,7 @@
   same dict objects), and makes an oversized event fit by truncating its
   largest strings (marked, and listed in ``properties.$truncated``).  Only an
   event that still does not fit is refused (``event_too_large_for_sink``).
-* :func:`outcome_for_status` / :func:`result_for_refusal` turn an HTTP answer
+* :func:`outcome_for_status` / :func:`raise_for_refusal` turn an HTTP answer
   into the runtime's contract: 429/5xx/timeouts -> retry (honouring
   Retry-After), 400/413/422 -> bisect (one event -> dead letter), 401/403 ->
   stop the sink.

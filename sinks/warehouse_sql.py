@@ -12,7 +12,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from sinks.schema import DISCARD_COLUMNS, EVENTS_COLUMNS, Column, TypedPlan, utcnow
+from sinks.schema import Column, TypedPlan, utcnow
 
 
 def parse_timestamp(value: Any) -> datetime | None:
@@ -68,8 +68,6 @@ def discard_rows(plan: TypedPlan) -> list[dict[str, Any]]:
 EVENTS_KEY = ("message_id",)
 REJECTED_KEY = ("rejection_id",)
 DISCARD_KEY = ("message_id", "table_name", "property_key")
-EVENTS_COLUMN_NAMES = tuple(c.name for c in EVENTS_COLUMNS)
-DISCARD_COLUMN_NAMES = tuple(c.name for c in DISCARD_COLUMNS)
 
 
 def typed_columns(existing: dict[str, str]) -> tuple[Column, ...]:

@@ -14,6 +14,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from functools import lru_cache
 from typing import Any
 
 import faust
@@ -22,6 +23,7 @@ from aiokafka.partitioner import murmur2
 
 from etl.config import Settings
 from mappers.deadletter import dead_letter, dumps_dead_letter
+from mappers.envelope import EVENTS_HEADER, decode_unified, encode_envelope, event_count
 from mappers.errors import Rejection
 from mappers.governance import NormalizeGovernance, SinkGovernance
 from mappers.models import KNOWN_EVENTS
@@ -34,6 +36,9 @@ from streams.logs import batch_context
 import streams.lag  # noqa: F401,E402  (etl_consumer_lag timer)
 
 log = logging.getLogger("etl.agents")
+
+#: (topic, key, value, partition, headers)
+OutMessage = tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None]
 
 
 class KafkaOut:
@@ -54,11 +59,11 @@ class KafkaOut:
         self._partitions[topic] = (time.monotonic(), count)
         return count
 
-    async def send_all(self, messages: list[tuple[str, bytes | None, bytes, int | None]]) -> None:
+    async def send_all(self, messages: list[OutMessage]) -> None:
         attempt = 0
         while True:
             try:
-                futures = [await self.app.producer.send(t, k, v, p, None, None) for t, k, v, p in messages]
+                futures = [await self.app.producer.send(m[0], m[1], m[2], m[3], None, m[4] if len(m) > 4 else None) for m in messages]
                 await asyncio.gather(*futures)
                 return
             except asyncio.CancelledError:
@@ -77,13 +82,14 @@ class KafkaOut:
         messages = []
         for rejection, topic, partition, offset in items:
             record = dead_letter(rejection, stage=stage, topic=topic, partition=partition, offset=offset, raw_limit=limit)
-            messages.append((self.settings.kafka.dlq_topic, record["rejection_id"].encode(), dumps_dead_letter(record), None))
+            messages.append((self.settings.kafka.dlq_topic, record["rejection_id"].encode(), dumps_dead_letter(record), None, None))
             metrics.DLQ.labels(stage, rejection.reason).inc()
         await self.send_all(messages)
 
 
+@lru_cache(maxsize=65536)
 def partition_for(key: str, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2), so keyed consumers agree with us."""
+    """Kafka's default partitioner (murmur2), so keyed consumers agree with us (cached: pure Python)."""
     return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
@@ -122,11 +128,11 @@ class NormalizeStage:
             metrics.BY_EVENT.labels(name).inc(n)
         return len(unified), len(dead)
 
-    async def _envelopes(self, unified: list[dict[str, Any]]) -> list[tuple[str, bytes | None, bytes, int | None]]:
+    async def _envelopes(self, unified: list[dict[str, Any]]) -> list[OutMessage]:
         topic = self.settings.kafka.normalized_topic
         size = self.settings.normalize.envelope_size
         if size == 1:
-            return [(topic, ev["distinct_id"].encode(), dumps_event(ev), None) for ev in unified]
+            return [(topic, ev["distinct_id"].encode(), dumps_event(ev), None, None) for ev in unified]
         # Group by the partition the distinct_id maps to, so per-user order
         # and partition affinity are the same as with one keyed message each.
         partitions = await self.out.partition_count(topic)
@@ -143,20 +149,8 @@ class NormalizeStage:
                     chunk.append(encoded[start])
                     nbytes += len(encoded[start])
                     start += 1
-                messages.append((topic, None, b'{"events":[' + b",".join(chunk) + b"]}", partition))
+                messages.append((topic, None, encode_envelope(chunk), partition, [(EVENTS_HEADER, str(len(chunk)).encode())]))
         return messages
-
-
-def decode_unified(records: list[Any]) -> list[dict[str, Any]]:
-    """Normalized-topic records (envelopes or single events) -> unified event dicts."""
-    events: list[dict[str, Any]] = []
-    for rec in records:
-        doc = orjson.loads(rec.value)
-        if "events" in doc and "message_id" not in doc:
-            events.extend(doc["events"])
-        else:
-            events.append(doc)
-    return events
 
 
 async def chunk_batches(stream: faust.StreamT, max_events: int, within: float, count: Any) -> AsyncIterator[list[Any]]:
@@ -219,6 +213,11 @@ def _records(event: Any) -> int:
     return len(event.value)
 
 
+def _events(event: Any) -> int:
+    """Unified events in a chunk of the normalized topic."""
+    return sum(event_count(record) for record in event.value)
+
+
 if role == "normalize":
     raw_topic = chunk_topic(app, settings.kafka.raw_topic)
     normalize_out = KafkaOut(app, "normalize", settings)
@@ -254,12 +253,13 @@ elif role.startswith("sink:"):
 
     @app.agent(normalized_topic, name=f"deliver_{sink_name}")
     async def deliver(stream: faust.StreamT) -> None:
-        async for batch in chunk_batches(stream, settings.delivery.batch_max_events, settings.delivery.flush_interval, _records):
+        async for batch in chunk_batches(stream, settings.delivery.batch_max_events, settings.delivery.flush_interval, _events):
             if not batch:
                 async with sink_lock:
                     await asyncio.to_thread(sink.on_idle)
                 continue
-            events = decode_unified([r for event in batch for r in event.value])
+            # Decoding is CPU work: keep it off the event loop (heartbeats, web).
+            events = await asyncio.to_thread(decode_unified, [r for event in batch for r in event.value])
             metrics.EVENTS_IN.labels(deliverer.stage).inc(len(events))
             # Flag gates and third-party redaction (mappers/governance.py).
             events = sink_governance.prepare(events)

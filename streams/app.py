@@ -70,9 +70,18 @@ def create_app(settings: Settings) -> faust.App:
         broker_rebalance_timeout=settings.kafka.rebalance_timeout,
         broker_commit_interval=settings.kafka.commit_interval,
         broker_commit_every=10_000_000,
-        broker_max_poll_records=2000,
+        # Records per partition fetch.  Normalized records are envelopes of up
+        # to envelope_size events, so a sink fetches fewer of them to keep a
+        # fetched chunk near one sink batch (memory stays bounded).
+        broker_max_poll_records=2000
+        if role == "normalize"
+        else max(2, -(-settings.delivery.batch_max_events // settings.normalize.envelope_size)),
         consumer_max_fetch_size=16 * 1024 * 1024,
         stream_buffer_maxsize=64,
+        # On stop or rebalance, do not wait for in-flight batches: a sink that
+        # is backing off could hold shutdown for minutes.  Unfinished batches
+        # were never acked, so they are redelivered - nothing is lost.
+        stream_wait_empty=False,
         producer_acks=-1,
         producer_linger=0.005,
         producer_max_request_size=16 * 1024 * 1024,

@@ -16,6 +16,7 @@ from typing import Any
 from kafka import TopicPartition
 
 from etl import kafka_tools
+from etl.offsets import beginning_offsets
 from streams import metrics
 from streams.app import app, settings
 
@@ -31,9 +32,12 @@ _consumer: Any = None
 def _measure(assigned: list[TopicPartition]) -> dict[TopicPartition, int]:
     global _consumer
     if _consumer is None:
-        _consumer = kafka_tools.consumer(settings, client_id=f"{_group}-lag")
-    ends = kafka_tools.true_end_offsets(_consumer, assigned)
-    begins = _consumer.beginning_offsets(assigned)
+        # No CRC check: a metric probe re-reads the last batch every few seconds.
+        _consumer = kafka_tools.consumer(settings, client_id=f"{_group}-lag", check_crcs=False)
+    ends: dict[TopicPartition, int] = {}
+    for topic in dict.fromkeys(tp.topic for tp in assigned):  # one topic per request (see etl.offsets.beginning_offsets)
+        ends.update(kafka_tools.true_end_offsets(_consumer, [tp for tp in assigned if tp.topic == topic]))
+    begins = beginning_offsets(_consumer, assigned)
     committed = kafka_tools.committed_offsets(settings, _group)
     return {tp: max(0, ends[tp] - committed.get(tp, begins[tp])) for tp in assigned}
 

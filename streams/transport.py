@@ -123,6 +123,12 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
                         continue
                     message = to_chunk(tp, batch, batch[0].offset if start is None else start)
                     await self.wait_first(callback(message), self.suspend_flow.wait())
+                    if self.app.consumer_generation_id != generation:
+                        # A rebalance happened while the chunk was handed over:
+                        # Faust has already reset the read offsets to the
+                        # committed ones; overwriting them would make a kept
+                        # partition skip (and never ack) its refetched records.
+                        break
                     # _read_offset holds the next offset to read, as after a seek.
                     read_offset[tp] = batch[-1].offset + 1
         except self.consumer_stopped_errors:

@@ -120,3 +120,47 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(make_pipeline) -> None:
     print(f"kills={dict(kills)} lag_at_normalize_kills={lag_at_kill} valid={valid} "
           f"topic copies={sum(seen.values())} redelivered={redelivered}")
     assert redelivered > 0, "no kill landed on uncommitted work; the test proved nothing about redelivery"
+
+
+def test_worker_stops_promptly_while_its_destination_is_down(make_pipeline) -> None:
+    """A sink backing off must not hold a deploy or restart hostage; its unfinished batch is redelivered."""
+    import signal
+
+    from etl.demo import metric_sum, scrape
+    from tests.servers.rudderstack import RudderStackServer
+
+    with RudderStackServer(write_key="wk") as server:
+        outage = server.fail_for(600, status=503)
+        pipeline = make_pipeline(
+            sinks=("rudderstack",),
+            partitions=1,
+            extra_env={"RUDDERSTACK_WRITE_KEY": "wk", "RUDDERSTACK_DATA_PLANE_URL": server.url, "ETL_FLAGS__GATES": "{}",
+                       "ETL_DELIVERY__RETRY_MAX": "1"},
+            rudderstack={"write_key": "wk", "data_plane_url": server.url},
+        )
+        pipeline.start()
+        events = [orjson.dumps({"event": "tool_used", "distinct_id": f"u{i}", "uuid": f"00000000-0000-4000-8000-{i:012d}"}) for i in range(50)]
+        pipeline.produce(events)
+        sink = pipeline.worker("sink:rudderstack")
+        deadline = time.monotonic() + 60
+
+        def retries() -> float:
+            try:
+                return metric_sum(scrape(sink.metrics_url), "etl_sink_retries_total")
+            except OSError:  # web server not up yet
+                return 0
+
+        while retries() < 2:
+            assert time.monotonic() < deadline, "sink never started retrying"
+            time.sleep(0.3)
+        started = time.monotonic()
+        sink.process.send_signal(signal.SIGTERM)
+        sink.process.wait(timeout=15)
+        stopped_in = time.monotonic() - started
+        assert stopped_in < 10, f"worker took {stopped_in:.1f}s to stop while backing off"
+        pipeline.workers.remove(sink)
+
+        outage.cancel()
+        pipeline.start(["sink:rudderstack"])
+        pipeline.wait_drained(timeout=90)
+        assert sorted(set(server.message_ids())) == [f"00000000-0000-4000-8000-{i:012d}" for i in range(50)]

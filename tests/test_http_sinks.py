@@ -8,14 +8,14 @@ the runtime's contract (retry / bisect / dead letter / stop).
 from __future__ import annotations
 
 import asyncio
-import gzip
+import base64
 import json
 import os
 import subprocess
 import sys
 import uuid
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 
 import orjson
@@ -245,7 +245,7 @@ def test_rudderstack_payloads_exact(rs):
     ]
     (req,) = rs.requests
     assert (req.path, req.status, req.header("content-encoding")) == ("/v1/batch", 200, "gzip")
-    assert req.header("authorization") == "Basic " + __import__("base64").b64encode(f"{WRITE_KEY}:".encode()).decode()
+    assert req.header("authorization") == "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
     assert sorted(req.json) == ["batch", "sentAt"]
     # Body = envelope + events joined by ","; each event's size is its exact bytes.
     overhead = len(b'{"batch":[') + len(b'],"sentAt":"') + len(req.json["sentAt"]) + len(b'"}')

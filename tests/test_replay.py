@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
-from kafka import TopicPartition
 
 from etl import kafka_tools
 from tests.conftest import warehouse_rows

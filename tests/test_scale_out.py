@@ -38,6 +38,22 @@ def wait_assignment(workers, topic: str, partitions: int, timeout: float = 60.0)
         time.sleep(0.3)
 
 
+def drained(p, workers, timeout: float = 90.0) -> None:
+    """wait_drained, and on a stall name the stuck partitions and who owns them."""
+    from etl import kafka_tools
+
+    try:
+        p.wait_drained(timeout)
+    except TimeoutError as exc:
+        s = p.settings
+        committed = kafka_tools.committed_offsets(s, s.normalize_group)
+        ends = {f"{tp.topic}:{tp.partition}": (committed.get(tp), end) for tp, end in p.produced_ends.items()}
+        owners = {w.web_port: (readyz(w)["assigned"], normalized_count(w)) for w in workers if w.alive()}
+        landed = warehouse_rows(s.duckdb.path, "SELECT count(*) FROM events")[0][0]
+        raise AssertionError(f"stalled: committed/end {ends}; owners (assigned, normalized) {owners}; "
+                             f"events in warehouse {landed}\n{str(exc)[:300]}") from None
+
+
 def normalized_count(worker) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/metrics", timeout=2) as resp:
         text = resp.read().decode()
@@ -95,7 +111,7 @@ def test_workers_share_partitions_and_rebalance_on_crash_and_join(make_pipeline)
     load.join()
     (survivor_owns,) = wait_assignment([second], raw, 4)
     assert len(survivor_owns) == 4
-    p.wait_drained(90)
+    drained(p, [second])
     ids = set(load.ids)
     assert {r[0] for r in warehouse_rows(s.duckdb.path, "SELECT message_id FROM events")} == ids
     assert warehouse_rows(s.duckdb.path, "SELECT count(*), count(DISTINCT message_id) FROM events") == [(3000, 3000)]
@@ -107,7 +123,7 @@ def test_workers_share_partitions_and_rebalance_on_crash_and_join(make_pipeline)
     owned = wait_assignment([second, third], raw, 4)
     assert all(owned)
     load.join()
-    p.wait_drained(90)
+    drained(p, [second, third])
     ids |= set(load.ids)
     assert {r[0] for r in warehouse_rows(s.duckdb.path, "SELECT message_id FROM events")} == ids
     assert warehouse_rows(s.duckdb.path, "SELECT count(*), count(DISTINCT message_id) FROM events") == [(6000, 6000)]

@@ -190,3 +190,12 @@ def test_end_to_end_sigkill_and_replay_leave_exact_rows(make_pipeline, snowflake
     assert sf("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM events") == [(TOTAL_EVENTS, TOTAL_EVENTS)]
     assert sf("SELECT COUNT(*) FROM tool_used") == [(8,)]
     print(f"snowflake e2e: kill at {at_kill}/{TOTAL_EVENTS} events, {time.monotonic() - started:.1f}s, replay {replay}")
+
+
+def test_a_column_added_between_batches_reaches_the_merge(sink) -> None:
+    # The staging table of the first batch lacks the new column; the second batch must still land it.
+    sink.write(unified(KNOWN_RAW))
+    sink.write(unified([EVOLUTION_RAW]))
+    assert rows(sink, "SELECT message_id, retries, select_ FROM tool_used WHERE workspace_id = 'ws_h' ORDER BY 1") == [
+        ("evo-1", 2, None), ("evo-2", None, None), ("hostile-1", None, 1),
+    ]

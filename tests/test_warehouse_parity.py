@@ -214,7 +214,7 @@ EVOLUTION_RAW = orjson.dumps({"batch": [
     _ph("tool_used", "evo-2", f"{DAY2}T01:01:00Z", {"tool_type": "evo", "latency_ms": 3, "retries": "many", "workspace_id": "ws_h"}),
     _ph("tool_used", "hostile-1", f"{DAY2}T01:02:00Z", HOSTILE_PROPS),
 ]})
-FILLER_RAW = [orjson.dumps(_ph("page_viewed", f"fill-{i}", f"{DAY2}T02:00:00Z", {"n": i}, distinct_id=f"u{i % 7}")) for i in range(120)]
+FILLER_RAW = [orjson.dumps(_ph("page_viewed", f"fill-{i}", f"{DAY2}T02:00:00Z", {"n": i}, distinct_id=f"u{i % 7}")) for i in range(200)]
 ALL_RAW = KNOWN_RAW + [EVOLUTION_RAW] + FILLER_RAW + list(BAD_RAW)
 TOTAL_EVENTS = len(KNOWN_RAW) + 3 + len(FILLER_RAW)
 
@@ -254,7 +254,12 @@ def run_killed_then_replayed(make_pipeline, target: str, env: dict[str, str], co
     pipeline.start([f"sink:{target}"])
     pipeline.wait_drained(timeout=150)
     pipeline.check_alive()
-    assert count_events() == TOTAL_EVENTS
+    landed = count_events()
+    if landed != TOTAL_EVENTS:
+        log = (pipeline.work_dir / "logs" / f"worker-sink-{target}.log").read_text(errors="replace")
+        problems = [line for line in log.splitlines() if '"level":"warn' in line.lower() or '"level":"error"' in line.lower()]
+        pytest.fail(f"{landed} of {TOTAL_EVENTS} events in {target} after the drain (kill at {at_kill}); "
+                    "sink worker warnings/errors:\n" + "\n".join(problems[-30:]))
 
     done = pipeline.cli("replay", "--source", "normalized", "--range", "0:0-", "--range", "1:0-", "--sinks", target, "--no-progress", "--json")
     assert done.returncode == 0, done.stdout + done.stderr

@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import shutil
 import signal
 import socket
@@ -119,7 +120,7 @@ def ensure_bqemulator_venv(
     path: str | os.PathLike[str] | None = None,
     *,
     requirements: str | os.PathLike[str] = REQUIREMENTS_FILE,
-    python: str = "python3",
+    python: str | None = None,
     timeout: float = 1200.0,
 ) -> Path:
     """Create (or reuse) the bqemulator virtualenv and install the spatial extension.
@@ -129,6 +130,10 @@ def ensure_bqemulator_venv(
     path; its ``bin/bqemulator`` is the emulator's entry point.
     """
     venv = Path(path).expanduser().resolve() if path else default_venv_path()
+    # The real interpreter behind the running one, not `python3` from PATH: a
+    # version-manager shim resolves differently with the cwd and environment,
+    # which changed the digest mid-run and rebuilt (then failed to build) the venv.
+    python = python or os.path.realpath(sys.executable)
     req = Path(requirements).resolve()
     if not req.is_file():
         raise BigQueryEmulatorError(f"requirements file not found: {req}")
@@ -148,6 +153,8 @@ def ensure_bqemulator_venv(
             return venv
 
         started = time.monotonic()
+        if venv.exists() and not any(venv.iterdir()):
+            venv.rmdir()  # left empty by an interrupted build
         if venv.exists():
             if not (venv / "pyvenv.cfg").is_file():
                 raise BigQueryEmulatorError(f"{venv} exists but is not a virtualenv; refusing to replace it")
