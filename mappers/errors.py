@@ -27,8 +27,11 @@ class Reason:
     INVALID_FIELD = "invalid_field"
     INVALID_PROPERTY = "invalid_property"
     OUT_OF_RANGE = "out_of_range"
+    #: The mapper itself failed on this input (a bug): dead-lettered, never retried forever.
+    INTERNAL_ERROR = "internal_error"
     # Raised by delivery, not by the mappers.
     SINK_REJECTED = "sink_rejected"
+    UNREADABLE_RECORD = "unreadable_record"
     EVENT_TOO_LARGE_FOR_SINK = "event_too_large_for_sink"
 
 

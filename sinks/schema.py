@@ -190,6 +190,7 @@ class SchemaTracker:
         self.max_identifier_length = max_identifier_length
         self.tables = typed_tables(max_identifier_length)
         self.by_event = {t.event: t for t in self.tables.values()}
+        self.declared_names = {t.name: frozenset(c.name for c in t.declared.values()) for t in self.tables.values()}
         # Columns as they exist in the warehouse, refreshed by the sink.
         self.existing: dict[str, dict[str, str]] = {
             name: {c.name: c.type for c in table.columns} for name, table in self.tables.items()
@@ -227,7 +228,7 @@ class SchemaTracker:
                     continue  # workspace_id is the source of the base column
                 column = self.column_for(key)
                 kind = infer_type(value)
-                if column in RESERVED_TYPED_COLUMNS or any(c.name == column for c in table.declared.values()):
+                if column in RESERVED_TYPED_COLUMNS or column in self.declared_names[table.name]:
                     plan.discards.append(Discard(ev["message_id"], table.name, column, key, "reserved_column", kind, existing.get(column)))
                     continue
                 if owners.setdefault(column, key) != key:

@@ -23,8 +23,8 @@ from aiokafka.partitioner import murmur2
 
 from etl.config import Settings
 from mappers.deadletter import dead_letter, dumps_dead_letter
-from mappers.envelope import EVENTS_HEADER, decode_unified, encode_envelope, event_count
-from mappers.errors import Rejection
+from mappers.envelope import EVENTS_HEADER, encode_envelope, event_count, split_unified
+from mappers.errors import Reason, Rejection
 from mappers.governance import NormalizeGovernance, SinkGovernance
 from mappers.models import KNOWN_EVENTS
 from mappers.normalize import Normalizer, dumps_event
@@ -110,9 +110,14 @@ class NormalizeStage:
         dead: list[tuple[Rejection, str, int, int]] = []
         normalize = self.normalizer.normalize
         for rec in records:
-            events, rejections = normalize(
-                rec.value, topic=rec.topic, partition=rec.partition, offset=rec.offset, timestamp_ms=rec.timestamp
-            )
+            try:
+                events, rejections = normalize(
+                    rec.value, topic=rec.topic, partition=rec.partition, offset=rec.offset, timestamp_ms=rec.timestamp
+                )
+            except Exception as exc:  # noqa: BLE001 - a mapper bug must not wedge the partition
+                log.error("normalize: mapper failed on %s:%d:%d (%s); dead-lettering it", rec.topic, rec.partition, rec.offset, type(exc).__name__)
+                events = []
+                rejections = [Rejection(Reason.INTERNAL_ERROR, f"mapper failed: {type(exc).__name__}: {exc}"[:500], None, rec.value or b"")]
             unified.extend(events)
             for r in rejections:
                 dead.append((r, rec.topic, rec.partition, rec.offset))
@@ -198,6 +203,51 @@ async def chunk_batches(stream: faust.StreamT, max_events: int, within: float, c
         pumping.cancel()
 
 
+async def until_done(stage: str, step: Any, *args: Any) -> None:
+    """Run one batch's step until it succeeds.
+
+    Faust acks an event even when the agent raises, so a failure must never
+    leave the loop body: back off and try the same batch again.
+    """
+    attempt = 0
+    while True:
+        try:
+            await step(*args)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            delay = backoff(attempt, settings.delivery.retry_initial, settings.delivery.retry_max)
+            log.error("%s: batch failed (%s: %s); retrying the same batch in %.1fs", stage, type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+
+def unreadable_dead_letters(unreadable: list[tuple[Any, str]]) -> list[tuple[Rejection, str, int, int]]:
+    return [
+        (Rejection(Reason.UNREADABLE_RECORD, error, None, rec.value or b""), rec.topic, rec.partition, rec.offset)
+        for rec, error in unreadable
+    ]
+
+
+def dead_letter_record(record: Any, settings: Settings) -> dict[str, Any]:
+    """A DLQ record as stored; a foreign, unreadable one is kept as a dead letter of its own."""
+    try:
+        doc = orjson.loads(record.value)
+        if isinstance(doc, dict) and "rejection_id" in doc and "reason" in doc:
+            return doc
+        error = "not a dead-letter record"
+    except (orjson.JSONDecodeError, TypeError) as exc:
+        error = f"not JSON: {exc}"
+    rejection = Rejection(Reason.UNREADABLE_RECORD, error, None, record.value or b"")
+    return orjson.loads(
+        dumps_dead_letter(
+            dead_letter(rejection, stage="dlq", topic=record.topic, partition=record.partition, offset=record.offset,
+                        raw_limit=settings.normalize.dlq_raw_max_bytes)
+        )
+    )
+
+
 async def ack_all(stream: faust.StreamT, events: list[Any]) -> None:
     for event in events:
         await stream.ack(event)
@@ -230,7 +280,7 @@ if role == "normalize":
                 continue
             records = [r for event in batch for r in event.value]
             with batch_context(stage="normalize", records=len(records)):
-                await normalize_stage.process(records)
+                await until_done("normalize", normalize_stage.process, records)
             await ack_all(stream, batch)
 
 elif role.startswith("sink:"):
@@ -259,13 +309,19 @@ elif role.startswith("sink:"):
                     await asyncio.to_thread(sink.on_idle)
                 continue
             # Decoding is CPU work: keep it off the event loop (heartbeats, web).
-            events = await asyncio.to_thread(decode_unified, [r for event in batch for r in event.value])
+            events, unreadable = await asyncio.to_thread(split_unified, [r for event in batch for r in event.value])
             metrics.EVENTS_IN.labels(deliverer.stage).inc(len(events))
-            # Flag gates and third-party redaction (mappers/governance.py).
-            events = sink_governance.prepare(events)
             with batch_context(stage=deliverer.stage, events=len(events)):
-                async with sink_lock:
-                    await deliverer.deliver(events)
+                if unreadable:
+                    await sink_out.dead_letters(unreadable_dead_letters(unreadable), deliverer.stage)
+
+                async def deliver_batch(events: list[dict[str, Any]]) -> None:
+                    # Flag gates and third-party redaction (mappers/governance.py).
+                    prepared = sink_governance.prepare(events)
+                    async with sink_lock:
+                        await deliverer.deliver(prepared)
+
+                await until_done(deliverer.stage, deliver_batch, events)
             await ack_all(stream, batch)
 
     if sink.capabilities.stores_rejected:
@@ -276,7 +332,7 @@ elif role.startswith("sink:"):
             async for batch in chunk_batches(stream, settings.delivery.batch_max_events, settings.delivery.flush_interval, _records):
                 if not batch:
                     continue
-                records = [orjson.loads(r.value) for event in batch for r in event.value]
+                records = [dead_letter_record(r, settings) for event in batch for r in event.value]
                 with batch_context(stage=f"dlq:{sink_name}", records=len(records)):
                     async with sink_lock:
                         await deliverer.deliver_rejected(records)

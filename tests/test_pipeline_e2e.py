@@ -185,3 +185,23 @@ def test_views_answer_the_analyst_questions(make_pipeline) -> None:
         ("ws_a", 1, 4, 0.2)
     ]
     assert warehouse_rows(db, "SELECT vector_db, queries, p50_latency_ms, avg_sources_found FROM rag_latency") == [("pgvector", 3, 200.0, 2.0)]
+
+
+def test_foreign_records_on_internal_topics_never_wedge_a_partition(make_pipeline) -> None:
+    """Only this job writes events.normalized and events.dlq, but anyone with access can."""
+    pipeline = make_pipeline(sinks=("duckdb",), partitions=1)
+    pipeline.start()
+    k = pipeline.settings.kafka
+    pipeline.produce([b"definitely not json", b'{"events": [{"no": "message_id"}]}'], topic=k.normalized_topic)
+    pipeline.produce([b"\xff\xfe garbage in the dead-letter topic"], topic=k.dlq_topic)
+    pipeline.produce([orjson.dumps({"event": "tool_used", "distinct_id": "u", "uuid": "77777777-7777-4777-8777-777777777777"})])
+    # wait_drained covers the raw topic; the foreign records sit before the good event in their partitions.
+    pipeline.wait_drained(timeout=120)
+    db = pipeline.settings.duckdb.path
+    assert warehouse_rows(db, "SELECT message_id FROM events") == [("77777777-7777-4777-8777-777777777777",)]
+    rejected = sorted(warehouse_rows(db, "SELECT reason, stage, source_topic, raw_encoding FROM rejected_events"))
+    assert rejected == sorted([
+        ("unreadable_record", "sink:duckdb", k.normalized_topic, "utf-8"),
+        ("unreadable_record", "sink:duckdb", k.normalized_topic, "utf-8"),
+        ("unreadable_record", "dlq", k.dlq_topic, "base64"),
+    ])
