@@ -42,7 +42,9 @@ class WorkerProcess:
 def start_worker(role: str, env: dict[str, str], web_port: int, log_dir: Path, extra_args: list[str] | None = None) -> WorkerProcess:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"worker-{role.replace(':', '-')}.log"
-    worker_env = {**env, "ETL_ROLE": role, "ETL_WEB_PORT": str(web_port)}
+    # Fewer glibc malloc arenas: DuckDB's and Python's threads otherwise each
+    # grow their own, and RSS balloons with fragmentation.
+    worker_env = {"MALLOC_ARENA_MAX": "2", **env, "ETL_ROLE": role, "ETL_WEB_PORT": str(web_port)}
     log = open(log_path, "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "worker", *(extra_args or [])],

@@ -56,6 +56,10 @@ DUCKDB_TYPES = {
     JSON: "JSON",
     STRING_ARRAY: "VARCHAR[]",
 }
+# pyarrow's default pool keeps freed memory for reuse; a long-lived worker
+# writing one batch after another is better served by the system allocator.
+pa.set_memory_pool(pa.system_memory_pool())
+
 ARROW_TYPES = {
     STRING: pa.string(),
     INTEGER: pa.int64(),
@@ -232,11 +236,16 @@ class DuckDBSink(Sink):
                 for col in columns:
                     con.execute(f"ALTER TABLE {quote(table)} ADD COLUMN IF NOT EXISTS {quote(col.name)} {DUCKDB_TYPES[col.type]}")
                     log.info("schema evolution: added column %s.%s %s", table, col.name, DUCKDB_TYPES[col.type])
-            self._upsert(con, "events", EVENTS_COLUMNS, self._event_rows(events, loaded_at), MESSAGE_KEY)
+            replaced = self._upsert(con, "events", EVENTS_COLUMNS, self._event_rows(events, loaded_at), MESSAGE_KEY)
+            if replaced:
+                # Typed rows are written in the same transaction as their
+                # events row, so only keys events already had can have typed
+                # rows - usually none, which saves a scan of every typed table.
+                self._delete_keys(con, self.schema.tables, replaced)
             for table, rows in plan.rows.items():
                 existing = self.schema.existing[table]
                 columns = tuple(Column(name, kind) for name, kind in existing.items())
-                self._upsert(con, table, columns, rows, MESSAGE_KEY)
+                self._upsert(con, table, columns, rows, MESSAGE_KEY, delete=False)
             if plan.discards:
                 now = utcnow().isoformat() + "Z"
                 discards = {(d.message_id, d.table_name, d.property_key): {**asdict(d), "discarded_at": now} for d in plan.discards}
@@ -288,10 +297,15 @@ class DuckDBSink(Sink):
         columns: tuple[Column, ...],
         rows: list[dict[str, Any]],
         key: tuple[str, ...],
-    ) -> None:
-        """Replace the rows with these keys: delete them, then insert (rows are unique per key)."""
+        *,
+        delete: bool = True,
+    ) -> list[Any]:
+        """Replace the rows with these keys: delete them, then insert (rows are unique per key).
+
+        Returns the first key column of the rows that existed before.
+        """
         if not rows:
-            return
+            return []
         arrays = {}
         for col in columns:
             values = [row.get(col.name) for row in rows]
@@ -305,10 +319,28 @@ class DuckDBSink(Sink):
             names = ", ".join(quote(c.name) for c in columns)
             select = ", ".join(_select_expr(c) for c in columns)
             match = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in key)
-            con.execute(f"DELETE FROM {quote(table)} AS t USING {quote(view)} AS s WHERE {match}")
+            replaced: list[Any] = []
+            if delete:
+                replaced = [
+                    r[0]
+                    for r in con.execute(
+                        f"DELETE FROM {quote(table)} AS t USING {quote(view)} AS s WHERE {match} RETURNING t.{quote(key[0])}"
+                    ).fetchall()
+                ]
             con.execute(f"INSERT INTO {quote(table)} ({names}) SELECT {select} FROM {quote(view)}")
         finally:
             con.unregister(view)
+        return replaced
+
+    @staticmethod
+    def _delete_keys(con: duckdb.DuckDBPyConnection, tables: Any, message_ids: list[str]) -> None:
+        keys = pa.table({"message_id": pa.array(message_ids, type=pa.string())})
+        con.register("_replaced_keys", keys)
+        try:
+            for table in tables:
+                con.execute(f"DELETE FROM {quote(table)} WHERE message_id IN (SELECT message_id FROM _replaced_keys)")
+        finally:
+            con.unregister("_replaced_keys")
 
 
 MESSAGE_KEY = ("message_id",)

@@ -44,7 +44,7 @@ K8S_VERSION = "1.33.0"
 #: Environment names read by libraries inside the image, not by our settings.
 LIBRARY_ENV = frozenset({"GOOGLE_APPLICATION_CREDENTIALS"})
 #: Image-level variables of the Python runtime.
-RUNTIME_ENV = frozenset({"PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"})
+RUNTIME_ENV = frozenset({"PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "MALLOC_ARENA_MAX"})
 #: Stand-in for a value an operator must supply (a secret, an account name).
 OPERATOR_VALUE = "filled-by-operator"
 #: A single-writer sink: one replica, no lag-based autoscaling.
