@@ -171,6 +171,9 @@ def run_demo(
         )
         pipeline = LocalPipeline.create(settings, work_dir)
         pipeline.start()
+        _wait_assigned(pipeline.workers, timeout=60)
+        # The clock starts once the workers own their partitions, so
+        # events_per_second measures the pipeline, not process start-up.
         started = time.monotonic()
         pipeline.produce(_values(events, input_path, seed, result))
         limit = timeout if timeout is not None else 300 + result.produced / 500
@@ -183,6 +186,23 @@ def run_demo(
             pipeline.stop()
         broker.stop()
     return result
+
+
+def _wait_assigned(workers: list[WorkerProcess], timeout: float) -> None:
+    """Wait until every worker reports partitions on /readyz (bounded; the drain check decides anyway)."""
+    deadline = time.monotonic() + timeout
+    pending = list(workers)
+    while pending and time.monotonic() < deadline:
+        for w in list(pending):
+            if not w.alive():
+                return  # the drain check reports the dead worker with its log
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{w.web_port}/readyz", timeout=1) as resp:
+                    if orjson.loads(resp.read()).get("assigned"):
+                        pending.remove(w)
+            except (OSError, ValueError):
+                pass  # not listening yet, or 503 while joining
+        time.sleep(0.2)
 
 
 def _values(events: int, input_path: Path | None, seed: int, result: DemoResult) -> Iterator[bytes]:
