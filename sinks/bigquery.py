@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from etl.config import Settings
-from sinks.base import BatchRejectedError, Capabilities, RetryableSinkError, Sink, SinkAuthError, WriteResult
+from sinks.base import BatchRejectedError, RetryableSinkError, SinkAuthError
 from sinks.schema import (
     BOOLEAN,
     DISCARD_COLUMNS,
@@ -44,19 +44,11 @@ from sinks.schema import (
     STRING_ARRAY,
     TIMESTAMP,
     Column,
-    SchemaTracker,
-    dedupe_last,
-    utcnow,
 )
 from sinks.warehouse_sql import (
-    DISCARD_KEY,
-    EVENTS_KEY,
-    REJECTED_KEY,
-    discard_rows,
-    event_rows,
+    MergingWarehouseSink,
     merge_statement,
     parse_timestamp,
-    typed_columns,
 )
 
 log = logging.getLogger("etl.sinks.bigquery")
@@ -186,21 +178,12 @@ def ndjson(columns: tuple[Column, ...], rows: list[dict[str, Any]]) -> bytes:
     return b"\n".join(orjson.dumps({c.name: _cell(c, row.get(c.name)) for c in columns}) for row in rows) + b"\n"
 
 
-class BigQuerySink(Sink):
+class BigQuerySink(MergingWarehouseSink):
     name = "bigquery"
-
-    @classmethod
-    def declare_capabilities(cls, settings: Settings) -> Capabilities:
-        return Capabilities(
-            max_identifier_length=300,
-            max_batch_events=settings.delivery.batch_max_events,
-            stores_rejected=True,
-            is_warehouse=True,
-        )
+    identifier_limit = 300
 
     def __init__(self, settings: Settings, client: Any = None) -> None:
         super().__init__(settings)
-        self.schema = SchemaTracker(self.capabilities.max_identifier_length)
         self._client = client
         self._owns_client = client is None
         self._token = uuid.uuid4().hex[:8]
@@ -326,34 +309,8 @@ class BigQuerySink(Sink):
             raise
 
     # ----------------------------------------------------------------- write
-    def write(self, events: list[dict[str, Any]]) -> WriteResult:
-        events = dedupe_last(events)
-        return self._guard(self._write, events)
-
-    def _write(self, events: list[dict[str, Any]]) -> WriteResult:
+    def _ready(self) -> None:
         self._ensure()
-        plan = self.schema.plan(events)
-        try:
-            for table, columns in plan.new_columns.items():
-                self._add_columns(table, columns)
-            # Typed tables first, events last: a crash in between is repaired by redelivery.
-            for table, rows in plan.rows.items():
-                self._merge(table, typed_columns(self.schema.existing[table]), rows, EVENTS_KEY)
-            if plan.discards:
-                self._merge("schema_discards", DISCARD_COLUMNS, discard_rows(plan), DISCARD_KEY)
-            self._merge("events", EVENTS_COLUMNS, event_rows(events, utcnow()), EVENTS_KEY)
-        except BaseException:
-            self.schema.forget_new_columns(plan)
-            raise
-        return WriteResult(written=len(events))
-
-    def write_rejected(self, records: list[dict[str, Any]]) -> None:
-        unique = list({r["rejection_id"]: r for r in records}.values())
-        self._guard(self._write_rejected, unique)
-
-    def _write_rejected(self, records: list[dict[str, Any]]) -> None:
-        self._ensure()
-        self._merge("rejected_events", REJECTED_COLUMNS, records, REJECTED_KEY)
 
     def _add_columns(self, table: str, columns: list[Column]) -> None:
         for col in columns:  # one ADD COLUMN per statement (the emulator's limit)

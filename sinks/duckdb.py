@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from etl.config import Settings
 from sinks.base import Capabilities, RetryableSinkError, Sink, WriteResult
+from sinks.warehouse_sql import DISCARD_KEY, EVENTS_KEY
 from sinks.schema import (
     BOOLEAN,
     DISCARD_COLUMNS,
@@ -236,7 +237,7 @@ class DuckDBSink(Sink):
                 for col in columns:
                     con.execute(f"ALTER TABLE {quote(table)} ADD COLUMN IF NOT EXISTS {quote(col.name)} {DUCKDB_TYPES[col.type]}")
                     log.info("schema evolution: added column %s.%s %s", table, col.name, DUCKDB_TYPES[col.type])
-            replaced = self._upsert(con, "events", EVENTS_COLUMNS, self._event_rows(events, loaded_at), MESSAGE_KEY)
+            replaced = self._upsert(con, "events", EVENTS_COLUMNS, self._event_rows(events, loaded_at), EVENTS_KEY)
             if replaced:
                 # Typed rows are written in the same transaction as their
                 # events row, so only keys events already had can have typed
@@ -245,7 +246,7 @@ class DuckDBSink(Sink):
             for table, rows in plan.rows.items():
                 existing = self.schema.existing[table]
                 columns = tuple(Column(name, kind) for name, kind in existing.items())
-                self._upsert(con, table, columns, rows, MESSAGE_KEY, delete=False)
+                self._upsert(con, table, columns, rows, EVENTS_KEY, delete=False)
             if plan.discards:
                 now = utcnow().isoformat() + "Z"
                 discards = {(d.message_id, d.table_name, d.property_key): {**asdict(d), "discarded_at": now} for d in plan.discards}
@@ -341,10 +342,6 @@ class DuckDBSink(Sink):
                 con.execute(f"DELETE FROM {quote(table)} WHERE message_id IN (SELECT message_id FROM _replaced_keys)")
         finally:
             con.unregister("_replaced_keys")
-
-
-MESSAGE_KEY = ("message_id",)
-DISCARD_KEY = ("message_id", "table_name", "property_key")
 
 
 def wait_for_lock(path: Path, timeout: float, read_only: bool = True) -> duckdb.DuckDBPyConnection:

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from etl.config import Settings
-from sinks.base import Capabilities, RetryableSinkError, Sink, SinkAuthError, WriteResult
+from sinks.base import RetryableSinkError, SinkAuthError
 from sinks.schema import (
     BOOLEAN,
     DISCARD_COLUMNS,
@@ -50,19 +50,11 @@ from sinks.schema import (
     STRING_ARRAY,
     TIMESTAMP,
     Column,
-    SchemaTracker,
-    dedupe_last,
-    utcnow,
 )
 from sinks.warehouse_sql import (
-    DISCARD_KEY,
-    EVENTS_KEY,
-    REJECTED_KEY,
-    discard_rows,
-    event_rows,
+    MergingWarehouseSink,
     merge_statement,
     parse_timestamp,
-    typed_columns,
 )
 
 log = logging.getLogger("etl.sinks.snowflake")
@@ -189,21 +181,12 @@ def parquet_table(columns: tuple[Column, ...], rows: list[dict[str, Any]]) -> pa
     return pa.table(arrays)
 
 
-class SnowflakeSink(Sink):
+class SnowflakeSink(MergingWarehouseSink):
     name = "snowflake"
-
-    @classmethod
-    def declare_capabilities(cls, settings: Settings) -> Capabilities:
-        return Capabilities(
-            max_identifier_length=255,
-            max_batch_events=settings.delivery.batch_max_events,
-            stores_rejected=True,
-            is_warehouse=True,
-        )
+    identifier_limit = 255
 
     def __init__(self, settings: Settings, connect_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__(settings)
-        self.schema = SchemaTracker(self.capabilities.max_identifier_length)
         self._connect_kwargs = connect_kwargs
         self._conn: Any = None
         self._token = uuid.uuid4().hex[:8].upper()
@@ -368,36 +351,13 @@ class SnowflakeSink(Sink):
             self.schema.load_existing(table, columns)
 
     # ----------------------------------------------------------------- write
-    def write(self, events: list[dict[str, Any]]) -> WriteResult:
-        events = dedupe_last(events)
-        return self._guard(self._write, events)
-
-    def _write(self, events: list[dict[str, Any]]) -> WriteResult:
+    def _ready(self) -> None:
         self._connect()
-        plan = self.schema.plan(events)
-        try:
-            for table, columns in plan.new_columns.items():
-                for col in columns:
-                    self._exec(f"ALTER TABLE {ident(table)} ADD COLUMN IF NOT EXISTS {ident(col.name)} {SNOWFLAKE_TYPES[col.type]}")
-                    log.info("schema evolution: added column %s.%s %s", table, col.name, SNOWFLAKE_TYPES[col.type])
-            # Typed tables first, events last: a crash in between is repaired by redelivery.
-            for table, rows in plan.rows.items():
-                self._merge(table, typed_columns(self.schema.existing[table]), rows, EVENTS_KEY)
-            if plan.discards:
-                self._merge("schema_discards", DISCARD_COLUMNS, discard_rows(plan), DISCARD_KEY)
-            self._merge("events", EVENTS_COLUMNS, event_rows(events, utcnow()), EVENTS_KEY)
-        except BaseException:
-            self.schema.forget_new_columns(plan)
-            raise
-        return WriteResult(written=len(events))
 
-    def write_rejected(self, records: list[dict[str, Any]]) -> None:
-        unique = list({r["rejection_id"]: r for r in records}.values())
-        self._guard(self._write_rejected, unique)
-
-    def _write_rejected(self, records: list[dict[str, Any]]) -> None:
-        self._connect()
-        self._merge("rejected_events", REJECTED_COLUMNS, records, REJECTED_KEY)
+    def _add_columns(self, table: str, columns: list[Column]) -> None:
+        for col in columns:
+            self._exec(f"ALTER TABLE {ident(table)} ADD COLUMN IF NOT EXISTS {ident(col.name)} {SNOWFLAKE_TYPES[col.type]}")
+            log.info("schema evolution: added column %s.%s %s", table, col.name, SNOWFLAKE_TYPES[col.type])
 
     def _staging_name(self, table: str) -> str:
         return f"_ETL_STG_{table.upper()}_{self._token}"

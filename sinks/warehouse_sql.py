@@ -12,7 +12,18 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from sinks.schema import Column, TypedPlan, utcnow
+from etl.config import Settings
+from sinks.base import Capabilities, Sink, WriteResult
+from sinks.schema import (
+    DISCARD_COLUMNS,
+    EVENTS_COLUMNS,
+    REJECTED_COLUMNS,
+    Column,
+    SchemaTracker,
+    TypedPlan,
+    dedupe_last,
+    utcnow,
+)
 
 
 def parse_timestamp(value: Any) -> datetime | None:
@@ -73,3 +84,73 @@ DISCARD_KEY = ("message_id", "table_name", "property_key")
 def typed_columns(existing: dict[str, str]) -> tuple[Column, ...]:
     """A typed table's current columns (declared + evolved) as ``Column``s."""
     return tuple(Column(name, kind) for name, kind in existing.items())
+
+
+class MergingWarehouseSink(Sink):
+    """The write path of warehouses that load a staging table and MERGE on the key.
+
+    Snowflake and BigQuery differ in how they connect, add a column and load a
+    staging table; the order of a batch's writes and the schema bookkeeping are
+    the same, and live here.
+    """
+
+    #: Longest identifier the warehouse accepts.
+    identifier_limit: int
+
+    @classmethod
+    def declare_capabilities(cls, settings: Settings) -> Capabilities:
+        return Capabilities(
+            max_identifier_length=cls.identifier_limit,
+            max_batch_events=settings.delivery.batch_max_events,
+            stores_rejected=True,
+            is_warehouse=True,
+        )
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.schema = SchemaTracker(self.capabilities.max_identifier_length)
+
+    # -- dialect hooks -----------------------------------------------------
+    def _ready(self) -> None:
+        """Connect and create the destination objects if needed."""
+        raise NotImplementedError
+
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` mapping the client's errors to the runtime's (retryable, auth)."""
+        raise NotImplementedError
+
+    def _add_columns(self, table: str, columns: list[Column]) -> None:
+        raise NotImplementedError
+
+    def _merge(self, table: str, columns: tuple[Column, ...], rows: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
+        raise NotImplementedError
+
+    # -- shared write path -------------------------------------------------
+    def write(self, events: list[dict[str, Any]]) -> WriteResult:
+        events = dedupe_last(events)
+        return self._guard(self._write, events)
+
+    def _write(self, events: list[dict[str, Any]]) -> WriteResult:
+        self._ready()
+        plan = self.schema.plan(events)
+        try:
+            for table, columns in plan.new_columns.items():
+                self._add_columns(table, columns)
+            # Typed tables first, events last: a crash in between is repaired by redelivery.
+            for table, rows in plan.rows.items():
+                self._merge(table, typed_columns(self.schema.existing[table]), rows, EVENTS_KEY)
+            if plan.discards:
+                self._merge("schema_discards", DISCARD_COLUMNS, discard_rows(plan), DISCARD_KEY)
+            self._merge("events", EVENTS_COLUMNS, event_rows(events, utcnow()), EVENTS_KEY)
+        except BaseException:
+            self.schema.forget_new_columns(plan)
+            raise
+        return WriteResult(written=len(events))
+
+    def write_rejected(self, records: list[dict[str, Any]]) -> None:
+        unique = list({r["rejection_id"]: r for r in records}.values())
+        self._guard(self._write_rejected, unique)
+
+    def _write_rejected(self, records: list[dict[str, Any]]) -> None:
+        self._ready()
+        self._merge("rejected_events", REJECTED_COLUMNS, records, REJECTED_KEY)
