@@ -22,6 +22,7 @@ import orjson
 from etl.broker import EmbeddedBroker
 from etl.config import Settings, load_settings
 from etl.pipeline import LocalPipeline
+from etl.status import metric_sum, read_samples as scrape
 from etl.synthetic import Generator
 from etl.workers import WorkerProcess
 
@@ -75,30 +76,6 @@ def input_lines(path: Path) -> Iterator[bytes]:
         lines.pop()
     for line in lines:
         yield line[:-1] if line.endswith(b"\r") else line
-
-
-def scrape(url: str, timeout: float = 2.0) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Parse a Prometheus text page into {(name, labels): value}."""
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        text = resp.read().decode()
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        name, _, labels = head.partition("{")
-        pairs = []
-        for part in labels.rstrip("}").split('",'):
-            if "=" in part:
-                k, _, v = part.partition("=")
-                pairs.append((k.strip(), v.strip().strip('"')))
-        samples[(name, frozenset(pairs))] = float(value)
-    return samples
-
-
-def metric_sum(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
 
 
 class Progress:

@@ -26,26 +26,40 @@ from etl.offsets import beginning_offsets, group_for, group_offsets, topic_parti
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
+def read_samples(url: str, timeout: float = 3.0) -> Samples:
+    """One worker's /metrics as {(name, sorted labels): value}; raises OSError when unreachable."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - operator-given URL
+        text = resp.read().decode("utf-8")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def metric_sum(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of ``name``'s samples whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
 def scrape(urls: list[str], timeout: float = 3.0) -> tuple[Samples, list[str]]:
     """Sum the samples of all reachable workers; returns (samples, unreachable urls)."""
     samples: Samples = defaultdict(float)
     unreachable = []
     for url in urls:
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - operator-given URL
-                text = resp.read().decode("utf-8")
+            worker = read_samples(url, timeout)
         except OSError:
             unreachable.append(url)
             continue
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                key = (s.name, tuple(sorted(s.labels.items())))
-                if s.name == "etl_sink_paused_since_seconds":
-                    # A gauge of a time: the earliest pause among workers, not a sum.
-                    old = samples.get(key, 0.0)
-                    samples[key] = min(old, s.value) if old and s.value else (old or s.value)
-                else:
-                    samples[key] += s.value
+        for key, value in worker.items():
+            if key[0] == "etl_sink_paused_since_seconds":
+                # A gauge of a time: the earliest pause among workers, not a sum.
+                old = samples.get(key, 0.0)
+                samples[key] = min(old, value) if old and value else (old or value)
+            else:
+                samples[key] += value
     return dict(samples), unreachable
 
 
