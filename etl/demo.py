@@ -148,8 +148,8 @@ def run_demo(
         )
         pipeline = LocalPipeline.create(settings, work_dir)
         pipeline.start()
-        _wait_assigned(pipeline.workers, timeout=60)
-        # The clock starts once the workers own their partitions, so
+        _wait_ready(pipeline.workers, timeout=60)
+        # The clock starts once the workers have joined their groups, so
         # events_per_second measures the pipeline, not process start-up.
         started = time.monotonic()
         pipeline.produce(_values(events, input_path, seed, result))
@@ -165,8 +165,8 @@ def run_demo(
     return result
 
 
-def _wait_assigned(workers: list[WorkerProcess], timeout: float) -> None:
-    """Wait until every worker reports partitions on /readyz (bounded; the drain check decides anyway)."""
+def _wait_ready(workers: list[WorkerProcess], timeout: float) -> None:
+    """Wait until every worker has joined its group (/readyz; bounded - the drain check decides anyway)."""
     deadline = time.monotonic() + timeout
     pending = list(workers)
     while pending and time.monotonic() < deadline:
@@ -175,7 +175,7 @@ def _wait_assigned(workers: list[WorkerProcess], timeout: float) -> None:
                 return  # the drain check reports the dead worker with its log
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{w.web_port}/readyz", timeout=1) as resp:
-                    if orjson.loads(resp.read()).get("assigned"):
+                    if orjson.loads(resp.read()).get("ready"):
                         pending.remove(w)
             except (OSError, ValueError):
                 pass  # not listening yet, or 503 while joining

@@ -366,10 +366,20 @@ async def healthz(web: Any, request: Any) -> Any:
     return web.json({"status": "ok", "role": role})
 
 
+#: Set once this worker has completed a consumer-group join (even with no partitions).
+_joined = asyncio.Event()
+
+
+@app.on_partitions_assigned.connect  # type: ignore[misc]
+async def _on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+    _joined.set()
+
+
 @app.page("/readyz")
 async def readyz(web: Any, request: Any) -> Any:
     consumer = app.consumer
     assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in consumer.assignment()) if consumer else []
-    ready = app.rebalancing is False and app.consumer_generation_id is not None
+    # Before its first group join a worker consumes nothing, so it is not ready.
+    ready = _joined.is_set() and not app.rebalancing
     return web.json({"ready": ready, "role": role, "assigned": assigned}, status=200 if ready else 503)
 

@@ -58,6 +58,16 @@ def test_metrics_health_status_lag_and_offsets(make_pipeline):
     assert before["dlq"]["total"] == 0
 
     normalize, sink = p.start()
+    # Before its group join a worker answers /readyz with 503 (the web server
+    # starts seconds before the join completes on this broker).
+    first = None
+    deadline = time.monotonic() + 30
+    while first is None and time.monotonic() < deadline:
+        try:
+            first = get(f"http://127.0.0.1:{normalize.web_port}/readyz")
+        except OSError:
+            time.sleep(0.05)
+    assert first is not None and first[0] == 503 and json.loads(first[1])["ready"] is False
     p.wait_drained(90)
 
     # Health pages.
