@@ -37,7 +37,7 @@ from bench.peer_quix import run_peer
 from bench.pipeline import OursRun, fill_topic, make_workload, run_ours, settings_for, stop_run
 from bench.sinkbench import run_sink_alone
 from etl import kafka_tools
-from etl.broker import EmbeddedBroker
+from ops.harness.broker import EmbeddedBroker
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SINK_SIZES = (500, 2000, 5000, 10000)
@@ -79,13 +79,17 @@ def run_bench(
     doc: dict[str, Any] = {"machine": report.machine(), "profiled": profile}
     try:
         with broker_at(bootstrap, work_dir) as boot:
-            log(f"generating {events:,} events (seed {seed}, malformed {malformed_rate:.0%}, batch envelopes {batch_rate:.0%})")
+            log(
+                f"generating {events:,} events (seed {seed}, malformed {malformed_rate:.0%}, batch envelopes {batch_rate:.0%})"
+            )
             workload = make_workload(events, seed, malformed_rate, batch_rate)
             tag = uuid.uuid4().hex[:8]
             settings = settings_for(boot, work_dir, tag, partitions)
             kafka_tools.ensure_topics(settings)
             ends, fill_seconds = fill_topic(boot, settings.kafka.raw_topic, workload.values)
-            log(f"filled {settings.kafka.raw_topic}: {len(workload.values):,} messages, {workload.nbytes / 1e6:.1f} MB in {fill_seconds:.1f}s")
+            log(
+                f"filled {settings.kafka.raw_topic}: {len(workload.values):,} messages, {workload.nbytes / 1e6:.1f} MB in {fill_seconds:.1f}s"
+            )
             doc["workload"] = {
                 "events": workload.events,
                 "messages": len(workload.values),
@@ -102,14 +106,22 @@ def run_bench(
             doc["stages"] = stages
 
             log("ceiling: aiokafka getmany + orjson.loads")
-            stages["ceiling"] = run_ceiling(boot, settings.kafka.raw_topic, len(workload.values), workload.events)
+            stages["ceiling"] = run_ceiling(
+                boot, settings.kafka.raw_topic, len(workload.values), workload.events
+            )
             log(f"ceiling {stages['ceiling']['eps']:,.0f} events/s")
 
             log("peer: Quix Streams (subprocess)")
             stages["peer"] = run_peer(
-                boot, settings.kafka.raw_topic, f"bench-{tag}-quix", work_dir / f"peer-{tag}.duckdb",
-                outputs=workload.events, events=workload.events, partitions=partitions,
-                batch_max_events=settings.delivery.batch_max_events, flush_interval=settings.delivery.flush_interval,
+                boot,
+                settings.kafka.raw_topic,
+                f"bench-{tag}-quix",
+                work_dir / f"peer-{tag}.duckdb",
+                messages=len(workload.values),
+                events=workload.events,
+                partitions=partitions,
+                batch_max_events=settings.delivery.batch_max_events,
+                flush_interval=settings.delivery.flush_interval,
                 session_timeout=settings.kafka.session_timeout,
             )
             # Every event is accounted for (landed or rejected); the generator's
@@ -120,11 +132,18 @@ def run_bench(
             log("ours: etl workers (normalize + sink:duckdb)" + (" with py-spy" if profile else ""))
             run: OursRun | None = None
             try:
-                run = run_ours(settings, work_dir / "ours", ends, workload.events,
-                               profile_dir=(out_dir or work_dir) if profile else None)
+                run = run_ours(
+                    settings,
+                    work_dir / "ours",
+                    ends,
+                    workload.events,
+                    profile_dir=(out_dir or work_dir) if profile else None,
+                )
                 stages["ours"] = run.result
                 _check_landed("ours", run.result, workload.events, stages["peer"])
-                log(f"ours {run.result['eps']:,.0f} events/s (normalize stage {run.result['normalize_eps'] or 0:,.0f})")
+                log(
+                    f"ours {run.result['eps']:,.0f} events/s (normalize stage {run.result['normalize_eps'] or 0:,.0f})"
+                )
                 if latency_seconds > 0:
                     rate = max(50.0, run.result["eps"] / 2)
                     log(f"latency: {rate:,.0f} events/s for {latency_seconds:.0f}s")
@@ -134,11 +153,15 @@ def run_bench(
                     stop_run(run)
 
             log(f"sink alone: DuckDBSink.write, batch sizes {SINK_SIZES}")
-            stages["sink_alone"] = run_sink_alone(workload.values, work_dir, SINK_SIZES, min(sink_rows, workload.valid))
+            stages["sink_alone"] = run_sink_alone(
+                workload.values, work_dir, SINK_SIZES, min(sink_rows, workload.valid)
+            )
 
             if profile and run is not None:
                 doc["profiles"] = {
-                    p.name: report.summarize_profile(p.raw) | {"flamegraph": str(p.svg)} for p in run.profiles if p.raw.exists()
+                    p.name: report.summarize_profile(p.raw) | {"flamegraph": str(p.svg)}
+                    for p in run.profiles
+                    if p.raw.exists()
                 }
     finally:
         if own_dir:
@@ -155,7 +178,9 @@ def run_bench(
             "ratio_ceiling": round(ours["eps"] / ceiling["eps"], 4) if ours and ceiling else None,
             "p50_ms": latency.get("p50_ms"),
             "p99_ms": latency.get("p99_ms"),
-            "rss_mb": round(max(v for v in ours["rss_mb"].values() if v is not None), 1) if ours else None,
+            "rss_mb": round(max(v for v in ours["rss_mb"].values() if v is not None), 1)
+            if ours
+            else None,
             "peer_rss_mb": round(peer["rss_mb"], 1) if peer.get("rss_mb") else None,
             "definitions": DEFINITIONS,
         }
@@ -183,16 +208,30 @@ DEFINITIONS = {
 }
 
 
-def _check_landed(name: str, result: dict[str, Any], events: int, same_as: dict[str, Any] | None = None) -> None:
+def _check_landed(
+    name: str, result: dict[str, Any], events: int, same_as: dict[str, Any] | None = None
+) -> None:
     landed = (result.get("warehouse_events"), result.get("warehouse_rejected"))
     if sum(x or 0 for x in landed) != events:
-        raise RuntimeError(f"{name}: warehouse holds {landed[0]} events + {landed[1]} rejections, expected {events} in all")
-    if same_as is not None and landed != (same_as["warehouse_events"], same_as["warehouse_rejected"]):
-        raise RuntimeError(f"{name}: landed {landed}, but the peer landed {same_as['warehouse_events'], same_as['warehouse_rejected']}")
+        raise RuntimeError(
+            f"{name}: warehouse holds {landed[0]} events + {landed[1]} rejections, expected {events} in all"
+        )
+    if same_as is not None and landed != (
+        same_as["warehouse_events"],
+        same_as["warehouse_rejected"],
+    ):
+        raise RuntimeError(
+            f"{name}: landed {landed}, but the peer landed {same_as['warehouse_events'], same_as['warehouse_rejected']}"
+        )
 
 
-def run_scaling(events: int, seed: int, counts: tuple[int, ...] = (1, 2, 4), out_dir: Path | None = RESULTS,
-                bootstrap: str | None = None) -> dict[str, Any]:
+def run_scaling(
+    events: int,
+    seed: int,
+    counts: tuple[int, ...] = (1, 2, 4),
+    out_dir: Path | None = RESULTS,
+    bootstrap: str | None = None,
+) -> dict[str, Any]:
     """Ours with N partitions and N normalize workers (one sink worker: DuckDB has one writer per file)."""
     work_dir = Path(tempfile.mkdtemp(prefix="etl-bench-scaling-"))
     cpus = os.cpu_count() or 1
@@ -216,51 +255,98 @@ def run_scaling(events: int, seed: int, counts: tuple[int, ...] = (1, 2, 4), out
                 run = run_ours(settings, work_dir / tag, ends, workload.events, normalize_workers=n)
                 stop_run(run)
                 _check_landed(f"ours x{n}", run.result, workload.events)
-                row = {k: run.result[k] for k in ("partitions", "normalize_workers", "eps", "normalize_eps", "seconds", "rss_mb")}
+                row = {
+                    k: run.result[k]
+                    for k in (
+                        "partitions",
+                        "normalize_workers",
+                        "eps",
+                        "normalize_eps",
+                        "seconds",
+                        "rss_mb",
+                    )
+                }
                 doc["scaling"].append(row)
-                log(f"  {row['eps']:,.0f} events/s end to end, normalize stage {row['normalize_eps'] or 0:,.0f}")
+                log(
+                    f"  {row['eps']:,.0f} events/s end to end, normalize stage {row['normalize_eps'] or 0:,.0f}"
+                )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "scaling.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+        (out_dir / "scaling.json").write_bytes(
+            orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
+        )
         with contextlib.suppress(ImportError):
             report.scaling_chart(doc, out_dir / "scaling.png")
     return doc
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description="ours vs peer vs ceiling, in one run")
-    parser.add_argument("--events", type=int, default=None, help="events to produce (default 1,000,000)")
-    parser.add_argument("--quick", action="store_true", help="100,000 events, shorter latency phase")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="ours vs peer vs ceiling, in one run"
+    )
+    parser.add_argument(
+        "--events", type=int, default=None, help="events to produce (default 1,000,000)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="100,000 events, shorter latency phase"
+    )
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--malformed-rate", type=float, default=0.02)
-    parser.add_argument("--batch-rate", type=float, default=0.0, help="share of batch envelopes (headline: 0, single-event messages)")
+    parser.add_argument(
+        "--batch-rate",
+        type=float,
+        default=0.0,
+        help="share of batch envelopes (headline: 0, single-event messages)",
+    )
     parser.add_argument("--latency-seconds", type=float, default=None)
-    parser.add_argument("--profile", action="store_true", help="py-spy flamegraphs of our workers into the results directory")
-    parser.add_argument("--scaling", action="store_true", help="ours with 1, 2 and 4 partitions/normalize workers")
-    parser.add_argument("--bootstrap", default=None, help="use this broker instead of starting the bundled one")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy flamegraphs of our workers into the results directory",
+    )
+    parser.add_argument(
+        "--scaling", action="store_true", help="ours with 1, 2 and 4 partitions/normalize workers"
+    )
+    parser.add_argument(
+        "--bootstrap", default=None, help="use this broker instead of starting the bundled one"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     events = args.events or (100_000 if args.quick else 1_000_000)
     if args.scaling:
         doc = run_scaling(events, args.seed, out_dir=args.out, bootstrap=args.bootstrap)
         for row in doc["scaling"]:
-            print(f"partitions={row['partitions']} workers={row['normalize_workers']}: {row['eps']:,.0f} events/s "
-                  f"(normalize stage {row['normalize_eps'] or 0:,.0f})")
+            print(
+                f"partitions={row['partitions']} workers={row['normalize_workers']}: {row['eps']:,.0f} events/s "
+                f"(normalize stage {row['normalize_eps'] or 0:,.0f})"
+            )
         print(orjson.dumps(doc).decode(), flush=True)
         return 0
-    latency = args.latency_seconds if args.latency_seconds is not None else (8.0 if args.quick else 20.0)
+    latency = (
+        args.latency_seconds if args.latency_seconds is not None else (8.0 if args.quick else 20.0)
+    )
     doc = run_bench(
-        events=events, partitions=args.partitions, seed=args.seed, malformed_rate=args.malformed_rate,
-        batch_rate=args.batch_rate, latency_seconds=latency, sink_rows=20_000 if args.quick else 50_000,
-        profile=args.profile, bootstrap=args.bootstrap, out_dir=args.out,
+        events=events,
+        partitions=args.partitions,
+        seed=args.seed,
+        malformed_rate=args.malformed_rate,
+        batch_rate=args.batch_rate,
+        latency_seconds=latency,
+        sink_rows=20_000 if args.quick else 50_000,
+        profile=args.profile,
+        bootstrap=args.bootstrap,
+        out_dir=args.out,
     )
     report.print_tables(doc)
     load = max(doc["machine"]["loadavg_1m_start"], doc["machine"]["loadavg_1m_end"])
     if load > (os.cpu_count() or 1) / 2:
-        print(f"WARNING: load average {load} on {os.cpu_count()} CPUs: other work competed with this run; numbers are low", file=sys.stderr)
+        print(
+            f"WARNING: load average {load} on {os.cpu_count()} CPUs: other work competed with this run; numbers are low",
+            file=sys.stderr,
+        )
     print(orjson.dumps(doc).decode(), flush=True)
     return 0
 

@@ -44,7 +44,9 @@ async def _read(bootstrap: str, topic: str, total_messages: int, timeout: float)
         deadline = time.monotonic() + timeout
         while seen < total_messages:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"ceiling read {seen}/{total_messages} messages in {timeout:.0f}s")
+                raise TimeoutError(
+                    f"ceiling read {seen}/{total_messages} messages in {timeout:.0f}s"
+                )
             batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
             if started is None and batches:
                 started = time.perf_counter()
@@ -57,12 +59,24 @@ async def _read(bootstrap: str, topic: str, total_messages: int, timeout: float)
                         failed += 1
                 seen += len(records)
         seconds = time.perf_counter() - (started or time.perf_counter())
-        return {"messages": seen, "parsed": parsed, "not_json": failed, "seconds": round(seconds, 3)}
+        return {
+            "messages": seen,
+            "parsed": parsed,
+            "not_json": failed,
+            "seconds": round(seconds, 3),
+        }
     finally:
         await consumer.stop()
 
 
-def run_ceiling(bootstrap: str, topic: str, total_messages: int, events: int, timeout: float = 600.0, passes: int = 2) -> dict[str, Any]:
+def run_ceiling(
+    bootstrap: str,
+    topic: str,
+    total_messages: int,
+    events: int,
+    timeout: float = 600.0,
+    passes: int = 2,
+) -> dict[str, Any]:
     reads = [asyncio.run(_read(bootstrap, topic, total_messages, timeout)) for _ in range(passes)]
     result = min(reads, key=lambda r: r["seconds"])
     result["pass_seconds"] = [r["seconds"] for r in reads]

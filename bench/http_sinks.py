@@ -78,19 +78,15 @@ class ServerProcess:
 # ----------------------------------------------------------------- events
 def unified_events(n: int, seed: int = 7) -> list[dict[str, Any]]:
     """Realistic unified events exactly as a delivering agent decodes them."""
-    from etl.synthetic import Generator
-    from mappers.normalize import Normalizer, dumps_event
+    from ops.harness.synthetic import Generator
+    from ops.inprocess import normalize_values
 
-    normalizer = Normalizer()
-    out: list[dict[str, Any]] = []
-    for offset, msg in enumerate(Generator(seed=seed, batch_rate=0.0).messages(n)):
-        events, _ = normalizer.normalize(msg.value, topic="events.raw", partition=0, offset=offset, timestamp_ms=None)
-        out.extend(orjson.loads(dumps_event(ev)) for ev in events)
-    return out
+    values = [msg.value for msg in Generator(seed=seed, batch_rate=0.0).messages(n)]
+    return normalize_values(values, topic="events.raw")
 
 
 def settings_for(ph_url: str, rs_url: str, batch: int) -> Any:
-    from etl.config import Settings
+    from sinks.settings import Settings
 
     return Settings(
         sinks=["posthog", "rudderstack"],
@@ -100,29 +96,30 @@ def settings_for(ph_url: str, rs_url: str, batch: int) -> Any:
 
 
 # ------------------------------------------------------------- in process
-def in_process(events: list[dict[str, Any]], servers: dict[str, ServerProcess], batch_sizes: dict[str, list[int]]) -> list[dict[str, Any]]:
-    from sinks.base import sink_class
-    from streams.delivery import Deliverer
+def in_process(
+    events: list[dict[str, Any]],
+    servers: dict[str, ServerProcess],
+    batch_sizes: dict[str, list[int]],
+) -> list[dict[str, Any]]:
+    from sinks.registry import sink_class
+    from streams.outputs import DeadLetters, MemoryOutput
+    from streams.stages import SinkStage
 
     rows = []
     for name, sizes in batch_sizes.items():
         for batch in sizes:
             servers[name].clear()
-            sink = sink_class(name)(settings_for(servers["posthog"].url, servers["rudderstack"].url, batch))
+            settings = settings_for(servers["posthog"].url, servers["rudderstack"].url, batch)
+            sink = sink_class(name)(settings)
             sink.open()
-            dead: list[Any] = []
-
-            async def dead_letter(items: list[Any], stage: str) -> None:
-                dead.extend(items)
-
-            deliverer = Deliverer(sink, dead_letter, retry_initial=0.05, retry_max=1, unexpected_attempts=3,
-                                  auth_retry_interval=1, encode=orjson.dumps)
+            dead = MemoryOutput()
+            stage = SinkStage(settings, sink, DeadLetters(dead, settings))
             # Fresh dicts: nothing cached from an earlier run.
             work = orjson.loads(orjson.dumps(events))
 
             async def run() -> None:
                 for start in range(0, len(work), batch):
-                    await deliverer.deliver(work[start : start + batch])
+                    await stage.deliver(work[start : start + batch])
 
             started, cpu_started = time.perf_counter(), time.process_time()
             asyncio.run(run())
@@ -131,23 +128,35 @@ def in_process(events: list[dict[str, Any]], servers: dict[str, ServerProcess], 
             sink.close()
             accepted, unique = servers[name].counts()
             wire = sum(sink.event_size(ev) for ev in work[:2000]) / min(len(work), 2000)
-            rows.append({
-                "mode": "in-process write()", "sink": name, "batch": batch, "events": len(work),
-                "delivered_unique": unique, "dead_lettered": len(dead), "seconds": round(seconds, 3),
-                "events_per_second": round(len(work) / seconds), "avg_event_bytes": round(wire),
-                # This process only (mapping, sizing, encoding, gzip, HTTP client); the server runs elsewhere.
-                "sink_cpu_us_per_event": round(cpu / len(work) * 1e6, 1),
-            })
-            assert unique == len(work) - len(dead), f"{name}: {unique} of {len(work)} delivered"
+            rows.append(
+                {
+                    "mode": "in-process write()",
+                    "sink": name,
+                    "batch": batch,
+                    "events": len(work),
+                    "delivered_unique": unique,
+                    "dead_lettered": len(dead.messages),
+                    "seconds": round(seconds, 3),
+                    "events_per_second": round(len(work) / seconds),
+                    "avg_event_bytes": round(wire),
+                    # This process only (mapping, sizing, encoding, gzip, HTTP client); the server runs elsewhere.
+                    "sink_cpu_us_per_event": round(cpu / len(work) * 1e6, 1),
+                }
+            )
+            assert unique == len(work) - len(dead.messages), (
+                f"{name}: {unique} of {len(work)} delivered"
+            )
     return rows
 
 
 # ------------------------------------------------------------- end to end
-def end_to_end(n: int, servers: dict[str, ServerProcess], partitions: int = 4) -> list[dict[str, Any]]:
-    from etl.broker import EmbeddedBroker
+def end_to_end(
+    n: int, servers: dict[str, ServerProcess], partitions: int = 4
+) -> list[dict[str, Any]]:
     from etl.config import KafkaSettings
-    from etl.pipeline import LocalPipeline
-    from etl.workers import stop_workers
+    from ops.harness.broker import EmbeddedBroker
+    from ops.harness.local_pipeline import LocalPipeline
+    from streams.supervisor import stop_workers
 
     for s in servers.values():
         s.clear()
@@ -156,18 +165,27 @@ def end_to_end(n: int, servers: dict[str, ServerProcess], partitions: int = 4) -
     pipeline = None
     try:
         base = settings_for(servers["posthog"].url, servers["rudderstack"].url, 1000)
-        settings = base.model_copy(update={
-            "kafka": KafkaSettings(bootstrap_servers=broker.bootstrap, partitions=partitions),
-            "data_dir": work_dir / "state",
-        })
+        settings = base.model_copy(
+            update={
+                "kafka": KafkaSettings(bootstrap_servers=broker.bootstrap, partitions=partitions),
+                "data_dir": work_dir / "state",
+            }
+        )
         env = {
-            "POSTHOG_API_KEY": PH_KEY, "POSTHOG_HOST": servers["posthog"].url,
-            "RUDDERSTACK_WRITE_KEY": WRITE_KEY, "RUDDERSTACK_DATA_PLANE_URL": servers["rudderstack"].url,
+            "POSTHOG_API_KEY": PH_KEY,
+            "POSTHOG_HOST": servers["posthog"].url,
+            "RUDDERSTACK_WRITE_KEY": WRITE_KEY,
+            "RUDDERSTACK_DATA_PLANE_URL": servers["rudderstack"].url,
             "ETL_FLAGS__GATES": "{}",  # measure delivery, not gating
         }
         pipeline = LocalPipeline.create(settings, work_dir, env)
         pipeline.start()
-        warm = [orjson.dumps({"event": "warmup", "distinct_id": f"w{i}", "timestamp": "2026-11-20T10:00:00Z"}) for i in range(20)]
+        warm = [
+            orjson.dumps(
+                {"event": "warmup", "distinct_id": f"w{i}", "timestamp": "2026-11-20T10:00:00Z"}
+            )
+            for i in range(20)
+        ]
         pipeline.produce(warm)
         pipeline.wait_drained(120)
         baseline = {name: s.counts()[1] for name, s in servers.items()}
@@ -180,11 +198,20 @@ def end_to_end(n: int, servers: dict[str, ServerProcess], partitions: int = 4) -
         produced_in = time.perf_counter() - started
         _, done = watch(servers, baseline, valid, started, pipeline, n)
         # Watching starts once producing returns, so no first-delivery time here.
-        rows += e2e_rows("end-to-end live", servers, baseline, valid, {}, done, started=0.0, produce_seconds=produced_in)
+        rows += e2e_rows(
+            "end-to-end live",
+            servers,
+            baseline,
+            valid,
+            {},
+            done,
+            started=0.0,
+            produce_seconds=produced_in,
+        )
 
         # Backlog: the sink workers are down while events pile up and are
         # normalized; then they start and drain it (rate from their first delivery).
-        sink_workers = [w for w in pipeline.workers if w.role.startswith("sink:")]
+        sink_workers = [w for w in pipeline.workers if w.role.is_sink]
         stop_workers(sink_workers)
         for w in sink_workers:
             pipeline.workers.remove(w)
@@ -195,7 +222,16 @@ def end_to_end(n: int, servers: dict[str, ServerProcess], partitions: int = 4) -
         started = time.perf_counter()
         pipeline.start([w.role for w in sink_workers])
         first, done = watch(servers, baseline, valid, started, pipeline, n)
-        rows += e2e_rows("end-to-end backlog", servers, baseline, valid, first, done, started=None, produce_seconds=None)
+        rows += e2e_rows(
+            "end-to-end backlog",
+            servers,
+            baseline,
+            valid,
+            first,
+            done,
+            started=None,
+            produce_seconds=None,
+        )
         return rows
     finally:
         if pipeline is not None:
@@ -204,7 +240,7 @@ def end_to_end(n: int, servers: dict[str, ServerProcess], partitions: int = 4) -
 
 
 def generated(n: int, seed: int) -> tuple[list[bytes], int]:
-    from etl.synthetic import Generator
+    from ops.harness.synthetic import Generator
 
     values, valid = [], 0
     for msg in Generator(seed=seed, batch_rate=0.0).messages(n):
@@ -213,7 +249,14 @@ def generated(n: int, seed: int) -> tuple[list[bytes], int]:
     return values, valid
 
 
-def watch(servers: dict[str, ServerProcess], baseline: dict[str, int], valid: int, started: float, pipeline: Any, n: int) -> tuple[dict[str, float], dict[str, float]]:
+def watch(
+    servers: dict[str, ServerProcess],
+    baseline: dict[str, int],
+    valid: int,
+    started: float,
+    pipeline: Any,
+    n: int,
+) -> tuple[dict[str, float], dict[str, float]]:
     """Seconds since ``started`` of each destination's first new event and of it holding every valid event."""
     first: dict[str, float] = {}
     done: dict[str, float] = {}
@@ -243,21 +286,38 @@ def wait_normalized(pipeline: Any, timeout: float) -> None:
     raise TimeoutError("normalize did not finish the backlog")
 
 
-def e2e_rows(mode: str, servers: dict[str, ServerProcess], baseline: dict[str, int], valid: int, first: dict[str, float],
-             done: dict[str, float], started: float | None, produce_seconds: float | None) -> list[dict[str, Any]]:
+def e2e_rows(
+    mode: str,
+    servers: dict[str, ServerProcess],
+    baseline: dict[str, int],
+    valid: int,
+    first: dict[str, float],
+    done: dict[str, float],
+    started: float | None,
+    produce_seconds: float | None,
+) -> list[dict[str, Any]]:
     rows = []
     for name, s in servers.items():
         unique = s.counts()[1] - baseline[name]
         end = done.get(name)
         begin = started if started is not None else first.get(name)
         seconds = end - begin if end is not None and begin is not None else None
-        rows.append({
-            "mode": mode, "sink": name, "batch": 5000, "events": valid, "delivered_unique": unique, "dead_lettered": None,
-            "seconds": round(seconds, 3) if seconds else None,
-            "events_per_second": round(valid / seconds) if seconds else 0,
-            "produce_seconds": round(produce_seconds, 3) if produce_seconds is not None else None,
-            "seconds_to_first_delivery": round(first[name], 3) if name in first else None,
-        })
+        rows.append(
+            {
+                "mode": mode,
+                "sink": name,
+                "batch": 5000,
+                "events": valid,
+                "delivered_unique": unique,
+                "dead_lettered": None,
+                "seconds": round(seconds, 3) if seconds else None,
+                "events_per_second": round(valid / seconds) if seconds else 0,
+                "produce_seconds": round(produce_seconds, 3)
+                if produce_seconds is not None
+                else None,
+                "seconds_to_first_delivery": round(first[name], 3) if name in first else None,
+            }
+        )
     return rows
 
 
@@ -266,14 +326,18 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['mode']:<20} {r['sink']:<12} {r['batch']:>6} {r['events']:>8} {r['delivered_unique']:>10} "
-              f"{r['seconds'] if r['seconds'] is not None else '-':>8} {r['events_per_second']:>9} {r.get('sink_cpu_us_per_event', '-'):>9}")
+        print(
+            f"{r['mode']:<20} {r['sink']:<12} {r['batch']:>6} {r['events']:>8} {r['delivered_unique']:>10} "
+            f"{r['seconds'] if r['seconds'] is not None else '-':>8} {r['events_per_second']:>9} {r.get('sink_cpu_us_per_event', '-'):>9}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000, help="events per in-process run")
-    parser.add_argument("--e2e-events", type=int, default=20_000, help="events produced for the end-to-end run")
+    parser.add_argument(
+        "--e2e-events", type=int, default=20_000, help="events produced for the end-to-end run"
+    )
     parser.add_argument("--quick", action="store_true", help="5,000 events each")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end run")
     args = parser.parse_args(argv)
@@ -283,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     servers = {name: ServerProcess(name) for name in ("posthog", "rudderstack")}
     try:
         events = unified_events(args.events)
-        rows = in_process(events, servers, {"posthog": [100, 500, 1000], "rudderstack": [100, 250, 500]})
+        rows = in_process(
+            events, servers, {"posthog": [100, 500, 1000], "rudderstack": [100, 250, 500]}
+        )
         if not args.no_e2e:
             rows += end_to_end(args.e2e_events, servers)
     finally:

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from bench.pipeline import EndTracker, OursRun, confluent_producer
-from etl.synthetic import Generator
+from ops.harness.synthetic import Generator
 
 
 def track_events(n: int, seed: int) -> list[dict[str, Any]]:
@@ -47,7 +47,9 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def run_latency(run: OursRun, rate: float, seconds: float, seed: int = 11, timeout: float = 300.0) -> dict[str, Any]:
+def run_latency(
+    run: OursRun, rate: float, seconds: float, seed: int = 11, timeout: float = 300.0
+) -> dict[str, Any]:
     settings = run.pipeline.settings
     n = max(1, int(rate * seconds))
     events = track_events(n, seed)
@@ -72,7 +74,9 @@ def run_latency(run: OursRun, rate: float, seconds: float, seed: int = 11, timeo
     run.pipeline.wait_drained(timeout, poll=0.25)
     latencies = sorted(_latencies_ms(Path(settings.duckdb.path)))
     if len(latencies) < n:
-        raise RuntimeError(f"latency: only {len(latencies)} of {n} stamped events reached the warehouse")
+        raise RuntimeError(
+            f"latency: only {len(latencies)} of {n} stamped events reached the warehouse"
+        )
     writes_after = _sink_writes(run)
     write = None
     if writes_before and writes_after and writes_after[1] > writes_before[1]:
@@ -107,10 +111,13 @@ def _latencies_ms(path: Path) -> list[float]:
 
 def _sink_writes(run: OursRun) -> tuple[float, float] | None:
     """(seconds, count) of the sink worker's successful writes so far, from its /metrics."""
-    from etl.demo import metric_sum, scrape
+    from ops.status import metric_sum
+    from ops.status import read_samples as scrape
 
     try:
         samples = scrape(run.sink_worker.metrics_url)
     except OSError:
         return None
-    return metric_sum(samples, "etl_sink_write_seconds_sum"), metric_sum(samples, "etl_sink_write_seconds_count")
+    return metric_sum(samples, "etl_sink_write_seconds_sum"), metric_sum(
+        samples, "etl_sink_write_seconds_count"
+    )

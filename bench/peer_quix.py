@@ -1,12 +1,12 @@
 """The peer: Quix Streams doing our job, run as its own process (``python -m bench.peer_quix``).
 
-Same input topic, same work per message as our pipeline: ``mappers.normalize.
-Normalizer`` parses, validates (the same pydantic models) and normalizes; each
-unified event goes through the same JSON round trip ours makes over the
-normalized topic (``dumps_event`` -> ``orjson.loads``), and rejections become
-the same dead-letter records.  A Quix ``BatchingSink`` then hands each
-checkpoint's batch to *our* ``sinks.duckdb.DuckDBSink.write`` (and
-``write_rejected``), so only the streaming framework differs.
+Same input topic, same work as our pipeline, done by the same stage objects:
+Quix consumes the raw records, and a Quix ``BatchingSink`` runs each
+checkpoint's batch through our :class:`~streams.stages.NormalizeStage`
+(parsing, validation, flags, redaction), hands the unified events, in the
+same JSON form the normalized topic carries, to our
+:class:`~streams.stages.SinkStage` for DuckDB, and stores the dead letters
+through the same stage.  Only the streaming framework differs.
 
 Batching: Quix flushes sinks per partition at each checkpoint; ``commit_every``
 is set to ``batch_max_events x partitions`` messages and ``commit_interval``
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topic", required=True)
     parser.add_argument("--group", required=True)
     parser.add_argument("--warehouse", required=True, type=Path)
-    parser.add_argument("--outputs", required=True, type=int, help="normalizer outputs (events + rejections) to expect")
+    parser.add_argument("--messages", required=True, type=int, help="raw messages to consume")
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--batch-max-events", type=int, default=5000)
     parser.add_argument("--flush-interval", type=float, default=0.5)
@@ -48,46 +48,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, required=True)
     args = parser.parse_args(argv)
 
+    import asyncio
+
     from quixstreams import Application, message_context
     from quixstreams.sinks import BatchingSink, SinkBatch
 
-    from etl.config import DuckDBSettings, Settings
-    from mappers.deadletter import dead_letter, dumps_dead_letter
-    from mappers.normalize import Normalizer, dumps_event
-    from sinks.duckdb import DuckDBSink
+    from ops.inprocess import Record
+    from sinks.duckdb import DuckDBSettings, DuckDBSink
+    from sinks.settings import Settings
+    from streams.outputs import DeadLetters, MemoryOutput
+    from streams.stages import NormalizeStage, SinkStage
 
     settings = Settings(sinks=["duckdb"], duckdb=DuckDBSettings(path=args.warehouse))
-    normalizer = Normalizer(settings.normalize)
-    warehouse = DuckDBSink(settings, args.warehouse)
-    warehouse.open()
-    warehouse.close()
-    raw_limit = settings.normalize.dlq_raw_max_bytes
+    loop = asyncio.new_event_loop()
+
+    # The peer has no dead-letter topic: its dead letters go straight to rejected_events.
+    collected = MemoryOutput(args.partitions)
+    normalize_stage = NormalizeStage(settings).start()
+    sink_stage = SinkStage(
+        settings, DuckDBSink(settings, args.warehouse), DeadLetters(collected, settings)
+    )
+    loop.run_until_complete(sink_stage.open())
     clock: dict[str, float] = {}
 
-    def normalize(value: bytes, key: Any, timestamp: int, headers: Any) -> list[tuple[str, dict[str, Any]]]:
+    def keep_record(value: bytes, key: Any, timestamp: int, headers: Any) -> Record:
         if "first" not in clock:
             clock["first"] = time.time()
         ctx = message_context()
-        events, rejections = normalizer.normalize(
-            value, topic=ctx.topic, partition=ctx.partition, offset=ctx.offset, timestamp_ms=timestamp
-        )
-        out = [("e", orjson.loads(dumps_event(ev))) for ev in events]
-        for r in rejections:
-            record = dead_letter(r, stage="normalize", topic=ctx.topic, partition=ctx.partition, offset=ctx.offset, raw_limit=raw_limit)
-            out.append(("r", orjson.loads(dumps_dead_letter(record))))
-        return out
+        return Record(ctx.topic, ctx.partition, ctx.offset, timestamp, value)
 
     class PeerDuckDBSink(BatchingSink):
+        """The same stages ours runs, batched and committed by Quix instead of Faust."""
+
         def write(self, batch: SinkBatch) -> None:
-            events: list[dict[str, Any]] = []
-            rejected: list[dict[str, Any]] = []
-            for item in batch:
-                kind, doc = item.value
-                (events if kind == "e" else rejected).append(doc)
-            if events:
-                warehouse.write(events)
-            if rejected:
-                warehouse.write_rejected(rejected)
+            normalized = normalize_stage.process([item.value for item in batch])
+            loop.run_until_complete(sink_stage.deliver(normalized.events()))
+            loop.run_until_complete(sink_stage.dead_letters(normalized.dead, normalize_stage.name))
+            letters = [Record("dlq", 0, i, None, m[2]) for i, m in enumerate(collected.messages)]
+            collected.messages.clear()
+            if letters:
+                loop.run_until_complete(sink_stage.store_rejected(letters))
             clock["last_write_end"] = time.time()
             clock["writes"] = clock.get("writes", 0) + 1
 
@@ -103,15 +103,19 @@ def main(argv: list[str] | None = None) -> int:
         state_dir=args.state_dir,
         # librdkafka's default 45 s session makes this broker hold the first
         # join for ~23 s; use the session timeout our workers use.
-        consumer_extra_config={"session.timeout.ms": int(args.session_timeout * 1000), "heartbeat.interval.ms": 1000},
+        consumer_extra_config={
+            "session.timeout.ms": int(args.session_timeout * 1000),
+            "heartbeat.interval.ms": 1000,
+        },
     )
     topic = app.topic(args.topic, value_deserializer="bytes", key_deserializer="bytes")
     sdf = app.dataframe(topic)
-    sdf = sdf.apply(normalize, expand=True, metadata=True)
+    sdf = sdf.apply(keep_record, metadata=True)
     sdf.sink(PeerDuckDBSink())
     started = time.time()
-    app.run(count=args.outputs, timeout=args.idle_timeout, collect=False)
-    warehouse.close()
+    app.run(count=args.messages, timeout=args.idle_timeout, collect=False)
+    loop.run_until_complete(sink_stage.close())
+    normalize_stage.close()
 
     import duckdb
 
@@ -146,9 +150,19 @@ def vm_hwm_mb() -> float | None:
     return None
 
 
-def run_peer(bootstrap: str, topic: str, group: str, warehouse: Path, outputs: int, events: int, partitions: int,
-             batch_max_events: int, flush_interval: float, session_timeout: float = 10.0,
-             timeout: float = 900.0) -> dict[str, Any]:
+def run_peer(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    warehouse: Path,
+    messages: int,
+    events: int,
+    partitions: int,
+    batch_max_events: int,
+    flush_interval: float,
+    session_timeout: float = 10.0,
+    timeout: float = 900.0,
+) -> dict[str, Any]:
     """Run the peer as a subprocess (its RSS is its own) and return its measurements."""
     import os
     import subprocess
@@ -156,15 +170,36 @@ def run_peer(bootstrap: str, topic: str, group: str, warehouse: Path, outputs: i
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [
-        sys.executable, "-m", "bench.peer_quix", "--bootstrap", bootstrap, "--topic", topic, "--group", group,
-        "--warehouse", str(warehouse), "--outputs", str(outputs), "--partitions", str(partitions),
-        "--batch-max-events", str(batch_max_events), "--flush-interval", str(flush_interval),
-        "--session-timeout", str(session_timeout), "--state-dir", str(warehouse.parent / f"{group}-state"),
+        sys.executable,
+        "-m",
+        "bench.peer_quix",
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--warehouse",
+        str(warehouse),
+        "--messages",
+        str(messages),
+        "--partitions",
+        str(partitions),
+        "--batch-max-events",
+        str(batch_max_events),
+        "--flush-interval",
+        str(flush_interval),
+        "--session-timeout",
+        str(session_timeout),
+        "--state-dir",
+        str(warehouse.parent / f"{group}-state"),
     ]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, timeout=timeout)
     lines = [ln for ln in proc.stdout.decode(errors="replace").splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"peer failed (exit {proc.returncode}): {proc.stderr.decode(errors='replace')[-3000:]}")
+        raise RuntimeError(
+            f"peer failed (exit {proc.returncode}): {proc.stderr.decode(errors='replace')[-3000:]}"
+        )
     result = orjson.loads(lines[-1])
     result["events"] = events
     result["eps"] = round(events / max(result["seconds"], 1e-6), 1)

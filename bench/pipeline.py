@@ -33,11 +33,11 @@ import orjson
 from kafka import TopicPartition
 
 from etl import kafka_tools
-from etl.broker import free_port
-from etl.config import Settings
-from etl.pipeline import LocalPipeline
-from etl.synthetic import Generator
-from etl.workers import WorkerProcess, start_worker
+from ops.harness.broker import free_port
+from ops.harness.local_pipeline import LocalPipeline
+from ops.harness.synthetic import Generator
+from sinks.settings import Settings
+from streams.supervisor import WorkerProcess, start_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,7 +62,9 @@ class Workload:
         return sum(len(v) for v in self.values)
 
 
-def make_workload(events: int, seed: int = 7, malformed_rate: float = 0.02, batch_rate: float = 0.0) -> Workload:
+def make_workload(
+    events: int, seed: int = 7, malformed_rate: float = 0.02, batch_rate: float = 0.0
+) -> Workload:
     gen = Generator(seed=seed, malformed_rate=malformed_rate, batch_rate=batch_rate)
     values: list[bytes] = []
     valid = rejected = 0
@@ -106,7 +108,9 @@ class EndTracker:
         self.ends[tp] = max(self.ends.get(tp, 0), msg.offset() + 1)
 
 
-def fill_topic(bootstrap: str, topic: str, values: list[bytes]) -> tuple[dict[TopicPartition, int], float]:
+def fill_topic(
+    bootstrap: str, topic: str, values: list[bytes]
+) -> tuple[dict[TopicPartition, int], float]:
     """Produce every value (null key: spread over partitions); returns end offsets and seconds taken."""
     producer = confluent_producer(bootstrap)
     tracker = EndTracker()
@@ -122,12 +126,15 @@ def fill_topic(bootstrap: str, topic: str, values: list[bytes]) -> tuple[dict[To
     remaining = producer.flush(120)
     seconds = time.perf_counter() - started
     if remaining or tracker.errors:
-        raise RuntimeError(f"filling {topic}: {remaining} undelivered, errors: {tracker.errors[:3]}")
+        raise RuntimeError(
+            f"filling {topic}: {remaining} undelivered, errors: {tracker.errors[:3]}"
+        )
     return tracker.ends, seconds
 
 
 def settings_for(bootstrap: str, work_dir: Path, tag: str, partitions: int) -> Settings:
-    from etl.config import DuckDBSettings, KafkaSettings
+    from etl.config import KafkaSettings
+    from sinks.duckdb import DuckDBSettings
 
     kafka = KafkaSettings(
         bootstrap_servers=bootstrap,
@@ -190,7 +197,9 @@ def warehouse_span(path: Path) -> dict[str, Any]:
 
     con = wait_for_lock(path, timeout=60)
     try:
-        events, first, last = con.execute("SELECT count(*), epoch_us(min(loaded_at)), epoch_us(max(loaded_at)) FROM events").fetchone()
+        events, first, last = con.execute(
+            "SELECT count(*), epoch_us(min(loaded_at)), epoch_us(max(loaded_at)) FROM events"
+        ).fetchone()
         rejected = con.execute("SELECT count(*) FROM rejected_events").fetchone()[0]
         batches = con.execute("SELECT count(DISTINCT loaded_at) FROM events").fetchone()[0]
     finally:
@@ -241,8 +250,16 @@ class Profiler:
         spy = str(Path(sys.executable).with_name("py-spy"))
         common = ["record", "--pid", str(pid), "--rate", str(rate), "--nonblocking"]
         self.processes = [
-            subprocess.Popen([spy, *common, "--format", "flamegraph", "-o", str(self.svg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-            subprocess.Popen([spy, *common, "--format", "raw", "-o", str(self.raw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            subprocess.Popen(
+                [spy, *common, "--format", "flamegraph", "-o", str(self.svg)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
+            subprocess.Popen(
+                [spy, *common, "--format", "raw", "-o", str(self.raw)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
         ]
 
     def stop(self) -> None:
@@ -280,12 +297,16 @@ def run_ours(
 
     The workers are left running (the latency phase reuses them); the caller stops them.
     """
-    env_extra = {"ETL_LOG_LEVEL": "INFO", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env_extra = {
+        "ETL_LOG_LEVEL": "INFO",
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     pipeline = LocalPipeline.create(settings, work_dir, env_extra)
     pipeline.produced_ends.update(ends)
     logs = work_dir / "logs"
     normalizers = [
-        start_worker("normalize", pipeline.env, free_port(), logs / f"normalize-{i}") for i in range(normalize_workers)
+        start_worker("normalize", pipeline.env, free_port(), logs / f"normalize-{i}")
+        for i in range(normalize_workers)
     ]
     sink = start_worker("sink:duckdb", pipeline.env, free_port(), logs / "sink")
     pipeline.workers.extend([*normalizers, sink])
@@ -293,7 +314,10 @@ def run_ours(
     try:
         if profile_dir is not None:
             profile_dir.mkdir(parents=True, exist_ok=True)
-            run.profiles = [Profiler(normalizers[0].process.pid, "normalize", profile_dir), Profiler(sink.process.pid, "sink-duckdb", profile_dir)]  # type: ignore[union-attr]
+            run.profiles = [
+                Profiler(normalizers[0].process.pid, "normalize", profile_dir),
+                Profiler(sink.process.pid, "sink-duckdb", profile_dir),
+            ]  # type: ignore[union-attr]
         wall = time.monotonic()
         # The end time comes from the warehouse; a slow poll steals less CPU from the workers.
         pipeline.wait_drained(timeout, poll=1.0)
@@ -305,7 +329,9 @@ def run_ours(
     sink_ready = ready_time(sink.log_path)
     start = min(t for t in ready if t is not None)
     span = warehouse_span(Path(settings.duckdb.path))
-    normalized_at = last_record_time(settings, [settings.kafka.normalized_topic, settings.kafka.dlq_topic])
+    normalized_at = last_record_time(
+        settings, [settings.kafka.normalized_topic, settings.kafka.dlq_topic]
+    )
     seconds = span["last_loaded"] - start
     run.result = {
         "events": events,
@@ -314,7 +340,9 @@ def run_ours(
         "normalize_seconds": round(normalized_at - start, 3) if normalized_at else None,
         "normalize_eps": round(events / (normalized_at - start), 1) if normalized_at else None,
         "wall_seconds_incl_join": round(wall, 3),
-        "join_seconds": round(start - min(w_start for w_start in [_process_start(w) for w in normalizers]), 3),
+        "join_seconds": round(
+            start - min(w_start for w_start in [_process_start(w) for w in normalizers]), 3
+        ),
         "sink_ready_after_normalize_s": round(sink_ready - start, 3) if sink_ready else None,
         "warehouse_events": span["events"],
         "warehouse_rejected": span["rejected"],
@@ -331,7 +359,11 @@ def _process_start(worker: WorkerProcess) -> float:
     """Unix start time of a worker process (from /proc), to report the join time we exclude."""
     pid = worker.process.pid  # type: ignore[union-attr]
     ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+    boot = next(
+        float(line.split()[1])
+        for line in Path("/proc/stat").read_text().splitlines()
+        if line.startswith("btime")
+    )
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 

@@ -24,7 +24,15 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     versions = {}
-    for dist in ("faust-streaming", "aiokafka", "duckdb", "quixstreams", "confluent-kafka", "orjson", "pydantic"):
+    for dist in (
+        "faust-streaming",
+        "aiokafka",
+        "duckdb",
+        "quixstreams",
+        "confluent-kafka",
+        "orjson",
+        "pydantic",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -81,7 +89,11 @@ def summarize_profile(collapsed: Path, top: int = 12) -> dict[str, Any]:
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        frames = [_frame_key(f) for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+        frames = [
+            _frame_key(f)
+            for f in stack.split(";")
+            if f and not f.startswith(("process ", "thread "))
+        ]
         if not frames:
             continue
         total += n
@@ -91,15 +103,31 @@ def summarize_profile(collapsed: Path, top: int = 12) -> dict[str, Any]:
             incl_counts[key] += n
 
     def shares(counter: Counter[str]) -> list[list[Any]]:
-        return [[k, round(100 * v / total, 1)] for k, v in counter.most_common(top)] if total else []
+        return (
+            [[k, round(100 * v / total, 1)] for k, v in counter.most_common(top)] if total else []
+        )
 
-    return {"samples": total, "self_pct": shares(self_counts), "inclusive_pct": shares(incl_counts), "by_package_pct": shares(buckets)}
+    return {
+        "samples": total,
+        "self_pct": shares(self_counts),
+        "inclusive_pct": shares(incl_counts),
+        "by_package_pct": shares(buckets),
+    }
 
 
 # ----------------------------------------------------------------- output
 def headline(doc: dict[str, Any]) -> dict[str, Any]:
     """The final JSON line: headline numbers first, then everything else."""
-    keys = ("ours_eps", "peer_eps", "ceiling_eps", "ratio_peer", "ratio_ceiling", "p50_ms", "p99_ms", "rss_mb")
+    keys = (
+        "ours_eps",
+        "peer_eps",
+        "ceiling_eps",
+        "ratio_peer",
+        "ratio_ceiling",
+        "p50_ms",
+        "p99_ms",
+        "rss_mb",
+    )
     return {**{k: doc.get(k) for k in keys}, **{k: v for k, v in doc.items() if k not in keys}}
 
 
@@ -109,7 +137,9 @@ def print_tables(doc: dict[str, Any]) -> None:
 
     console = Console()
     stages = doc["stages"]
-    table = Table(title=f"throughput - {doc['workload']['events']:,} events, {doc['workload']['partitions']} partitions")
+    table = Table(
+        title=f"throughput - {doc['workload']['events']:,} events, {doc['workload']['partitions']} partitions"
+    )
     table.add_column("contender")
     table.add_column("events/s", justify="right")
     table.add_column("seconds", justify="right")
@@ -117,21 +147,44 @@ def print_tables(doc: dict[str, Any]) -> None:
     table.add_column("what")
     ceiling, peer, ours = stages.get("ceiling"), stages.get("peer"), stages.get("ours")
     if ceiling:
-        table.add_row("ceiling", f"{ceiling['eps']:,.0f}", f"{ceiling['seconds']:.2f}", "", "aiokafka getmany + orjson.loads")
+        table.add_row(
+            "ceiling",
+            f"{ceiling['eps']:,.0f}",
+            f"{ceiling['seconds']:.2f}",
+            "",
+            "aiokafka getmany + orjson.loads",
+        )
     if peer:
-        table.add_row("peer (Quix Streams)", f"{peer['eps']:,.0f}", f"{peer['seconds']:.2f}", _mb(peer.get("rss_mb")),
-                      "consume -> Normalizer -> DuckDBSink, 1 process")
+        table.add_row(
+            "peer (Quix Streams)",
+            f"{peer['eps']:,.0f}",
+            f"{peer['seconds']:.2f}",
+            _mb(peer.get("rss_mb")),
+            "consume -> Normalizer -> DuckDBSink, 1 process",
+        )
     if ours:
         rss = ", ".join(f"{k} {_mb(v)}" for k, v in ours["rss_mb"].items())
-        table.add_row("ours (etl workers)", f"{ours['eps']:,.0f}", f"{ours['seconds']:.2f}", rss,
-                      "raw -> normalize -> Kafka -> sink:duckdb")
+        table.add_row(
+            "ours (etl workers)",
+            f"{ours['eps']:,.0f}",
+            f"{ours['seconds']:.2f}",
+            rss,
+            "raw -> normalize -> Kafka -> sink:duckdb",
+        )
         if ours.get("normalize_eps"):
-            table.add_row("  ours: normalize stage", f"{ours['normalize_eps']:,.0f}", f"{ours['normalize_seconds']:.2f}", "",
-                          "raw -> normalized/dlq topics")
+            table.add_row(
+                "  ours: normalize stage",
+                f"{ours['normalize_eps']:,.0f}",
+                f"{ours['normalize_seconds']:.2f}",
+                "",
+                "raw -> normalized/dlq topics",
+            )
     console.print(table)
     sink = stages.get("sink_alone") or {}
     if sink:
-        t = Table(title="DuckDBSink.write alone (held = file kept open between writes, as deployed)")
+        t = Table(
+            title="DuckDBSink.write alone (held = file kept open between writes, as deployed)"
+        )
         t.add_column("batch size", justify="right")
         t.add_column("rows/s", justify="right")
         t.add_column("ms/batch", justify="right")
@@ -146,7 +199,16 @@ def print_tables(doc: dict[str, Any]) -> None:
             f"(+ write {lat['write_ms_mean']} ms mean until commit)"
         )
     summary = Table(title="headline", show_header=False)
-    for key in ("ours_eps", "peer_eps", "ceiling_eps", "ratio_peer", "ratio_ceiling", "p50_ms", "p99_ms", "rss_mb"):
+    for key in (
+        "ours_eps",
+        "peer_eps",
+        "ceiling_eps",
+        "ratio_peer",
+        "ratio_ceiling",
+        "p50_ms",
+        "p99_ms",
+        "rss_mb",
+    ):
         summary.add_row(key, str(doc.get(key)))
     console.print(summary)
     for name, prof in (doc.get("profiles") or {}).items():
@@ -163,7 +225,9 @@ def _mb(value: float | None) -> str:
     return f"{value:.0f}" if value is not None else "?"
 
 
-def write_outputs(doc: dict[str, Any], out_dir: Path, name: str = "latest") -> tuple[Path, Path | None]:
+def write_outputs(
+    doc: dict[str, Any], out_dir: Path, name: str = "latest"
+) -> tuple[Path, Path | None]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{name}.json"
     json_path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
@@ -194,11 +258,15 @@ def chart(doc: dict[str, Any], path: Path) -> None:
         if value:
             names.append(label)
             values.append(value)
-    bars = left.bar(names, values, color=["#888888", "#d98c3f", "#3f7fd9", "#7fb0f0"][: len(values)])
+    bars = left.bar(
+        names, values, color=["#888888", "#d98c3f", "#3f7fd9", "#7fb0f0"][: len(values)]
+    )
     left.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
     left.set_yscale("log")  # the ceiling is orders of magnitude above the pipelines
     left.set_ylabel("events/s (log scale)")
-    left.set_title(f"throughput ({doc['workload']['events']:,} events, {doc['machine']['nproc']} CPUs)")
+    left.set_title(
+        f"throughput ({doc['workload']['events']:,} events, {doc['machine']['nproc']} CPUs)"
+    )
     sink = stages.get("sink_alone") or {}
     if sink:
         sizes = list(sink)

@@ -15,32 +15,31 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from etl.config import DuckDBSettings, Settings
-from mappers.normalize import Normalizer, dumps_event
-from sinks.duckdb import DuckDBSink
+from ops.inprocess import normalize_values
+from sinks.duckdb import DuckDBSettings, DuckDBSink
+from sinks.settings import Settings
 
 
 def normalized_events(values: list[bytes], limit: int) -> list[dict[str, Any]]:
-    normalizer = Normalizer()
-    out: list[dict[str, Any]] = []
-    for offset, value in enumerate(values):
-        events, _ = normalizer.normalize(value, topic="bench", partition=0, offset=offset, timestamp_ms=1_795_000_000_000)
-        out.extend(orjson.loads(dumps_event(ev)) for ev in events)
-        if len(out) >= limit:
-            break
-    return out[:limit]
+    """The first ``limit`` unified events of ``values``, through the normalize stage."""
+    return normalize_values(
+        values[: limit + limit // 10 + 100], topic="bench", timestamp_ms=1_795_000_000_000
+    )[:limit]
 
 
-def run_sink_alone(values: list[bytes], work_dir: Path, sizes: tuple[int, ...], rows_per_size: int) -> dict[str, Any]:
+def run_sink_alone(
+    values: list[bytes], work_dir: Path, sizes: tuple[int, ...], rows_per_size: int
+) -> dict[str, Any]:
     events = normalized_events(values, rows_per_size)
     results: dict[str, Any] = {}
     runs = [(size, False) for size in sizes] + [(size, True) for size in sizes]
     for size, held in runs:
         path = work_dir / f"sink-alone-{size}{'-held' if held else ''}.duckdb"
         path.unlink(missing_ok=True)
-        settings = Settings(sinks=["duckdb"], duckdb=DuckDBSettings(path=path, max_hold_seconds=5.0 if held else 0.0))
+        settings = Settings(
+            sinks=["duckdb"],
+            duckdb=DuckDBSettings(path=path, max_hold_seconds=5.0 if held else 0.0),
+        )
         sink = DuckDBSink(settings, path)
         sink.open()  # tables exist before the clock starts, as in the worker
         sink.close()

@@ -27,9 +27,11 @@ from typing import Any
 import orjson
 
 from bench.sinkbench import normalized_events
-from etl.config import BigQuerySettings, DuckDBSettings, Settings
-from etl.synthetic import Generator
+from ops.harness.synthetic import Generator
 from sinks.base import Sink
+from sinks.bigquery import BigQuerySettings
+from sinks.duckdb import DuckDBSettings
+from sinks.settings import Settings
 
 
 def _time_writes(sink: Sink, events: list[dict[str, Any]], size: int) -> dict[str, Any]:
@@ -71,7 +73,12 @@ def snowflake_sinks(work_dir: Path) -> Iterator[Callable[[], Sink]]:
     with FakeSnowflakeServer(mode="process", log_dir=work_dir / "fakesnow") as server:
 
         def make() -> Sink:
-            kwargs = {**server.connection_kwargs(), "database": "BENCH", "schema": f"S_{uuid.uuid4().hex[:8].upper()}", "network_timeout": 60}
+            kwargs = {
+                **server.connection_kwargs(),
+                "database": "BENCH",
+                "schema": f"S_{uuid.uuid4().hex[:8].upper()}",
+                "network_timeout": 60,
+            }
             return SnowflakeSink(Settings(), connect_kwargs=kwargs)
 
         yield make
@@ -85,7 +92,11 @@ def bigquery_sinks(work_dir: Path) -> Iterator[Callable[[], Sink]]:
     with BigQueryEmulator(project="local", log_level="warning") as emulator:
 
         def make() -> Sink:
-            settings = BigQuerySettings(project="local", dataset=f"bench_{uuid.uuid4().hex[:8]}", api_endpoint=emulator.endpoint)
+            settings = BigQuerySettings(
+                project="local",
+                dataset=f"bench_{uuid.uuid4().hex[:8]}",
+                api_endpoint=emulator.endpoint,
+            )
             return BigQuerySink(Settings(bigquery=settings))
 
         yield make
@@ -94,7 +105,9 @@ def bigquery_sinks(work_dir: Path) -> Iterator[Callable[[], Sink]]:
 FACTORIES = {"duckdb": duckdb_sinks, "snowflake": snowflake_sinks, "bigquery": bigquery_sinks}
 
 
-def run(events: list[dict[str, Any]], sizes: tuple[int, ...], only: tuple[str, ...], work_dir: Path) -> dict[str, Any]:
+def run(
+    events: list[dict[str, Any]], sizes: tuple[int, ...], only: tuple[str, ...], work_dir: Path
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name in only:
         started = time.perf_counter()
@@ -108,8 +121,11 @@ def run(events: list[dict[str, Any]], sizes: tuple[int, ...], only: tuple[str, .
                 finally:
                     sink.close()
                 r = results[name][str(size)]
-                print(f"{name:<10} batch {size:>6}: {r['rows_per_s']:>10.0f} rows/s  {r['ms_per_batch']:>8.1f} ms/batch  "
-                      f"(again {r['again_rows_per_s']:.0f} rows/s)", flush=True)
+                print(
+                    f"{name:<10} batch {size:>6}: {r['rows_per_s']:>10.0f} rows/s  {r['ms_per_batch']:>8.1f} ms/batch  "
+                    f"(again {r['again_rows_per_s']:.0f} rows/s)",
+                    flush=True,
+                )
     return results
 
 
@@ -117,7 +133,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--sizes", default="500,2000,5000", help="Batch sizes, comma-separated.")
-    parser.add_argument("--only", default="duckdb,snowflake,bigquery", help="Sinks, comma-separated.")
+    parser.add_argument(
+        "--only", default="duckdb,snowflake,bigquery", help="Sinks, comma-separated."
+    )
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(","))
@@ -130,7 +148,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     events = normalized_events(values, args.events)
     with tempfile.TemporaryDirectory(prefix="bench-warehouses-") as tmp:
         results = run(events, sizes, only, Path(tmp))
-    summary = {"bench": "warehouses", "events": len(events), "sizes": list(sizes), "results": results}
+    summary = {
+        "bench": "warehouses",
+        "events": len(events),
+        "sizes": list(sizes),
+        "results": results,
+    }
     print(orjson.dumps(summary).decode())
     return summary
 

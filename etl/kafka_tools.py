@@ -15,7 +15,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from etl.config import Settings
+from etl.config import CoreSettings
 
 log = logging.getLogger("etl.kafka")
 
@@ -23,21 +23,26 @@ log = logging.getLogger("etl.kafka")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-def client_config(settings: Settings) -> dict[str, Any]:
+def client_config(settings: CoreSettings) -> dict[str, Any]:
     kafka = settings.kafka
-    config: dict[str, Any] = {"bootstrap_servers": kafka.hosts, "security_protocol": kafka.security_protocol}
+    config: dict[str, Any] = {
+        "bootstrap_servers": kafka.hosts,
+        "security_protocol": kafka.security_protocol,
+    }
     if kafka.security_protocol.startswith("SASL"):
         config.update(
             sasl_mechanism=kafka.sasl_mechanism,
             sasl_plain_username=kafka.sasl_username,
-            sasl_plain_password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            sasl_plain_password=kafka.sasl_password.get_secret_value()
+            if kafka.sasl_password
+            else None,
         )
     if kafka.ssl_cafile:
         config["ssl_cafile"] = str(kafka.ssl_cafile)
     return config
 
 
-def admin(settings: Settings, timeout: float = 60.0) -> KafkaAdminClient:
+def admin(settings: CoreSettings, timeout: float = 60.0) -> KafkaAdminClient:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -48,7 +53,7 @@ def admin(settings: Settings, timeout: float = 60.0) -> KafkaAdminClient:
             time.sleep(0.5)
 
 
-def ensure_topics(settings: Settings, partitions: int | None = None) -> None:
+def ensure_topics(settings: CoreSettings, partitions: int | None = None) -> None:
     """Create the raw, normalized and dead-letter topics if they are missing."""
     kafka = settings.kafka
     client = admin(settings)
@@ -74,7 +79,7 @@ def ensure_topics(settings: Settings, partitions: int | None = None) -> None:
         client.close()
 
 
-def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
+def producer(settings: CoreSettings, **overrides: Any) -> KafkaProducer:
     config = {
         "acks": "all",
         "linger_ms": 5,
@@ -86,9 +91,14 @@ def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     return KafkaProducer(**client_config(settings), **config)
 
 
-def consumer(settings: Settings, **overrides: Any) -> KafkaConsumer:
-    config = {"enable_auto_commit": False, "auto_offset_reset": "earliest", "fetch_max_bytes": 64 * 1024 * 1024,
-              "max_partition_fetch_bytes": MAX_MESSAGE_BYTES, **overrides}
+def consumer(settings: CoreSettings, **overrides: Any) -> KafkaConsumer:
+    config = {
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "fetch_max_bytes": 64 * 1024 * 1024,
+        "max_partition_fetch_bytes": MAX_MESSAGE_BYTES,
+        **overrides,
+    }
     return KafkaConsumer(**client_config(settings), **config)
 
 
@@ -139,16 +149,22 @@ def true_end_offsets(kc: KafkaConsumer, tps: Iterable[TopicPartition]) -> dict[T
     return result
 
 
-def committed_offsets(settings: Settings, group: str) -> dict[TopicPartition, int]:
+def committed_offsets(settings: CoreSettings, group: str) -> dict[TopicPartition, int]:
     client = admin(settings)
     try:
         offsets = client.list_group_offsets(group).get(group, {})
     finally:
         client.close()
-    return {tp: meta.offset for tp, meta in offsets.items() if meta.offset is not None and meta.offset >= 0}
+    return {
+        tp: meta.offset
+        for tp, meta in offsets.items()
+        if meta.offset is not None and meta.offset >= 0
+    }
 
 
-def offsets_at_times(kc: KafkaConsumer, targets: dict[TopicPartition, int], ends: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+def offsets_at_times(
+    kc: KafkaConsumer, targets: dict[TopicPartition, int], ends: dict[TopicPartition, int]
+) -> dict[TopicPartition, int]:
     """Earliest offset per partition whose record timestamp is >= the target (ms); ``ends[tp]`` if none.
 
     ``offsets_for_times`` gives a lower bound: the bundled broker answers at
@@ -161,7 +177,13 @@ def offsets_at_times(kc: KafkaConsumer, targets: dict[TopicPartition, int], ends
     scan: dict[TopicPartition, int] = {}
     for tp in targets:
         hit = found.get(tp)
-        if hit is None or hit.timestamp is None or hit.timestamp < 0 or hit.offset < 0 or hit.offset >= ends[tp]:
+        if (
+            hit is None
+            or hit.timestamp is None
+            or hit.timestamp < 0
+            or hit.offset < 0
+            or hit.offset >= ends[tp]
+        ):
             result[tp] = ends[tp]
         else:
             scan[tp] = hit.offset
@@ -199,7 +221,7 @@ def offsets_at_times(kc: KafkaConsumer, targets: dict[TopicPartition, int], ends
     return result
 
 
-def describe_group(settings: Settings, group: str) -> dict[str, Any]:
+def describe_group(settings: CoreSettings, group: str) -> dict[str, Any]:
     """DescribeGroups for one group: state and members.
 
     kafka-python 3.x maps the reply's authorized-operations bitfield onto its
@@ -214,7 +236,7 @@ def describe_group(settings: Settings, group: str) -> dict[str, Any]:
         client.close()
 
 
-def remove_group_members(settings: Settings, group: str, member_ids: list[str]) -> None:
+def remove_group_members(settings: CoreSettings, group: str, member_ids: list[str]) -> None:
     """LeaveGroup on behalf of members (a live one rejoins at once, with a rebalance)."""
     from kafka.admin import MemberToRemove
 
@@ -225,17 +247,27 @@ def remove_group_members(settings: Settings, group: str, member_ids: list[str]) 
         client.close()
 
 
-def alter_committed_offsets(settings: Settings, group: str, offsets: dict[TopicPartition, int]) -> None:
+def alter_committed_offsets(
+    settings: CoreSettings, group: str, offsets: dict[TopicPartition, int]
+) -> None:
     """Commit ``offsets`` for ``group`` (the group must have no live members on real Kafka)."""
     from kafka.structs import OffsetAndMetadata
 
     client = admin(settings)
     try:
-        result = client.alter_group_offsets(group, {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        result = client.alter_group_offsets(
+            group, {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+        )
     finally:
         client.close()
-    failed = {tp: err for tp, err in (result or {}).items() if err is not None and getattr(err, "errno", 0)}
-    if failed and all(getattr(err, "__name__", "") == "UnknownMemberIdError" for err in failed.values()):
+    failed = {
+        tp: err
+        for tp, err in (result or {}).items()
+        if err is not None and getattr(err, "errno", 0)
+    }
+    if failed and all(
+        getattr(err, "__name__", "") == "UnknownMemberIdError" for err in failed.values()
+    ):
         # The bundled broker keeps members that left listed as a Stable group and then
         # refuses an admin commit.  Joining the group ourselves makes the coordinator
         # rebalance (dropping the departed members), and a member may commit.
@@ -243,15 +275,23 @@ def alter_committed_offsets(settings: Settings, group: str, offsets: dict[TopicP
         return
     if failed:
         tp, err = next(iter(failed.items()))
-        raise KafkaError(f"could not set offsets of group {group!r} ({tp.topic}:{tp.partition}: {err.__name__ if isinstance(err, type) else err})")
+        raise KafkaError(
+            f"could not set offsets of group {group!r} ({tp.topic}:{tp.partition}: {err.__name__ if isinstance(err, type) else err})"
+        )
 
 
-def _commit_as_member(settings: Settings, group: str, offsets: dict[TopicPartition, int], timeout: float = 60.0) -> None:
+def _commit_as_member(
+    settings: CoreSettings, group: str, offsets: dict[TopicPartition, int], timeout: float = 60.0
+) -> None:
     from kafka.structs import OffsetAndMetadata
 
-    kc = consumer(settings, group_id=group, client_id=f"{group}-offsets-admin",
-                  session_timeout_ms=int(settings.kafka.session_timeout * 1000),
-                  heartbeat_interval_ms=int(settings.kafka.heartbeat_interval * 1000))
+    kc = consumer(
+        settings,
+        group_id=group,
+        client_id=f"{group}-offsets-admin",
+        session_timeout_ms=int(settings.kafka.session_timeout * 1000),
+        heartbeat_interval_ms=int(settings.kafka.heartbeat_interval * 1000),
+    )
     try:
         kc.subscribe(sorted({tp.topic for tp in offsets}))
         deadline = time.monotonic() + timeout

@@ -1,6 +1,6 @@
 """Consumer-group offsets of the pipeline's groups: time parsing, show, reset.
 
-``etl offsets show|reset`` and ``etl replay`` resolve positions here.  End
+``etl offsets show|reset``, ``etl status`` and ``etl replay`` resolve positions here.  End
 offsets always come from :func:`etl.kafka_tools.true_end_offsets`, and times
 from :func:`etl.kafka_tools.offsets_at_times`, never from the broker's raw
 "latest" answer (the bundled broker under-reports it; see kafka_tools).
@@ -16,9 +16,8 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from etl import kafka_tools
-from etl.config import Settings
+from etl.config import CoreSettings
 
-WAREHOUSE_SINKS = ("duckdb", "snowflake", "bigquery")
 _RELATIVE = re.compile(r"^-\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -37,21 +36,14 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
     except ValueError:
-        raise ValueError(f"cannot read time {text!r}: use ISO 8601, 'now', epoch milliseconds or -3d/-2h/-30m/-10s") from None
+        raise ValueError(
+            f"cannot read time {text!r}: use ISO 8601, 'now', epoch milliseconds or -3d/-2h/-30m/-10s"
+        ) from None
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def to_ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
-
-
-def group_for(settings: Settings, name: str) -> tuple[str, list[str]]:
-    """``normalize`` or a sink name -> (consumer group, topics it consumes)."""
-    k = settings.kafka
-    if name == "normalize":
-        return settings.normalize_group, [k.raw_topic]
-    topics = [k.normalized_topic] + ([k.dlq_topic] if name in WAREHOUSE_SINKS else [])
-    return settings.sink_group(name), topics
 
 
 def topic_partitions(kc: KafkaConsumer, topics: list[str]) -> list[TopicPartition]:
@@ -76,7 +68,7 @@ class PartitionOffsets:
 
 
 def group_offsets(
-    settings: Settings,
+    settings: CoreSettings,
     group: str,
     topics: list[str],
     kc: KafkaConsumer | None = None,
@@ -105,7 +97,7 @@ def group_offsets(
     return rows
 
 
-def live_members(settings: Settings, group: str) -> list[str]:
+def live_members(settings: CoreSettings, group: str) -> list[str]:
     """Member ids the coordinator lists for ``group``.
 
     The bundled broker keeps listing a member that left or died (as a Stable
@@ -120,7 +112,7 @@ class GroupBusyError(RuntimeError):
 
 
 def target_offsets(
-    settings: Settings,
+    settings: CoreSettings,
     topics: list[str],
     *,
     to_time: str | None = None,
@@ -147,9 +139,13 @@ def target_offsets(
         for spec in to_offsets or []:
             tp, offset = parse_partition_offset(spec, topics)
             if tp not in ends:
-                raise ValueError(f"{tp.topic}:{tp.partition} is not a partition of {', '.join(topics)}")
+                raise ValueError(
+                    f"{tp.topic}:{tp.partition} is not a partition of {', '.join(topics)}"
+                )
             if not begins[tp] <= offset <= ends[tp]:
-                raise ValueError(f"offset {offset} of {tp.topic}:{tp.partition} is outside {begins[tp]}..{ends[tp]}")
+                raise ValueError(
+                    f"offset {offset} of {tp.topic}:{tp.partition} is outside {begins[tp]}..{ends[tp]}"
+                )
             result[tp] = offset
         return result
     finally:
@@ -169,9 +165,10 @@ def parse_partition_offset(spec: str, topics: list[str]) -> tuple[TopicPartition
     raise ValueError(f"cannot read {spec!r}: use PARTITION:OFFSET or TOPIC:PARTITION:OFFSET")
 
 
-def reset(settings: Settings, name: str, *, force: bool = False, **target: Any) -> dict[TopicPartition, int]:
-    """Move group ``name``'s committed offsets; refuses while the group has live members unless ``force``."""
-    group, topics = group_for(settings, name)
+def reset(
+    settings: CoreSettings, group: str, topics: list[str], *, force: bool = False, **target: Any
+) -> dict[TopicPartition, int]:
+    """Move ``group``'s committed offsets on ``topics``; refuses while it has live members unless ``force``."""
     members = live_members(settings, group)
     if members and not force:
         raise GroupBusyError(

@@ -41,7 +41,14 @@ def decode_raw(record: dict[str, Any]) -> bytes:
     return payload.encode("utf-8")
 
 
-def rejection_id(stage: str, topic: str, partition: int, offset: int, batch_index: int | None, message_id: str | None) -> str:
+def rejection_id(
+    stage: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    batch_index: int | None,
+    message_id: str | None,
+) -> str:
     key = f"{stage}|{topic}|{partition}|{offset}|{'' if batch_index is None else batch_index}|{message_id or ''}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
@@ -57,7 +64,9 @@ def dead_letter(
 ) -> dict[str, Any]:
     payload, encoding = encode_raw(rejection.raw, raw_limit)
     return {
-        "rejection_id": rejection_id(stage, topic, partition, offset, rejection.batch_index, rejection.message_id),
+        "rejection_id": rejection_id(
+            stage, topic, partition, offset, rejection.batch_index, rejection.message_id
+        ),
         "reason": rejection.reason,
         "field": rejection.field,
         "error": rejection.error,
@@ -72,6 +81,9 @@ def dead_letter(
         "source_partition": partition,
         "source_offset": offset,
         "batch_index": rejection.batch_index,
+        "source_timestamp": rejection.source_timestamp,
+        # Kept beside a redacted payload so a requeue lands the original's hashes.
+        "redaction_hashes": rejection.redaction_hashes,
         "rejected_at": datetime.now(UTC),
     }
 

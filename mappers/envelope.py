@@ -24,7 +24,9 @@ def decode_unified(records: list[Any]) -> list[dict[str, Any]]:
     events, unreadable = split_unified(records)
     if unreadable:
         record, error = unreadable[0]
-        raise ValueError(f"unreadable record at {record.topic}:{record.partition}:{record.offset}: {error}")
+        raise ValueError(
+            f"unreadable record at {record.topic}:{record.partition}:{record.offset}: {error}"
+        )
     return events
 
 
@@ -42,7 +44,11 @@ def split_unified(records: list[Any]) -> tuple[list[dict[str, Any]], list[tuple[
         except (orjson.JSONDecodeError, TypeError) as exc:
             unreadable.append((rec, f"not JSON: {exc}"))
             continue
-        if isinstance(doc, dict) and isinstance(doc.get("events"), list) and "message_id" not in doc:
+        if (
+            isinstance(doc, dict)
+            and isinstance(doc.get("events"), list)
+            and "message_id" not in doc
+        ):
             good = [ev for ev in doc["events"] if isinstance(ev, dict) and "message_id" in ev]
             if len(good) != len(doc["events"]):
                 unreadable.append((rec, "envelope holds entries that are not unified events"))

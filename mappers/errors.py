@@ -44,12 +44,18 @@ class Rejection:
     batch_index: int | None = None
     message_id: str | None = None
     event: str | None = None
+    #: Kafka timestamp (ms) of the raw record, so a requeue reproduces the same receive time.
+    source_timestamp: int | None = None
+    #: Set when ``raw`` was redacted: the keyed hashes of the original values, by path.
+    redaction_hashes: dict[str, str] | None = None
 
 
 class EventRejected(Exception):
     """Raised inside the mapper for one event; turned into a Rejection."""
 
-    def __init__(self, reason: str, error: str, field: str | None = None, event: str | None = None) -> None:
+    def __init__(
+        self, reason: str, error: str, field: str | None = None, event: str | None = None
+    ) -> None:
         super().__init__(error)
         self.reason = reason
         self.error = error

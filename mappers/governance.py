@@ -8,10 +8,10 @@
   of the dead letters (else a rejected prompt would land verbatim in
   ``rejected_events``).  Every sink therefore gates from the
   same decision, and sink workers never do flag I/O.
-* :class:`SinkGovernance` (each delivering agent, before delivery): drops the
-  events whose gating flag is off for this sink (``etl_gated_total{sink,
-  flag}``), and for a non-warehouse sink redacts whatever is still raw
-  (idempotent, so with the default it is a no-op).
+* :class:`SinkGovernance` (each sink stage, before delivery): drops the
+  events whose gating flag is off for this sink (and says how many per flag),
+  and for a non-warehouse sink redacts whatever is still raw (idempotent, so
+  with the default it is a no-op).
 
 An event with no recorded decision (normalized before its gate was
 configured) is forwarded: a missing decision is the open default.
@@ -19,13 +19,12 @@ configured) is forwarded: a missing decision is the open default.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from etl.config import Settings
+from etl.config import CoreSettings
 from mappers.errors import Rejection
 from mappers.flags import FlagService
 from mappers.redact import Redactor
@@ -33,7 +32,7 @@ from mappers.redact import Redactor
 log = logging.getLogger("etl.governance")
 
 
-def flags_by_event(settings: Settings) -> dict[str, tuple[str, ...]]:
+def flags_by_event(settings: CoreSettings) -> dict[str, tuple[str, ...]]:
     """Event name -> the flags gating it at any enabled sink."""
     out: dict[str, set[str]] = {}
     for sink, mapping in settings.flags.gates.items():
@@ -47,7 +46,7 @@ def flags_by_event(settings: Settings) -> dict[str, tuple[str, ...]]:
 class NormalizeGovernance:
     """Built cheaply; the flag service starts on first use (or :meth:`start`)."""
 
-    def __init__(self, settings: Settings, service: FlagService | None = None) -> None:
+    def __init__(self, settings: CoreSettings, service: FlagService | None = None) -> None:
         self.settings = settings
         self.gated_events = flags_by_event(settings)
         self.service = service
@@ -55,7 +54,7 @@ class NormalizeGovernance:
         self.redact = not settings.redaction.keep_raw_in_warehouse
         self._started = False
 
-    def start(self) -> "NormalizeGovernance":
+    def start(self) -> NormalizeGovernance:
         if self._started:
             return self
         self._started = True
@@ -64,9 +63,13 @@ class NormalizeGovernance:
         if self.service is not None:
             self.service.start()
         if self.settings.redaction.hmac_secret is None:
-            log.warning("redaction.hmac_secret is not set (ETL_REDACTION__HMAC_SECRET): redacted values keep no hash")
+            log.warning(
+                "redaction.hmac_secret is not set (ETL_REDACTION__HMAC_SECRET): redacted values keep no hash"
+            )
         if self.settings.redaction.keep_raw_in_warehouse:
-            log.warning("redaction.keep_raw_in_warehouse is on: the warehouse stores raw sensitive text")
+            log.warning(
+                "redaction.keep_raw_in_warehouse is on: the warehouse stores raw sensitive text"
+            )
         return self
 
     def close(self) -> None:
@@ -100,35 +103,32 @@ class NormalizeGovernance:
             self.redactor.redact_events(events)
             # A rejected prompt must not reach rejected_events verbatim either.
             for rejection in rejections:
+                if rejection.redaction_hashes is not None:
+                    continue  # redacted before: a requeued dead letter
                 redacted = self.redactor.redact_raw(rejection.raw)
                 if redacted is not None:
-                    rejection.raw = redacted
+                    rejection.raw, rejection.redaction_hashes = redacted
 
-    async def apply_async(self, events: list[dict[str, Any]], rejections: Iterable[Rejection] = ()) -> None:
-        # PostHog remote /flags calls may block (bounded by remote_budget):
-        # keep them off the event loop, and so is the first start.
-        if not self._started or (self.service is not None and self.service.posthog is not None):
-            await asyncio.to_thread(self.apply, events, rejections)
-        else:
-            self.apply(events, rejections)
+    def restore_redaction(self, events: list[dict[str, Any]], hashes: dict[str, str]) -> None:
+        """Events re-read from a redacted dead letter: already redacted, with the original's hashes."""
+        if self.redact:
+            for ev in events:
+                self.redactor.restore(ev, hashes)
 
 
 class SinkGovernance:
-    def __init__(self, settings: Settings, sink: str, *, third_party: bool) -> None:
+    def __init__(self, settings: CoreSettings, sink: str, *, third_party: bool) -> None:
         self.sink = sink
-        self.stage = f"sink:{sink}"
         self.gates = dict(settings.flags.gates.get(sink, {}))
         self.redactor = Redactor(settings.redaction) if third_party else None
 
-    def prepare(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The events this sink may receive, redacted for a third party."""
-        from streams import metrics
-
+    def prepare(self, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Counter[str]]:
+        """The events this sink may receive, redacted for a third party, and how many each flag held back."""
         kept = events
+        dropped: Counter[str] = Counter()
         if self.gates:
             gates = self.gates
             kept = []
-            dropped: Counter[str] = Counter()
             for ev in events:
                 flag = gates.get(ev["event"])
                 if flag is not None:
@@ -138,10 +138,6 @@ class SinkGovernance:
                         dropped[flag] += 1
                         continue
                 kept.append(ev)
-            for flag, n in dropped.items():
-                metrics.GATED.labels(self.sink, flag).inc(n)
-            if dropped:
-                metrics.EVENTS_OUT.labels(self.stage, "gated").inc(sum(dropped.values()))
         if self.redactor is not None:
             self.redactor.redact_events(kept)
-        return kept
+        return kept, dropped

@@ -1,4 +1,6 @@
-"""The one identifier rule, used for every table and column built from event data.
+"""Identifiers: the one rule for table and column names, and the ``message_id`` rule.
+
+**Table and column names** built from event data:
 
 * lower snake_case over ``[a-z0-9_]`` (camelCase is split, anything else becomes ``_``);
 * a leading digit gets a ``_`` prefix;
@@ -9,6 +11,11 @@
 
 Warehouses declare their limit as a sink capability; the rule itself never
 branches on a warehouse name.
+
+**message_id**: the source's ``uuid`` (PostHog) or ``messageId`` (Segment)
+exactly as given; otherwise a UUID-formatted SHA-256 of the event's canonical
+content without its transport fields, so a replay or a client's re-send of
+the same event yields the same id.
 """
 
 from __future__ import annotations
@@ -16,7 +23,14 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+import uuid
 from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from mappers.errors import EventRejected, Reason
+from mappers.jsontypes import json_type
 
 # Words that are reserved (or awkward) in DuckDB, Snowflake, BigQuery or ANSI
 # SQL.  Kept deliberately broad: a spurious suffix is harmless, a missing one
@@ -76,3 +90,46 @@ def normalize_identifier(name: str, max_length: int | None = None) -> str:
 def table_name_for_event(event: str, max_length: int | None = None) -> str:
     """Table name for an event name: ``$ai_generation`` -> ``ai_generation``."""
     return normalize_identifier(event.lstrip("$"), max_length)
+
+
+# Transport-level fields left out of the content hash: a client retry that
+# re-sends the same event later must hash to the same message_id.
+TRANSPORT_FIELDS = frozenset(
+    {"sent_at", "sentAt", "received_at", "receivedAt", "api_key", "writeKey"}
+)
+MAX_ID_LENGTH = 255
+
+
+def content_message_id(obj: dict[str, Any]) -> str:
+    """Stable id for an event without uuid/messageId: a hash of its canonical content."""
+    canonical = {k: v for k, v in obj.items() if k not in TRANSPORT_FIELDS}
+    digest = hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=5))
+
+
+def message_id(source_id: Any, obj: dict[str, Any], event: str | None) -> str:
+    """The event's id: ``source_id`` as given (NULs stripped), else the content hash of ``obj``.
+
+    Taken from the event exactly as received, before anything normalizes it,
+    so a replay yields the same id.
+    """
+    if source_id is None or source_id == "":
+        return content_message_id(obj)
+    if isinstance(source_id, bool) or not isinstance(source_id, (str, int)):
+        raise EventRejected(
+            Reason.INVALID_MESSAGE_ID,
+            f"message id must be a string, got {json_type(source_id)}",
+            "messageId",
+            event,
+        )
+    text = str(source_id).replace("\x00", "")
+    if not text.strip():
+        return content_message_id(obj)
+    if len(text) > MAX_ID_LENGTH:
+        raise EventRejected(
+            Reason.INVALID_MESSAGE_ID,
+            f"message id is longer than {MAX_ID_LENGTH} characters",
+            "messageId",
+            event,
+        )
+    return text

@@ -24,18 +24,30 @@ class UnifiedEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: int = Field(SCHEMA_VERSION, description="Version of this schema.")
-    message_id: str = Field(description="Source uuid/messageId as given, else a stable content hash (UUID form).")
+    message_id: str = Field(
+        description="Source uuid/messageId as given, else a stable content hash (UUID form)."
+    )
     type: EventType
-    event: str = Field(description="Event name as sent (`$identify`, `$pageview`... for non-track calls).")
+    event: str = Field(
+        description="Event name as sent (`$identify`, `$pageview`... for non-track calls)."
+    )
     distinct_id: str = Field(description="PostHog distinct_id, or Segment userId else anonymousId.")
     user_id: str | None = None
     anonymous_id: str | None = None
-    workspace_id: str | None = Field(None, description="properties.workspace_id, $groups.workspace or context.groupId.")
+    workspace_id: str | None = Field(
+        None, description="properties.workspace_id, $groups.workspace or context.groupId."
+    )
     trace_id: str | None = Field(None, description="properties.trace_id or $ai_trace_id.")
     timestamp: datetime = Field(description="Event time in UTC, corrected for client clock skew.")
-    original_timestamp: datetime | None = Field(None, description="Event time as the client stated it.")
-    sent_at: datetime | None = Field(None, description="When the client sent the event (client clock).")
-    received_at: datetime = Field(description="When the platform received it (event field, else Kafka timestamp).")
+    original_timestamp: datetime | None = Field(
+        None, description="Event time as the client stated it."
+    )
+    sent_at: datetime | None = Field(
+        None, description="When the client sent the event (client clock)."
+    )
+    received_at: datetime = Field(
+        description="When the platform received it (event field, else Kafka timestamp)."
+    )
     properties: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     source_topic: str
@@ -151,7 +163,9 @@ TYPED_TABLES: dict[str, type[TypedProperties]] = {m.table: m for m in KNOWN_EVEN
 EVENT_FOR_TABLE: dict[str, str] = {m.table: name for name, m in KNOWN_EVENTS.items()}
 
 #: Sensitive property keys across all typed events.
-SENSITIVE_PROPERTIES: frozenset[str] = frozenset().union(*(m.sensitive for m in KNOWN_EVENTS.values()))
+SENSITIVE_PROPERTIES: frozenset[str] = frozenset().union(
+    *(m.sensitive for m in KNOWN_EVENTS.values())
+)
 
 
 def property_key(model: type[TypedProperties], field_name: str) -> str:

@@ -43,11 +43,16 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization headers and key=value credentials keep their label.
     (re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9\-._~+/]{8,}=*"), r"\1 " + SECRET),
     (
-        re.compile(r"(?i)\b(password|passwd|pwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token|token)(\s*[:=]\s*)[\"']?[^\s\"',;]{4,}"),
+        re.compile(
+            r"(?i)\b(password|passwd|pwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token|token)(\s*[:=]\s*)[\"']?[^\s\"',;]{4,}"
+        ),
         r"\1\2" + SECRET,
     ),
     # Vendor key formats.
-    (re.compile(r"\bsk-(?:live-|test-|proj-|ant-|or-)?[A-Za-z0-9_\-]{8,}"), SECRET),  # OpenAI, Anthropic, ...
+    (
+        re.compile(r"\bsk-(?:live-|test-|proj-|ant-|or-)?[A-Za-z0-9_\-]{8,}"),
+        SECRET,
+    ),  # OpenAI, Anthropic, ...
     (re.compile(r"\b(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{8,}"), SECRET),  # Stripe
     (re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[A-Z0-9]{16}\b"), SECRET),  # AWS access key ids
     (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"), SECRET),  # GitHub tokens
@@ -57,9 +62,19 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bAIza[0-9A-Za-z_\-]{30,}"), SECRET),  # Google API keys
     (re.compile(r"\b(?:phc|phx|phs)_[A-Za-z0-9]{16,}"), SECRET),  # PostHog
     (re.compile(r"\beyJ[A-Za-z0-9_\-]{6,}\.[A-Za-z0-9_\-]{6,}\.[A-Za-z0-9_\-]{6,}"), SECRET),  # JWT
-    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", re.S), SECRET),
+    (
+        re.compile(
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", re.S
+        ),
+        SECRET,
+    ),
     # Long opaque tokens: 32+ characters mixing letters and digits.
-    (re.compile(r"(?<![A-Za-z0-9_\-])(?=[A-Za-z0-9_\-]*\d)(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{32,}"), SECRET),
+    (
+        re.compile(
+            r"(?<![A-Za-z0-9_\-])(?=[A-Za-z0-9_\-]*\d)(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{32,}"
+        ),
+        SECRET,
+    ),
 )
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
 _CARD_CANDIDATE = re.compile(r"(?<!\d)(?:\d[ \-]?){12,18}\d(?!\d)")
@@ -112,7 +127,11 @@ def _parse_path(path: str) -> tuple[str, tuple[str, ...]]:
 class Redactor:
     """Redacts the configured sensitive paths of unified events in place."""
 
-    def __init__(self, settings: RedactionSettings | None = None, sensitive: Iterable[str] = SENSITIVE_PROPERTIES) -> None:
+    def __init__(
+        self,
+        settings: RedactionSettings | None = None,
+        sensitive: Iterable[str] = SENSITIVE_PROPERTIES,
+    ) -> None:
         self.settings = settings or RedactionSettings()
         paths = [*sorted(sensitive), *self.settings.paths]
         parsed: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -124,7 +143,8 @@ class Redactor:
         # and one set test lets them through untouched.
         self._raw_markers = tuple({parts[-1].encode() for _, parts in parsed.values()})
         self._heads = {
-            root: frozenset(parts[0] for r, parts in parsed.values() if r == root) for root in ("properties", "context")
+            root: frozenset(parts[0] for r, parts in parsed.values() if r == root)
+            for root in ("properties", "context")
         }
         self.max_length = self.settings.max_length
         secret = self.settings.hmac_secret
@@ -200,11 +220,15 @@ class Redactor:
         """Redact every event in place; returns how many were changed."""
         return sum(1 for ev in events if self.redact_event(ev))
 
-    def redact_raw(self, raw: bytes) -> bytes | None:
+    def redact_raw(self, raw: bytes) -> tuple[bytes, dict[str, str]] | None:
         """A raw message (dead letter) with its sensitive paths redacted, or None when it has none.
 
-        JSON events and batch envelopes keep their shape; a payload that is
-        not JSON but names a sensitive key is masked as a whole.
+        Returns the redacted bytes and the keyed hash of each redacted value
+        (``{"properties.prompt_preview": hmac}``), taken from the original
+        text: a requeue of the dead letter then lands the same hash as the
+        live path would have.  JSON events and batch envelopes keep their
+        shape; a payload that is not JSON but names a sensitive key is
+        masked as a whole.
         """
         if not any(leaf in raw for leaf in self._raw_markers):
             return None
@@ -213,28 +237,62 @@ class Redactor:
         except orjson.JSONDecodeError:
             text = raw.decode("utf-8", "replace")
             masked = mask_text(text)
-            return masked.encode() if masked != text else None
-        items = doc.get("batch") if isinstance(doc, dict) and isinstance(doc.get("batch"), list) else [doc]
+            return (masked.encode(), {}) if masked != text else None
+        items = (
+            doc.get("batch")
+            if isinstance(doc, dict) and isinstance(doc.get("batch"), list)
+            else [doc]
+        )
         changed = False
+        hashes: dict[str, str] = {}
         for item in items:
             if isinstance(item, dict):
                 for root in ("properties", "context"):
                     if not isinstance(item.get(root), (dict, type(None))):
-                        item[root] = self._redact_value(item[root])  # malformed, but may hold the text
+                        item[root] = self._redact_value(
+                            item[root]
+                        )  # malformed, but may hold the text
                         changed = True
-                changed = self._redact_paths(item) or changed
-        return orjson.dumps(doc) if changed else None
+                changed = self._redact_paths(item, hashes if len(items) == 1 else None) or changed
+        return (orjson.dumps(doc), hashes) if changed else None
 
-    def _redact_paths(self, item: dict[str, Any]) -> bool:
+    def _redact_paths(self, item: dict[str, Any], hashes: dict[str, str] | None) -> bool:
         changed = False
-        for root, parts in self.paths.values():
+        for name, (root, parts) in self.paths.items():
             parent = item.get(root)
             for part in parts[:-1]:
                 parent = parent.get(part) if isinstance(parent, dict) else None
             if isinstance(parent, dict) and parent.get(parts[-1]) is not None:
-                parent[parts[-1]] = self._redact_value(parent[parts[-1]])
+                value = parent[parts[-1]]
+                digest = self.keyed_hash(value if isinstance(value, str) else _canonical(value))
+                if hashes is not None and digest is not None:
+                    hashes[name] = digest
+                parent[parts[-1]] = self._redact_value(value)
                 changed = True
         return changed
+
+    def restore(self, event: dict[str, Any], hashes: dict[str, str]) -> None:
+        """Mark an event whose raw payload was redacted before (a requeued dead letter) as redacted.
+
+        Its text is already masked; the keyed hashes of the original text
+        travel beside the dead letter, so the event lands exactly as it
+        would have from the original payload.
+        """
+        done: list[str] = []
+        for name, digest in hashes.items():
+            if name not in self.paths:
+                continue
+            root, parts = self.paths[name]
+            parent = event.get(root)
+            for part in parts[:-1]:
+                parent = parent.get(part) if isinstance(parent, dict) else None
+            if isinstance(parent, dict) and parent.get(parts[-1]) is not None:
+                parent[f"{parts[-1]}_hash"] = digest
+                done.append(name)
+        if done:
+            context = event.setdefault("context", {})
+            meta = context.setdefault("etl", {})
+            meta["redacted"] = [*meta.get("redacted", []), *done]
 
 
 def _canonical(value: Any) -> str:

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from etl.config import Settings
+if TYPE_CHECKING:
+    from sinks.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,13 +119,3 @@ class Sink(abc.ABC):
     def fit(self, event: dict[str, Any]) -> dict[str, Any] | SinkRejection:
         """Make an oversized event fit ``max_event_bytes`` (truncate) or refuse it."""
         return event
-
-
-def sink_class(name: str) -> type[Sink]:
-    """Import the sink module for ``name`` lazily (vendor SDKs are optional extras)."""
-    import importlib
-
-    module = importlib.import_module(f"sinks.{name}")
-    cls = getattr(module, "SINK")
-    assert issubclass(cls, Sink) and cls.name == name, f"sinks.{name}.SINK is not the {name} sink"
-    return cls

@@ -26,11 +26,12 @@ from __future__ import annotations
 import io
 import logging
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
+from pydantic import Field
 
-from etl.config import Settings
+from etl.config import SinkSection
 from sinks.base import BatchRejectedError, RetryableSinkError, SinkAuthError
 from sinks.schema import (
     BOOLEAN,
@@ -51,7 +52,27 @@ from sinks.warehouse_sql import (
     parse_timestamp,
 )
 
+if TYPE_CHECKING:
+    from sinks.settings import Settings
+
 log = logging.getLogger("etl.sinks.bigquery")
+
+
+class BigQuerySettings(SinkSection):
+    vendor_env: ClassVar[dict[str, str]] = {
+        "GOOGLE_CLOUD_PROJECT": "project",
+        "BIGQUERY_DATASET": "dataset",
+        "BIGQUERY_LOCATION": "location",
+    }
+    required: ClassVar[tuple[str, ...]] = ("project",)
+
+    project: str | None = Field(None, description="GCP project.")
+    dataset: str = Field("analytics", description="Dataset.")
+    location: str | None = Field(None, description="Dataset location (US, EU, a region).")
+    api_endpoint: str | None = Field(
+        None, description="Explicit endpoint; anonymous credentials are used with it (emulators)."
+    )
+
 
 BIGQUERY_TYPES = {
     STRING: "STRING",
@@ -63,7 +84,14 @@ BIGQUERY_TYPES = {
     STRING_ARRAY: "ARRAY<STRING>",
 }
 # Schema fields use the API's canonical names (what get_table returns).
-FIELD_TYPES = {STRING: "STRING", INTEGER: "INTEGER", FLOAT: "FLOAT", BOOLEAN: "BOOLEAN", TIMESTAMP: "TIMESTAMP", JSON: "JSON"}
+FIELD_TYPES = {
+    STRING: "STRING",
+    INTEGER: "INTEGER",
+    FLOAT: "FLOAT",
+    BOOLEAN: "BOOLEAN",
+    TIMESTAMP: "TIMESTAMP",
+    JSON: "JSON",
+}
 # SchemaField.field_type -> logical type (for evolved columns read back).
 REVERSE_TYPES = {
     "STRING": STRING,
@@ -82,8 +110,12 @@ def schema_field(col: Column) -> Any:
     from google.cloud import bigquery
 
     if col.type == STRING_ARRAY:
-        return bigquery.SchemaField(col.name, "STRING", mode="REPEATED", description=col.description or None)
-    return bigquery.SchemaField(col.name, FIELD_TYPES[col.type], mode="NULLABLE", description=col.description or None)
+        return bigquery.SchemaField(
+            col.name, "STRING", mode="REPEATED", description=col.description or None
+        )
+    return bigquery.SchemaField(
+        col.name, FIELD_TYPES[col.type], mode="NULLABLE", description=col.description or None
+    )
 
 
 def logical_type(field: Any) -> str:
@@ -175,7 +207,12 @@ def _cell(col: Column, value: Any) -> Any:
 
 
 def ndjson(columns: tuple[Column, ...], rows: list[dict[str, Any]]) -> bytes:
-    return b"\n".join(orjson.dumps({c.name: _cell(c, row.get(c.name)) for c in columns}) for row in rows) + b"\n"
+    return (
+        b"\n".join(
+            orjson.dumps({c.name: _cell(c, row.get(c.name)) for c in columns}) for row in rows
+        )
+        + b"\n"
+    )
 
 
 class BigQuerySink(MergingWarehouseSink):
@@ -251,23 +288,35 @@ class BigQuerySink(MergingWarehouseSink):
         if self.settings.bigquery.location:
             dataset.location = self.settings.bigquery.location
         self.client.create_dataset(dataset, exists_ok=True)
-        self._create_table("events", EVENTS_COLUMNS, partition="timestamp", cluster=["event", "workspace_id"])
+        self._create_table(
+            "events", EVENTS_COLUMNS, partition="timestamp", cluster=["event", "workspace_id"]
+        )
         for table in self.schema.tables.values():
-            self._create_table(table.name, table.columns, partition="timestamp", cluster=["workspace_id"])
-        self._create_table("rejected_events", REJECTED_COLUMNS, partition="rejected_at", cluster=["reason"])
-        self._create_table("schema_discards", DISCARD_COLUMNS, partition=None, cluster=["table_name"])
+            self._create_table(
+                table.name, table.columns, partition="timestamp", cluster=["workspace_id"]
+            )
+        self._create_table(
+            "rejected_events", REJECTED_COLUMNS, partition="rejected_at", cluster=["reason"]
+        )
+        self._create_table(
+            "schema_discards", DISCARD_COLUMNS, partition=None, cluster=["table_name"]
+        )
         for name, sql in view_sql(self.qualified).items():
             self._query(f"CREATE OR REPLACE VIEW {self.qualified(name)} AS {sql}")
         self._load_columns()
         self._initialised = True
 
-    def _create_table(self, name: str, columns: tuple[Column, ...], *, partition: str | None, cluster: list[str]) -> None:
+    def _create_table(
+        self, name: str, columns: tuple[Column, ...], *, partition: str | None, cluster: list[str]
+    ) -> None:
         # client.create_table, not DDL: it keeps JSON types and partitioning on the emulator too.
         from google.cloud import bigquery
 
         table = bigquery.Table(self.table_id(name), schema=[schema_field(c) for c in columns])
         if partition:
-            table.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY, field=partition)
+            table.time_partitioning = bigquery.TimePartitioning(
+                type_=bigquery.TimePartitioningType.DAY, field=partition
+            )
         table.clustering_fields = cluster
         self.client.create_table(table, exists_ok=True)
 
@@ -275,7 +324,9 @@ class BigQuerySink(MergingWarehouseSink):
         for name, table in self.schema.tables.items():
             declared = {c.name: c.type for c in table.columns}
             fields = self.client.get_table(self.table_id(name)).schema
-            self.schema.load_existing(name, {f.name: declared.get(f.name) or logical_type(f) for f in fields})
+            self.schema.load_existing(
+                name, {f.name: declared.get(f.name) or logical_type(f) for f in fields}
+            )
 
     def _query(self, sql: str) -> Any:
         job = self.client.query(sql)
@@ -295,11 +346,19 @@ class BigQuerySink(MergingWarehouseSink):
             if _is_rate_limit(exc):
                 raise RetryableSinkError(f"bigquery rate limit: {exc}", retry_after=2.0) from exc
             raise SinkAuthError(f"bigquery access denied: {exc}") from None
-        except (gexc.TooManyRequests, gexc.ServerError, gexc.RetryError, ConnectionError, TimeoutError) as exc:
+        except (
+            gexc.TooManyRequests,
+            gexc.ServerError,
+            gexc.RetryError,
+            ConnectionError,
+            TimeoutError,
+        ) as exc:
             raise RetryableSinkError(f"bigquery unavailable: {exc}", retry_after=1.0) from exc
         except gexc.BadRequest as exc:
             if "serialize access" in str(exc) or "concurrent" in str(exc).lower():
-                raise RetryableSinkError(f"bigquery concurrent update: {exc}", retry_after=1.0) from exc
+                raise RetryableSinkError(
+                    f"bigquery concurrent update: {exc}", retry_after=1.0
+                ) from exc
             raise
         except Exception as exc:
             import requests
@@ -314,8 +373,12 @@ class BigQuerySink(MergingWarehouseSink):
 
     def _add_columns(self, table: str, columns: list[Column]) -> None:
         for col in columns:  # one ADD COLUMN per statement (the emulator's limit)
-            self._query(f"ALTER TABLE {self.qualified(table)} ADD COLUMN IF NOT EXISTS {_quote(col.name)} {BIGQUERY_TYPES[col.type]}")
-            log.info("schema evolution: added column %s.%s %s", table, col.name, BIGQUERY_TYPES[col.type])
+            self._query(
+                f"ALTER TABLE {self.qualified(table)} ADD COLUMN IF NOT EXISTS {_quote(col.name)} {BIGQUERY_TYPES[col.type]}"
+            )
+            log.info(
+                "schema evolution: added column %s.%s %s", table, col.name, BIGQUERY_TYPES[col.type]
+            )
         current = self.client.get_table(self.table_id(table))
         known = {f.name for f in current.schema}
         missing = [schema_field(c) for c in columns if c.name not in known]
@@ -323,7 +386,13 @@ class BigQuerySink(MergingWarehouseSink):
             current.schema = list(current.schema) + missing
             self.client.update_table(current, ["schema"])
 
-    def _merge(self, table: str, columns: tuple[Column, ...], rows: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
+    def _merge(
+        self,
+        table: str,
+        columns: tuple[Column, ...],
+        rows: list[dict[str, Any]],
+        keys: tuple[str, ...],
+    ) -> None:
         if not rows:
             return
         from google.api_core import exceptions as gexc
@@ -343,13 +412,23 @@ class BigQuerySink(MergingWarehouseSink):
             self.client.delete_table(self.table_id(staging), not_found_ok=True)
         self._staging_tables[staging] = signature
         # size=None: a resumable upload (multipart is refused by emulators; resumable scales to GBs).
-        job = self.client.load_table_from_file(io.BytesIO(ndjson(columns, rows)), self.table_id(staging), size=None, job_config=config)
+        job = self.client.load_table_from_file(
+            io.BytesIO(ndjson(columns, rows)), self.table_id(staging), size=None, job_config=config
+        )
         try:
             job.result()
         except gexc.BadRequest as exc:
             # A value the load refused without naming the row: let the runtime bisect.
             raise BatchRejectedError(f"bigquery load into {table} refused: {exc}") from exc
-        self._query(merge_statement(self.qualified(table), self.qualified(staging), [c.name for c in columns], keys, quote=_quote))
+        self._query(
+            merge_statement(
+                self.qualified(table),
+                self.qualified(staging),
+                [c.name for c in columns],
+                keys,
+                quote=_quote,
+            )
+        )
 
 
 def _is_rate_limit(exc: Any) -> bool:
@@ -358,3 +437,4 @@ def _is_rate_limit(exc: Any) -> bool:
 
 
 SINK = BigQuerySink
+SETTINGS = BigQuerySettings

@@ -20,15 +20,15 @@ import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import orjson
 import pyarrow as pa
+from pydantic import Field
 
-from etl.config import Settings
+from etl.config import SinkSection
 from sinks.base import Capabilities, RetryableSinkError, Sink, WriteResult
-from sinks.warehouse_sql import DISCARD_KEY, EVENTS_KEY
 from sinks.schema import (
     BOOLEAN,
     DISCARD_COLUMNS,
@@ -45,8 +45,26 @@ from sinks.schema import (
     dedupe_last,
     utcnow,
 )
+from sinks.warehouse_sql import DISCARD_KEY, EVENTS_KEY
+
+if TYPE_CHECKING:
+    from sinks.settings import Settings
 
 log = logging.getLogger("etl.sinks.duckdb")
+
+
+class DuckDBSettings(SinkSection):
+    path: Path = Field(Path("warehouse.duckdb"), description="Embedded warehouse file.")
+    max_hold_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="Longest the sink keeps the file locked under load before letting readers "
+        "and other writers in (0 = after every batch).",
+    )
+    memory_limit_mb: int = Field(
+        192, ge=64, description="DuckDB memory limit of the sink process, MB."
+    )
+
 
 DUCKDB_TYPES = {
     STRING: "VARCHAR",
@@ -57,10 +75,6 @@ DUCKDB_TYPES = {
     JSON: "JSON",
     STRING_ARRAY: "VARCHAR[]",
 }
-# pyarrow's default pool keeps freed memory for reuse; a long-lived worker
-# writing one batch after another is better served by the system allocator.
-pa.set_memory_pool(pa.system_memory_pool())
-
 ARROW_TYPES = {
     STRING: pa.string(),
     INTEGER: pa.int64(),
@@ -156,6 +170,10 @@ class DuckDBSink(Sink):
 
     def __init__(self, settings: Settings, path: Path | None = None) -> None:
         super().__init__(settings)
+        # pyarrow's default pool keeps freed memory for reuse; a long-lived
+        # writer of one batch after another is better served by the system
+        # allocator.  Process-wide, so set where a DuckDB sink is made.
+        pa.set_memory_pool(pa.system_memory_pool())
         self.path = Path(path or settings.duckdb.path)
         self.schema = SchemaTracker(self.capabilities.max_identifier_length)
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -171,7 +189,9 @@ class DuckDBSink(Sink):
             con = duckdb.connect(str(self.path))
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
-                raise RetryableSinkError(f"warehouse file {self.path} is locked by another process", retry_after=0.2) from None
+                raise RetryableSinkError(
+                    f"warehouse file {self.path} is locked by another process", retry_after=0.2
+                ) from None
             raise
         con.execute("SET TimeZone = 'UTC'")
         con.execute(f"SET memory_limit = '{self.settings.duckdb.memory_limit_mb}MB'")
@@ -235,9 +255,18 @@ class DuckDBSink(Sink):
             con.execute("BEGIN")
             for table, columns in plan.new_columns.items():
                 for col in columns:
-                    con.execute(f"ALTER TABLE {quote(table)} ADD COLUMN IF NOT EXISTS {quote(col.name)} {DUCKDB_TYPES[col.type]}")
-                    log.info("schema evolution: added column %s.%s %s", table, col.name, DUCKDB_TYPES[col.type])
-            replaced = self._upsert(con, "events", EVENTS_COLUMNS, self._event_rows(events, loaded_at), EVENTS_KEY)
+                    con.execute(
+                        f"ALTER TABLE {quote(table)} ADD COLUMN IF NOT EXISTS {quote(col.name)} {DUCKDB_TYPES[col.type]}"
+                    )
+                    log.info(
+                        "schema evolution: added column %s.%s %s",
+                        table,
+                        col.name,
+                        DUCKDB_TYPES[col.type],
+                    )
+            replaced = self._upsert(
+                con, "events", EVENTS_COLUMNS, self._event_rows(events, loaded_at), EVENTS_KEY
+            )
             if replaced:
                 # Typed rows are written in the same transaction as their
                 # events row, so only keys events already had can have typed
@@ -249,8 +278,13 @@ class DuckDBSink(Sink):
                 self._upsert(con, table, columns, rows, EVENTS_KEY, delete=False)
             if plan.discards:
                 now = utcnow().isoformat() + "Z"
-                discards = {(d.message_id, d.table_name, d.property_key): {**asdict(d), "discarded_at": now} for d in plan.discards}
-                self._upsert(con, "schema_discards", DISCARD_COLUMNS, list(discards.values()), DISCARD_KEY)
+                discards = {
+                    (d.message_id, d.table_name, d.property_key): {**asdict(d), "discarded_at": now}
+                    for d in plan.discards
+                }
+                self._upsert(
+                    con, "schema_discards", DISCARD_COLUMNS, list(discards.values()), DISCARD_KEY
+                )
             con.execute("COMMIT")
         except BaseException:
             self._rollback(con)
@@ -265,7 +299,9 @@ class DuckDBSink(Sink):
         con = self._connect()
         try:
             con.execute("BEGIN")
-            self._upsert(con, "rejected_events", REJECTED_COLUMNS, list(seen.values()), ("rejection_id",))
+            self._upsert(
+                con, "rejected_events", REJECTED_COLUMNS, list(seen.values()), ("rejection_id",)
+            )
             con.execute("COMMIT")
         except BaseException:
             self._rollback(con)
@@ -339,7 +375,9 @@ class DuckDBSink(Sink):
         con.register("_replaced_keys", keys)
         try:
             for table in tables:
-                con.execute(f"DELETE FROM {quote(table)} WHERE message_id IN (SELECT message_id FROM _replaced_keys)")
+                con.execute(
+                    f"DELETE FROM {quote(table)} WHERE message_id IN (SELECT message_id FROM _replaced_keys)"
+                )
         finally:
             con.unregister("_replaced_keys")
 
@@ -361,3 +399,4 @@ def wait_for_lock(path: Path, timeout: float, read_only: bool = True) -> duckdb.
 
 
 SINK = DuckDBSink
+SETTINGS = DuckDBSettings

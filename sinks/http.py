@@ -23,7 +23,14 @@ import requests
 
 from mappers.errors import Reason
 from mappers.normalize import TRUNCATION_MARKER
-from sinks.base import BatchRejectedError, RetryableSinkError, Sink, SinkAuthError, SinkRejection, WriteResult
+from sinks.base import (
+    BatchRejectedError,
+    RetryableSinkError,
+    Sink,
+    SinkAuthError,
+    SinkRejection,
+    WriteResult,
+)
 
 TRUNCATED_KEY = "$truncated"
 #: Strings no longer than this are not worth cutting (the marker alone is 12 characters).
@@ -73,7 +80,9 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def raise_for_refusal(sink: str, status: int, message: str, retry_after: float | None, events: list[dict[str, Any]]) -> WriteResult:
+def raise_for_refusal(
+    sink: str, status: int, message: str, retry_after: float | None, events: list[dict[str, Any]]
+) -> WriteResult:
     """Raise the runtime error for a refused request, or dead-letter a single refused event."""
     detail = f"{sink} answered HTTP {status}: {shorten(message)}"
     kind = outcome_for_status(status)
@@ -179,11 +188,17 @@ class HttpSink(Sink):
         marker_bytes = len(self.encode({"m": TRUNCATION_MARKER})) - len(self.encode({"m": ""}))
         size = self._measure(work)
         while size > limit:
-            candidates = [c for c in _strings(self.truncatable(work)) if len(c[2]) > MIN_TRUNCATABLE]
+            candidates = [
+                c for c in _strings(self.truncatable(work)) if len(c[2]) > MIN_TRUNCATABLE
+            ]
             if not candidates:
                 return None
             path, container, text, key = max(candidates, key=lambda c: len(c[2]))
-            base = text[: -len(TRUNCATION_MARKER)] if text.endswith(TRUNCATION_MARKER) and path in cut_paths else text
+            base = (
+                text[: -len(TRUNCATION_MARKER)]
+                if text.endswith(TRUNCATION_MARKER) and path in cut_paths
+                else text
+            )
             # Each character removed saves at least one byte; the marker and
             # the $truncated entry cost some back.
             extra = 0 if path in cut_paths else marker_bytes + self._listing_cost(cut_paths, path)

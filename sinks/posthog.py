@@ -27,19 +27,45 @@ import logging
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from posthog.request import APIError, batch_post
+from pydantic import Field
 
-from etl.config import Settings
+from etl.config import PostHogSettings, SinkSection
 from sinks.base import Capabilities, RetryableSinkError, WriteResult
 from sinks.http import TRANSIENT_ERRORS, HttpSink, iso, raise_for_refusal
 
+if TYPE_CHECKING:
+    from sinks.settings import Settings
+
 log = logging.getLogger("etl.sinks.posthog")
+
+
+class PostHogSinkSettings(PostHogSettings, SinkSection):
+    """The PostHog project (shared with the flag service) plus how the sink sends to it."""
+
+    required: ClassVar[tuple[str, ...]] = ("api_key", "host")
+
+    gzip: bool = Field(True, description="Gzip request bodies.")
+    timeout: float = Field(
+        15.0, gt=0, description="Seconds per /batch/ request; a timeout is retried."
+    )
+    max_request_bytes: int = Field(
+        20 * 1024 * 1024 - 1, ge=1024, description="Largest request body (PostHog: < 20 MB)."
+    )
+    max_event_bytes: int = Field(
+        900 * 1024,
+        ge=1024,
+        description="Largest event; bigger ones are truncated to fit (SDK cap 900 KiB).",
+    )
+    max_batch_events: int = Field(1000, ge=1, description="Most events per request.")
+
 
 #: Namespace of the uuids derived from message ids that are not UUIDs.
 MESSAGE_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://analytics-etl/message_id")
-_CANONICAL_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_CANONICAL_UUID = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
 #: Headroom for what the SDK adds to the body besides the events.
 ENVELOPE_SLACK = 256
 
@@ -99,7 +125,10 @@ class PostHogSink(HttpSink):
         workspace = event.get("workspace_id")
         if workspace:
             groups = props.get("$groups")
-            props["$groups"] = {**(groups if isinstance(groups, dict) else {}), "workspace": workspace}
+            props["$groups"] = {
+                **(groups if isinstance(groups, dict) else {}),
+                "workspace": workspace,
+            }
         traits = context.get("traits")
         traits = traits if isinstance(traits, dict) else None
         etype = event.get("type")
@@ -151,6 +180,9 @@ class PostHogSink(HttpSink):
 
     # ---------------------------------------------------------------- write
     def write(self, events: list[dict[str, Any]]) -> WriteResult:
+        # The SDK is an optional extra: imported when the sink first sends.
+        from posthog.request import APIError, batch_post
+
         batch = [self.prepare(ev)[0] for ev in events]
         try:
             batch_post(
@@ -167,9 +199,12 @@ class PostHogSink(HttpSink):
             self.forget(events)
             return result
         except TRANSIENT_ERRORS as exc:
-            raise RetryableSinkError(f"PostHog unreachable or too slow ({type(exc).__name__})") from None
+            raise RetryableSinkError(
+                f"PostHog unreachable or too slow ({type(exc).__name__})"
+            ) from None
         self.forget(events)
         return WriteResult(written=len(events))
 
 
 SINK = PostHogSink
+SETTINGS = PostHogSinkSettings

@@ -13,21 +13,55 @@ from __future__ import annotations
 
 import gzip
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 import requests
+from pydantic import Field, SecretStr
 from requests.adapters import HTTPAdapter
 
-from etl.config import Settings
+from etl.config import SinkSection
 from sinks.base import Capabilities, RetryableSinkError, WriteResult
-from sinks.http import TRANSIENT_ERRORS, HttpSink, iso, now_iso, parse_retry_after, raise_for_refusal
+from sinks.http import (
+    TRANSIENT_ERRORS,
+    HttpSink,
+    iso,
+    now_iso,
+    parse_retry_after,
+    raise_for_refusal,
+)
+
+if TYPE_CHECKING:
+    from sinks.settings import Settings
 
 log = logging.getLogger("etl.sinks.rudderstack")
 
 #: '{"batch":[' + '],"sentAt":"2026-11-24T01:02:03.456Z"}' plus headroom.
 ENVELOPE_BYTES = 64
 USER_AGENT = "analytics-etl/0.1 (+rudderstack sink)"
+
+
+class RudderStackSettings(SinkSection):
+    vendor_env: ClassVar[dict[str, str]] = {
+        "RUDDERSTACK_WRITE_KEY": "write_key",
+        "RUDDERSTACK_DATA_PLANE_URL": "data_plane_url",
+    }
+    required: ClassVar[tuple[str, ...]] = ("write_key", "data_plane_url")
+
+    write_key: SecretStr | None = Field(None, description="Source write key.")
+    data_plane_url: str | None = Field(None, description="Data plane URL.")
+    gzip: bool = Field(True, description="Gzip request bodies.")
+    timeout: float = Field(
+        15.0, gt=0, description="Seconds per /v1/batch request; a timeout is retried."
+    )
+    # rudder-server's gateway default (Gateway.maxReqSizeInKB = 4000), a little under 4 MiB.
+    max_request_bytes: int = Field(
+        4000 * 1024, ge=1024, description="Largest request body (gateway default 4000 KB)."
+    )
+    max_event_bytes: int = Field(
+        32 * 1024, ge=256, description="Largest event; bigger ones are truncated to fit."
+    )
+    max_batch_events: int = Field(500, ge=1, description="Most events per request.")
 
 
 class RudderStackSink(HttpSink):
@@ -47,7 +81,9 @@ class RudderStackSink(HttpSink):
         super().__init__(settings)
         rs = settings.rudderstack
         if rs.write_key is None or not rs.data_plane_url:
-            raise ValueError("sink 'rudderstack' needs rudderstack.write_key and rudderstack.data_plane_url")
+            raise ValueError(
+                "sink 'rudderstack' needs rudderstack.write_key and rudderstack.data_plane_url"
+            )
         self._auth = (rs.write_key.get_secret_value(), "")
         self.url = rs.data_plane_url.rstrip("/") + "/v1/batch"
         self.gzip = rs.gzip
@@ -105,7 +141,11 @@ class RudderStackSink(HttpSink):
             context["groupId"] = workspace
         out["context"] = context
         out["timestamp"] = iso(event["timestamp"])
-        for source, target in (("original_timestamp", "originalTimestamp"), ("sent_at", "sentAt"), ("received_at", "receivedAt")):
+        for source, target in (
+            ("original_timestamp", "originalTimestamp"),
+            ("sent_at", "sentAt"),
+            ("received_at", "receivedAt"),
+        ):
             if event.get(source) is not None:
                 out[target] = iso(event[source])
         return out
@@ -115,23 +155,40 @@ class RudderStackSink(HttpSink):
 
     # ---------------------------------------------------------------- write
     def write(self, events: list[dict[str, Any]]) -> WriteResult:
-        body = b'{"batch":[' + b",".join(self.prepare(ev)[0] for ev in events) + b'],"sentAt":"' + now_iso().encode() + b'"}'
+        body = (
+            b'{"batch":['
+            + b",".join(self.prepare(ev)[0] for ev in events)
+            + b'],"sentAt":"'
+            + now_iso().encode()
+            + b'"}'
+        )
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         if self.gzip:
             body = gzip.compress(body, compresslevel=6)
             headers["Content-Encoding"] = "gzip"
         try:
-            res = self._client().post(self.url, data=body, headers=headers, auth=self._auth, timeout=self.timeout)
+            res = self._client().post(
+                self.url, data=body, headers=headers, auth=self._auth, timeout=self.timeout
+            )
         except TRANSIENT_ERRORS as exc:
             # A dead pooled connection must not be reused for the retry.
             self.close()
-            raise RetryableSinkError(f"RudderStack unreachable or too slow ({type(exc).__name__})") from None
+            raise RetryableSinkError(
+                f"RudderStack unreachable or too slow ({type(exc).__name__})"
+            ) from None
         if 200 <= res.status_code < 300:
             self.forget(events)
             return WriteResult(written=len(events))
-        result = raise_for_refusal("RudderStack", res.status_code, res.text, parse_retry_after(res.headers.get("Retry-After")), events)
+        result = raise_for_refusal(
+            "RudderStack",
+            res.status_code,
+            res.text,
+            parse_retry_after(res.headers.get("Retry-After")),
+            events,
+        )
         self.forget(events)
         return result
 
 
 SINK = RudderStackSink
+SETTINGS = RudderStackSettings

@@ -37,21 +37,33 @@ class Column:
 
 
 EVENTS_COLUMNS: tuple[Column, ...] = (
-    Column("message_id", STRING, "Unique key: the source uuid/messageId, else a stable content hash."),
+    Column(
+        "message_id", STRING, "Unique key: the source uuid/messageId, else a stable content hash."
+    ),
     Column("type", STRING, "track, identify, group, page, screen or alias."),
     Column("event", STRING, "Event name as sent ($identify, $pageview... for non-track calls)."),
     Column("distinct_id", STRING, "PostHog distinct_id, or Segment userId else anonymousId."),
     Column("user_id", STRING, "Known user id, when there is one."),
     Column("anonymous_id", STRING, "Anonymous/device id, when there is one."),
-    Column("workspace_id", STRING, "Workspace (properties.workspace_id, $groups.workspace, context.groupId)."),
+    Column(
+        "workspace_id",
+        STRING,
+        "Workspace (properties.workspace_id, $groups.workspace, context.groupId).",
+    ),
     Column("trace_id", STRING, "Trace id (properties.trace_id or $ai_trace_id)."),
     Column("timestamp", TIMESTAMP, "Event time, UTC, corrected for client clock skew."),
     Column("original_timestamp", TIMESTAMP, "Event time as the client's clock stated it, UTC."),
     Column("sent_at", TIMESTAMP, "When the client sent it (client clock), UTC."),
     Column("received_at", TIMESTAMP, "When the platform received it, UTC."),
     Column("loaded_at", TIMESTAMP, "When this row was last written to the warehouse, UTC."),
-    Column("properties", JSON, "All event properties (typed ones coerced, sensitive ones redacted)."),
-    Column("context", JSON, "Context: library, traits, flag decisions, ETL sanitising notes (context.etl)."),
+    Column(
+        "properties", JSON, "All event properties (typed ones coerced, sensitive ones redacted)."
+    ),
+    Column(
+        "context",
+        JSON,
+        "Context: library, traits, flag decisions, ETL sanitising notes (context.etl).",
+    ),
     Column("schema_version", INTEGER, "Version of the unified schema that produced the row."),
     Column("source_topic", STRING, "Kafka topic the raw event came from."),
     Column("source_partition", INTEGER, "Kafka partition of the raw event."),
@@ -67,8 +79,14 @@ TYPED_BASE_COLUMNS: tuple[Column, ...] = (
 RESERVED_TYPED_COLUMNS = frozenset(c.name for c in TYPED_BASE_COLUMNS) | {"loaded_at"}
 
 REJECTED_COLUMNS: tuple[Column, ...] = (
-    Column("rejection_id", STRING, "Unique key: hash of stage, source coordinates and batch index."),
-    Column("reason", STRING, "Machine-readable reason (invalid_json, missing_identity, out_of_range, ...)."),
+    Column(
+        "rejection_id", STRING, "Unique key: hash of stage, source coordinates and batch index."
+    ),
+    Column(
+        "reason",
+        STRING,
+        "Machine-readable reason (invalid_json, missing_identity, out_of_range, ...).",
+    ),
     Column("field", STRING, "Offending field path, when there is one."),
     Column("error", STRING, "Human-readable error detail."),
     Column("stage", STRING, "normalize, or sink:<name> for events a destination refused."),
@@ -158,7 +176,11 @@ def coerce_to(column_type: str, value: Any) -> tuple[bool, Any]:
         return True, int(value)
     if column_type == JSON:
         return True, value
-    if column_type == STRING_ARRAY and isinstance(value, list) and all(isinstance(v, str) for v in value):
+    if (
+        column_type == STRING_ARRAY
+        and isinstance(value, list)
+        and all(isinstance(v, str) for v in value)
+    ):
         return True, value
     return False, value
 
@@ -190,7 +212,9 @@ class SchemaTracker:
         self.max_identifier_length = max_identifier_length
         self.tables = typed_tables(max_identifier_length)
         self.by_event = {t.event: t for t in self.tables.values()}
-        self.declared_names = {t.name: frozenset(c.name for c in t.declared.values()) for t in self.tables.values()}
+        self.declared_names = {
+            t.name: frozenset(c.name for c in t.declared.values()) for t in self.tables.values()
+        }
         # Columns as they exist in the warehouse, refreshed by the sink.
         self.existing: dict[str, dict[str, str]] = {
             name: {c.name: c.type for c in table.columns} for name, table in self.tables.items()
@@ -229,21 +253,53 @@ class SchemaTracker:
                 column = self.column_for(key)
                 kind = infer_type(value)
                 if column in RESERVED_TYPED_COLUMNS or column in self.declared_names[table.name]:
-                    plan.discards.append(Discard(ev["message_id"], table.name, column, key, "reserved_column", kind, existing.get(column)))
+                    plan.discards.append(
+                        Discard(
+                            ev["message_id"],
+                            table.name,
+                            column,
+                            key,
+                            "reserved_column",
+                            kind,
+                            existing.get(column),
+                        )
+                    )
                     continue
                 if owners.setdefault(column, key) != key:
-                    plan.discards.append(Discard(ev["message_id"], table.name, column, key, "identifier_collision", kind, existing.get(column)))
+                    plan.discards.append(
+                        Discard(
+                            ev["message_id"],
+                            table.name,
+                            column,
+                            key,
+                            "identifier_collision",
+                            kind,
+                            existing.get(column),
+                        )
+                    )
                     continue
                 current = existing.get(column)
                 if current is None:
                     current = kind
                     existing[column] = kind
-                    plan.new_columns.setdefault(table.name, []).append(Column(column, kind, f"From property {key!r}."))
+                    plan.new_columns.setdefault(table.name, []).append(
+                        Column(column, kind, f"From property {key!r}.")
+                    )
                 fits, coerced = coerce_to(current, value)
                 if fits:
                     row[column] = coerced
                 else:
-                    plan.discards.append(Discard(ev["message_id"], table.name, column, key, "type_conflict", kind, current))
+                    plan.discards.append(
+                        Discard(
+                            ev["message_id"],
+                            table.name,
+                            column,
+                            key,
+                            "type_conflict",
+                            kind,
+                            current,
+                        )
+                    )
             plan.rows.setdefault(table.name, []).append(row)
         return plan
 

@@ -30,13 +30,14 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import ConfigDict, Field, SecretStr
 
-from etl.config import Settings
+from etl.config import SinkSection
 from sinks.base import RetryableSinkError, SinkAuthError
 from sinks.schema import (
     BOOLEAN,
@@ -57,7 +58,54 @@ from sinks.warehouse_sql import (
     parse_timestamp,
 )
 
+if TYPE_CHECKING:
+    from sinks.settings import Settings
+
 log = logging.getLogger("etl.sinks.snowflake")
+
+
+class SnowflakeSettings(SinkSection):
+    model_config = ConfigDict(populate_by_name=True)
+    vendor_env: ClassVar[dict[str, str]] = {
+        "SNOWFLAKE_ACCOUNT": "account",
+        "SNOWFLAKE_USER": "user",
+        "SNOWFLAKE_PASSWORD": "password",
+        "SNOWFLAKE_PRIVATE_KEY_FILE": "private_key_file",
+        "SNOWFLAKE_PRIVATE_KEY_PASSPHRASE": "private_key_passphrase",
+        "SNOWFLAKE_ROLE": "role",
+        "SNOWFLAKE_WAREHOUSE": "warehouse",
+        "SNOWFLAKE_DATABASE": "database",
+        "SNOWFLAKE_SCHEMA": "schema",
+    }
+    required: ClassVar[tuple[str, ...]] = ("account", "user")
+
+    account: str | None = Field(None, description="Account identifier (orgname-account).")
+    user: str | None = Field(None, description="Login name.")
+    password: SecretStr | None = Field(None, description="Password (or use a private key file).")
+    private_key_file: Path | None = Field(
+        None, description="PEM private key for key-pair authentication."
+    )
+    private_key_passphrase: SecretStr | None = Field(
+        None, description="Passphrase of the private key file."
+    )
+    role: str | None = Field(None, description="Role to use.")
+    warehouse: str | None = Field(None, description="Virtual warehouse that runs the loads.")
+    database: str | None = Field(None, description="Target database.")
+    schema_name: str = Field("ANALYTICS", alias="schema", description="Target schema.")
+    host: str | None = Field(None, description="Override host (emulators, private link).")
+    port: int | None = Field(None, description="Override port (emulators).")
+    protocol: Literal["https", "http"] = Field(
+        "https", description="https; http only for local emulators."
+    )
+
+    def problems(self, section: str) -> list[str]:
+        missing = super().problems(section)
+        if self.password is None and self.private_key_file is None:
+            missing.append(
+                f"{self.variables(section, 'password')} or {self.variables(section, 'private_key_file')}"
+            )
+        return missing
+
 
 SNOWFLAKE_TYPES = {
     STRING: "VARCHAR",
@@ -175,7 +223,9 @@ def _cell(col: Column, value: Any) -> Any:
 
 def parquet_table(columns: tuple[Column, ...], rows: list[dict[str, Any]]) -> pa.Table:
     arrays = {
-        col.name.upper(): pa.array([_cell(col, row.get(col.name)) for row in rows], type=ARROW_TYPES[col.type])
+        col.name.upper(): pa.array(
+            [_cell(col, row.get(col.name)) for row in rows], type=ARROW_TYPES[col.type]
+        )
         for col in columns
     }
     return pa.table(arrays)
@@ -229,8 +279,14 @@ class SnowflakeSink(MergingWarehouseSink):
 
         s = self.settings.snowflake
         assert s.private_key_file is not None
-        passphrase = s.private_key_passphrase.get_secret_value().encode() if s.private_key_passphrase else None
-        key = serialization.load_pem_private_key(Path(s.private_key_file).read_bytes(), password=passphrase)
+        passphrase = (
+            s.private_key_passphrase.get_secret_value().encode()
+            if s.private_key_passphrase
+            else None
+        )
+        key = serialization.load_pem_private_key(
+            Path(s.private_key_file).read_bytes(), password=passphrase
+        )
         return key.private_bytes(
             encoding=serialization.Encoding.DER,
             format=serialization.PrivateFormat.PKCS8,
@@ -247,15 +303,23 @@ class SnowflakeSink(MergingWarehouseSink):
         try:
             conn = snowflake.connector.connect(**kwargs)
         except sf_errors.DatabaseError as exc:
-            if getattr(exc, "errno", None) in AUTH_ERRNOS or isinstance(exc, sf_errors.ForbiddenError):
-                raise SinkAuthError(f"snowflake refused the credentials of user {kwargs.get('user')!r}: {exc.msg}") from None
-            raise RetryableSinkError(f"cannot connect to snowflake: {exc}", retry_after=1.0) from exc
+            if getattr(exc, "errno", None) in AUTH_ERRNOS or isinstance(
+                exc, sf_errors.ForbiddenError
+            ):
+                raise SinkAuthError(
+                    f"snowflake refused the credentials of user {kwargs.get('user')!r}: {exc.msg}"
+                ) from None
+            raise RetryableSinkError(
+                f"cannot connect to snowflake: {exc}", retry_after=1.0
+            ) from exc
         self._conn = conn
         schema = kwargs.get("schema")
         if schema:
             self._exec(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}")
             self._exec(f"USE SCHEMA {ident(schema)}")
-        self._exec(f"CREATE TEMPORARY STAGE IF NOT EXISTS {self._stage} FILE_FORMAT = (TYPE = PARQUET)")
+        self._exec(
+            f"CREATE TEMPORARY STAGE IF NOT EXISTS {self._stage} FILE_FORMAT = (TYPE = PARQUET)"
+        )
         self._stage_dirty = False
         self._staging_signature.clear()  # a new session: verify staging tables again
         if not self._initialised:
@@ -300,8 +364,14 @@ class SnowflakeSink(MergingWarehouseSink):
             return fn(*args)
         except (SinkAuthError, RetryableSinkError):
             raise
-        except (sf_errors.OperationalError, sf_errors.InterfaceError, sf_errors.ServiceUnavailableError,
-                sf_errors.GatewayTimeoutError, sf_errors.InternalServerError, sf_errors.BadGatewayError) as exc:
+        except (
+            sf_errors.OperationalError,
+            sf_errors.InterfaceError,
+            sf_errors.ServiceUnavailableError,
+            sf_errors.GatewayTimeoutError,
+            sf_errors.InternalServerError,
+            sf_errors.BadGatewayError,
+        ) as exc:
             self._drop_connection()
             raise RetryableSinkError(f"snowflake unavailable: {exc}", retry_after=1.0) from exc
         except sf_errors.DatabaseError as exc:
@@ -323,14 +393,22 @@ class SnowflakeSink(MergingWarehouseSink):
     def _create_objects(self) -> None:
         self._exec(self._ddl("events", EVENTS_COLUMNS) + " CLUSTER BY (TO_DATE(TIMESTAMP), EVENT)")
         for table in self.schema.tables.values():
-            self._exec(self._ddl(table.name, table.columns) + " CLUSTER BY (TO_DATE(TIMESTAMP), WORKSPACE_ID)")
+            self._exec(
+                self._ddl(table.name, table.columns)
+                + " CLUSTER BY (TO_DATE(TIMESTAMP), WORKSPACE_ID)"
+            )
         self._exec(self._ddl("rejected_events", REJECTED_COLUMNS))
         self._exec(self._ddl("schema_discards", DISCARD_COLUMNS))
         for name, sql in VIEWS.items():
             self._exec(f"CREATE OR REPLACE VIEW {ident(name)} AS {sql}")
 
     @staticmethod
-    def _ddl(table: str, columns: tuple[Column, ...], types: dict[str, str] = SNOWFLAKE_TYPES, verb: str = "CREATE TABLE IF NOT EXISTS") -> str:
+    def _ddl(
+        table: str,
+        columns: tuple[Column, ...],
+        types: dict[str, str] = SNOWFLAKE_TYPES,
+        verb: str = "CREATE TABLE IF NOT EXISTS",
+    ) -> str:
         cols = ", ".join(f"{ident(c.name)} {types[c.type]}" for c in columns)
         return f"{verb} {ident(table)} ({cols})"
 
@@ -345,7 +423,9 @@ class SnowflakeSink(MergingWarehouseSink):
             if table not in self.schema.tables:
                 continue
             declared = {c.name: c.type for c in self.schema.tables[table].columns}
-            kind = declared.get(column) or REVERSE_TYPES.get(str(data_type).upper().split("(")[0], JSON)
+            kind = declared.get(column) or REVERSE_TYPES.get(
+                str(data_type).upper().split("(")[0], JSON
+            )
             found.setdefault(table, {})[column] = kind
         for table, columns in found.items():
             self.schema.load_existing(table, columns)
@@ -356,8 +436,15 @@ class SnowflakeSink(MergingWarehouseSink):
 
     def _add_columns(self, table: str, columns: list[Column]) -> None:
         for col in columns:
-            self._exec(f"ALTER TABLE {ident(table)} ADD COLUMN IF NOT EXISTS {ident(col.name)} {SNOWFLAKE_TYPES[col.type]}")
-            log.info("schema evolution: added column %s.%s %s", table, col.name, SNOWFLAKE_TYPES[col.type])
+            self._exec(
+                f"ALTER TABLE {ident(table)} ADD COLUMN IF NOT EXISTS {ident(col.name)} {SNOWFLAKE_TYPES[col.type]}"
+            )
+            log.info(
+                "schema evolution: added column %s.%s %s",
+                table,
+                col.name,
+                SNOWFLAKE_TYPES[col.type],
+            )
 
     def _staging_name(self, table: str) -> str:
         return f"_ETL_STG_{table.upper()}_{self._token}"
@@ -369,11 +456,19 @@ class SnowflakeSink(MergingWarehouseSink):
             self._exec(f"TRUNCATE TABLE {staging}")
         else:
             # TRANSIENT: no fail-safe storage for scratch data (COPY cannot load TEMPORARY tables by name match).
-            self._exec(self._ddl(staging, columns, STAGING_TYPES, verb="CREATE OR REPLACE TRANSIENT TABLE"))
+            self._exec(
+                self._ddl(staging, columns, STAGING_TYPES, verb="CREATE OR REPLACE TRANSIENT TABLE")
+            )
             self._staging_signature[table] = signature
         return staging
 
-    def _merge(self, table: str, columns: tuple[Column, ...], rows: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
+    def _merge(
+        self,
+        table: str,
+        columns: tuple[Column, ...],
+        rows: list[dict[str, Any]],
+        keys: tuple[str, ...],
+    ) -> None:
         if not rows:
             return
         staging = self._prepare_staging(table, columns)
@@ -381,7 +476,9 @@ class SnowflakeSink(MergingWarehouseSink):
         pq.write_table(parquet_table(columns, rows), path)
         if self._stage_dirty:
             # A failed COPY may have left a file behind; the stage must hold only this batch.
-            self._exec(f"CREATE OR REPLACE TEMPORARY STAGE {self._stage} FILE_FORMAT = (TYPE = PARQUET)")
+            self._exec(
+                f"CREATE OR REPLACE TEMPORARY STAGE {self._stage} FILE_FORMAT = (TYPE = PARQUET)"
+            )
             self._stage_dirty = False
         self._stage_dirty = True
         try:
@@ -395,7 +492,10 @@ class SnowflakeSink(MergingWarehouseSink):
         )
         self._stage_dirty = False
         source = f"(SELECT {', '.join(_source_expr(c) for c in columns)} FROM {staging})"
-        self._exec(merge_statement(ident(table), source, [c.name for c in columns], keys, quote=ident))
+        self._exec(
+            merge_statement(ident(table), source, [c.name for c in columns], keys, quote=ident)
+        )
 
 
 SINK = SnowflakeSink
+SETTINGS = SnowflakeSettings

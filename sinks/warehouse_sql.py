@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from etl.config import Settings
 from sinks.base import Capabilities, Sink, WriteResult
 from sinks.schema import (
     DISCARD_COLUMNS,
@@ -24,6 +23,9 @@ from sinks.schema import (
     dedupe_last,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from sinks.settings import Settings
 
 
 def parse_timestamp(value: Any) -> datetime | None:
@@ -122,7 +124,13 @@ class MergingWarehouseSink(Sink):
     def _add_columns(self, table: str, columns: list[Column]) -> None:
         raise NotImplementedError
 
-    def _merge(self, table: str, columns: tuple[Column, ...], rows: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
+    def _merge(
+        self,
+        table: str,
+        columns: tuple[Column, ...],
+        rows: list[dict[str, Any]],
+        keys: tuple[str, ...],
+    ) -> None:
         raise NotImplementedError
 
     # -- shared write path -------------------------------------------------

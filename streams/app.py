@@ -1,40 +1,53 @@
-"""The one Faust ``app``.
+"""The Faust app of one worker: ``create_app(settings, role)``.
 
-A worker has a *role*: ``normalize`` (consumer group ``etl-normalize``) or
-``sink:<name>`` (consumer group ``etl-sink-<name>``).  Faust ties a consumer
-group to an app id, so each role is its own app id and its own process; that
-is what lets a slow or broken destination fall behind without holding back
-the others, and lets each role scale alone.  ``etl worker`` with role ``all``
-(the default) supervises one process per role on this machine.
+Faust ties a consumer group to an app id, so each role is its own app id and
+its own process: a slow or broken destination falls behind without holding
+back the others, and each role scales alone.  Building an app is a function
+call; importing this module builds nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from typing import TYPE_CHECKING, Any
 
 import faust
 
-from etl.config import Settings, get_settings
+from etl.role import Role
 from streams import transport
 from streams.logs import dict_config
 from streams.transport import ChunkSchema
 
-transport.register()
+if TYPE_CHECKING:
+    from sinks.settings import Settings
 
 
-def app_id(settings: Settings, role: str) -> str:
-    if role.startswith("sink:"):
-        return settings.sink_group(role.split(":", 1)[1])
-    return settings.normalize_group
+class EtlApp(faust.App):
+    """A Faust app that knows its settings and role."""
+
+    def __init__(self, settings: Settings, role: Role, **options: Any) -> None:
+        super().__init__(settings.group(role), **options)
+        self.settings = settings
+        self.role = role
+        #: Set once this worker has completed a consumer-group join (even with no partitions).
+        self.joined = asyncio.Event()
+
+    def chunk_topic(self, name: str) -> faust.TopicT:
+        """A topic whose stream events are per-partition chunks of records (streams.transport)."""
+        return self.topic(name, schema=ChunkSchema(), internal=False)
 
 
 def broker_credentials(settings: Settings) -> object | None:
     kafka = settings.kafka
     context = None
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+        context = ssl.create_default_context(
+            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None
+        )
     if kafka.security_protocol.startswith("SASL"):
-        assert kafka.sasl_username and kafka.sasl_password and kafka.sasl_mechanism
+        if not (kafka.sasl_username and kafka.sasl_password and kafka.sasl_mechanism):
+            raise ValueError("SASL needs kafka.sasl_mechanism, sasl_username and sasl_password")
         return faust.SASLCredentials(
             username=kafka.sasl_username,
             password=kafka.sasl_password.get_secret_value(),
@@ -46,12 +59,15 @@ def broker_credentials(settings: Settings) -> object | None:
     return None
 
 
-def create_app(settings: Settings) -> faust.App:
-    role = settings.role if settings.role != "all" else "normalize"
-    data_dir = settings.data_dir / role.replace(":", "-")
+def create_app(settings: Settings, role: Role) -> EtlApp:
+    if role.kind == "all":
+        raise ValueError("role 'all' runs one process per role; build each role's app on its own")
+    transport.register()
+    data_dir = settings.data_dir / role.slug
     data_dir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        app_id(settings, role),
+    return EtlApp(
+        settings,
+        role,
         broker=[f"etl://{host}" for host in settings.kafka.hosts],
         broker_credentials=broker_credentials(settings),
         autodiscover=False,
@@ -74,7 +90,7 @@ def create_app(settings: Settings) -> faust.App:
         # to envelope_size events, so a sink fetches fewer of them to keep a
         # fetched chunk near one sink batch (memory stays bounded).
         broker_max_poll_records=2000
-        if role == "normalize"
+        if role.kind == "normalize"
         else max(2, -(-settings.delivery.batch_max_events // settings.normalize.envelope_size)),
         consumer_max_fetch_size=16 * 1024 * 1024,
         stream_buffer_maxsize=64,
@@ -91,9 +107,6 @@ def create_app(settings: Settings) -> faust.App:
         table_standby_replicas=0,
         logging_config=dict_config(settings.log_level, settings.log_format),
     )
-    app.etl_settings = settings  # type: ignore[attr-defined]
-    app.etl_role = role  # type: ignore[attr-defined]
-    return app
 
 
 def _has_lz4() -> bool:
@@ -102,11 +115,3 @@ def _has_lz4() -> bool:
     except ImportError:
         return False
     return True
-
-
-def chunk_topic(app: faust.App, name: str) -> faust.TopicT:
-    return app.topic(name, schema=ChunkSchema(), internal=False)
-
-
-settings = get_settings()
-app = create_app(settings)

@@ -12,24 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mappers.errors import Reason, Rejection
-from sinks.base import BatchRejectedError, RetryableSinkError, Sink, SinkAuthError, SinkRejection, WriteResult
+from sinks.base import (
+    BatchRejectedError,
+    RetryableSinkError,
+    Sink,
+    SinkAuthError,
+    SinkRejection,
+    WriteResult,
+)
 from streams import metrics
+from streams.retry import backoff
 
 log = logging.getLogger("etl.delivery")
 
 #: Sends dead letters (rejection, source coordinates) and waits for the broker.
 DeadLetterFn = Callable[[list[tuple[Rejection, str, int, int]], str], Awaitable[None]]
-
-
-def backoff(attempt: int, initial: float, cap: float) -> float:
-    """Capped exponential back-off with full jitter."""
-    return random.uniform(initial / 2, min(cap, initial * (2**attempt)))
 
 
 class Deliverer:
@@ -78,7 +80,11 @@ class Deliverer:
             return WriteResult(written=len(batch))
 
         for start in range(0, len(records), self.sink.capabilities.max_batch_events):
-            await self._write(records[start : start + self.sink.capabilities.max_batch_events], write, rejected=True)
+            await self._write(
+                records[start : start + self.sink.capabilities.max_batch_events],
+                write,
+                rejected=True,
+            )
 
     # --------------------------------------------------------------- helpers
     def _split(self, events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -91,7 +97,9 @@ class Deliverer:
         size = 0
         for ev in events:
             n = self.sink.event_size(ev) or 0
-            if current and (len(current) >= caps.max_batch_events or size + n > caps.max_batch_bytes):
+            if current and (
+                len(current) >= caps.max_batch_events or size + n > caps.max_batch_bytes
+            ):
                 chunks.append(current)
                 current, size = [], 0
             current.append(ev)
@@ -117,10 +125,20 @@ class Deliverer:
             except asyncio.CancelledError:
                 raise
             except RetryableSinkError as exc:
-                delay = exc.retry_after if exc.retry_after is not None else backoff(attempt, self.retry_initial, self.retry_max)
+                delay = (
+                    exc.retry_after
+                    if exc.retry_after is not None
+                    else backoff(attempt, self.retry_initial, self.retry_max)
+                )
                 delay = min(delay, max(self.retry_max, 1.0) * 10)
                 kind = "retryable"
-                log.warning("sink %s: %s; retrying in %.2fs (attempt %d)", self.name, exc, delay, attempt + 1)
+                log.warning(
+                    "sink %s: %s; retrying in %.2fs (attempt %d)",
+                    self.name,
+                    exc,
+                    delay,
+                    attempt + 1,
+                )
             except SinkAuthError as exc:
                 metrics.SINK_STOPPED.labels(self.name).set(1)
                 log.error(
@@ -139,13 +157,27 @@ class Deliverer:
             except Exception as exc:  # noqa: BLE001 - unexpected sink failure
                 unexpected += 1
                 if unexpected >= self.unexpected_attempts:
-                    log.error("sink %s: %d failures in a row (%s: %s); isolating bad events", self.name, unexpected, type(exc).__name__, exc)
-                    await self._bisect(events, write, f"{type(exc).__name__}: {exc}", rejected=rejected)
+                    log.error(
+                        "sink %s: %d failures in a row (%s: %s); isolating bad events",
+                        self.name,
+                        unexpected,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    await self._bisect(
+                        events, write, f"{type(exc).__name__}: {exc}", rejected=rejected
+                    )
                     self._resume(paused_at)
                     return
                 delay = backoff(attempt, self.retry_initial, self.retry_max)
                 kind = "unexpected"
-                log.warning("sink %s: unexpected %s: %s; retrying in %.2fs", self.name, type(exc).__name__, exc, delay)
+                log.warning(
+                    "sink %s: unexpected %s: %s; retrying in %.2fs",
+                    self.name,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
             else:
                 metrics.SINK_LATENCY.labels(self.name).observe(time.monotonic() - started)
                 metrics.BATCH_SIZE.labels(self.name).observe(len(events))
@@ -180,7 +212,12 @@ class Deliverer:
             if rejected:
                 # A dead letter the warehouse cannot store: nothing further to
                 # send it to, so say so loudly (it stays in the DLQ topic).
-                log.error("sink %s: could not store dead letter %s: %s", self.name, events[0].get("rejection_id"), error)
+                log.error(
+                    "sink %s: could not store dead letter %s: %s",
+                    self.name,
+                    events[0].get("rejection_id"),
+                    error,
+                )
                 metrics.DLQ.labels(self.stage, "unstorable_dead_letter").inc()
                 return
             await self._dead_letter([SinkRejection(events[0], Reason.SINK_REJECTED, error)])
@@ -201,6 +238,13 @@ class Deliverer:
                 message_id=ev.get("message_id"),
                 event=ev.get("event"),
             )
-            items.append((rejection, ev.get("source_topic") or "", int(ev.get("source_partition") or 0), int(ev.get("source_offset") or 0)))
+            items.append(
+                (
+                    rejection,
+                    ev.get("source_topic") or "",
+                    int(ev.get("source_partition") or 0),
+                    int(ev.get("source_offset") or 0),
+                )
+            )
             metrics.EVENTS_OUT.labels(self.stage, "dead_lettered").inc()
         await self.dead_letter(items, self.stage)

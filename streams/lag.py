@@ -18,45 +18,59 @@ from kafka import TopicPartition
 from etl import kafka_tools
 from etl.offsets import beginning_offsets
 from streams import metrics
-from streams.app import app, settings
+from streams.app import EtlApp
 
 log = logging.getLogger("etl.lag")
 
 LAG_INTERVAL = 5.0
 
-_group: str = app.conf.id
-_reported: set[tuple[str, int]] = set()
-_consumer: Any = None
 
+class LagReporter:
+    def __init__(self, app: EtlApp) -> None:
+        self.app = app
+        self.group: str = app.conf.id
+        self._reported: set[tuple[str, int]] = set()
+        self._consumer: Any = None
 
-def _measure(assigned: list[TopicPartition]) -> dict[TopicPartition, int]:
-    global _consumer
-    if _consumer is None:
-        # No CRC check: a metric probe re-reads the last batch every few seconds.
-        _consumer = kafka_tools.consumer(settings, client_id=f"{_group}-lag", check_crcs=False)
-    ends: dict[TopicPartition, int] = {}
-    for topic in dict.fromkeys(tp.topic for tp in assigned):  # one topic per request (see etl.offsets.beginning_offsets)
-        ends.update(kafka_tools.true_end_offsets(_consumer, [tp for tp in assigned if tp.topic == topic]))
-    begins = beginning_offsets(_consumer, assigned)
-    committed = kafka_tools.committed_offsets(settings, _group)
-    return {tp: max(0, ends[tp] - committed.get(tp, begins[tp])) for tp in assigned}
+    def install(self) -> None:
+        self.app.timer(interval=LAG_INTERVAL)(self.report)
 
+    def _measure(self, assigned: list[TopicPartition]) -> dict[TopicPartition, int]:
+        settings = self.app.settings
+        if self._consumer is None:
+            # No CRC check: a metric probe re-reads the last batch every few seconds.
+            self._consumer = kafka_tools.consumer(
+                settings, client_id=f"{self.group}-lag", check_crcs=False
+            )
+        ends: dict[TopicPartition, int] = {}
+        for topic in dict.fromkeys(
+            tp.topic for tp in assigned
+        ):  # one topic per request (see etl.offsets)
+            ends.update(
+                kafka_tools.true_end_offsets(
+                    self._consumer, [tp for tp in assigned if tp.topic == topic]
+                )
+            )
+        begins = beginning_offsets(self._consumer, assigned)
+        committed = kafka_tools.committed_offsets(settings, self.group)
+        return {tp: max(0, ends[tp] - committed.get(tp, begins[tp])) for tp in assigned}
 
-@app.timer(interval=LAG_INTERVAL)
-async def report_lag() -> None:
-    consumer = app.consumer
-    if consumer is None or app.rebalancing:
-        return
-    assigned = sorted((TopicPartition(tp.topic, tp.partition) for tp in consumer.assignment()), key=lambda t: (t.topic, t.partition))
-    try:
-        lags = await asyncio.to_thread(_measure, assigned) if assigned else {}
-    except Exception as exc:  # noqa: BLE001 - a metric must never stop a worker
-        log.warning("consumer lag not measured: %s: %s", type(exc).__name__, exc)
-        return
-    current = {(tp.topic, tp.partition) for tp in lags}
-    for topic, partition in _reported - current:
-        metrics.LAG.remove(_group, topic, str(partition))
-    for tp, lag in lags.items():
-        metrics.LAG.labels(_group, tp.topic, str(tp.partition)).set(lag)
-    _reported.clear()
-    _reported.update(current)
+    async def report(self) -> None:
+        consumer = self.app.consumer
+        if consumer is None or self.app.rebalancing:
+            return
+        assigned = sorted(
+            (TopicPartition(tp.topic, tp.partition) for tp in consumer.assignment()),
+            key=lambda t: (t.topic, t.partition),
+        )
+        try:
+            lags = await asyncio.to_thread(self._measure, assigned) if assigned else {}
+        except Exception as exc:  # noqa: BLE001 - a metric must never stop a worker
+            log.warning("consumer lag not measured: %s: %s", type(exc).__name__, exc)
+            return
+        current = {(tp.topic, tp.partition) for tp in lags}
+        for topic, partition in self._reported - current:
+            metrics.LAG.remove(self.group, topic, str(partition))
+        for tp, lag in lags.items():
+            metrics.LAG.labels(self.group, tp.topic, str(tp.partition)).set(lag)
+        self._reported = current

@@ -18,7 +18,9 @@ from typing import Any
 
 import orjson
 
-_batch: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("etl_batch", default=None)
+_batch: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "etl_batch", default=None
+)
 
 
 @contextlib.contextmanager
@@ -34,7 +36,8 @@ def batch_context(**fields: Any) -> Iterator[str]:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -76,7 +79,16 @@ def dict_config(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"etl": {"()": formatter}},
-        "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "etl", "stream": "ext://sys.stderr"}},
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "etl",
+                "stream": "ext://sys.stderr",
+            }
+        },
         "root": {"level": level, "handlers": ["default"]},
-        "loggers": {name: {"level": quiet} for name in ("aiokafka", "faust.transport", "faust.tables", "mode", "kafka")},
+        "loggers": {
+            name: {"level": quiet}
+            for name in ("aiokafka", "faust.transport", "faust.tables", "mode", "kafka")
+        },
     }

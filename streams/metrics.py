@@ -19,9 +19,21 @@ EVENTS_OUT = Counter(
     ["stage", "outcome"],
     registry=REGISTRY,
 )
-MESSAGES_IN = Counter("etl_messages_in_total", "Kafka messages received by a stage.", ["stage"], registry=REGISTRY)
-DLQ = Counter("etl_dlq_total", "Dead letters produced, by stage and reason.", ["stage", "reason"], registry=REGISTRY)
-BY_EVENT = Counter("etl_normalized_by_event_total", "Normalized events by event name (known events; others as 'other').", ["event"], registry=REGISTRY)
+MESSAGES_IN = Counter(
+    "etl_messages_in_total", "Kafka messages received by a stage.", ["stage"], registry=REGISTRY
+)
+DLQ = Counter(
+    "etl_dlq_total",
+    "Dead letters produced, by stage and reason.",
+    ["stage", "reason"],
+    registry=REGISTRY,
+)
+BY_EVENT = Counter(
+    "etl_normalized_by_event_total",
+    "Normalized events by event name (known events; others as 'other').",
+    ["event"],
+    registry=REGISTRY,
+)
 BATCH_SIZE = Histogram(
     "etl_batch_size",
     "Events per sink write.",
@@ -36,17 +48,45 @@ SINK_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
-RETRIES = Counter("etl_sink_retries_total", "Sink write retries, by kind of error.", ["sink", "kind"], registry=REGISTRY)
+RETRIES = Counter(
+    "etl_sink_retries_total",
+    "Sink write retries, by kind of error.",
+    ["sink", "kind"],
+    registry=REGISTRY,
+)
 BACKPRESSURE_SECONDS = Counter(
-    "etl_sink_backpressure_seconds_total", "Time a sink spent backing off (partition paused).", ["sink"], registry=REGISTRY
+    "etl_sink_backpressure_seconds_total",
+    "Time a sink spent backing off (partition paused).",
+    ["sink"],
+    registry=REGISTRY,
 )
 PAUSED_SINCE = Gauge(
-    "etl_sink_paused_since_seconds", "Unix time a sink started backing off; 0 when delivering.", ["sink"], registry=REGISTRY
+    "etl_sink_paused_since_seconds",
+    "Unix time a sink started backing off; 0 when delivering.",
+    ["sink"],
+    registry=REGISTRY,
 )
-SINK_STOPPED = Gauge("etl_sink_stopped", "1 while a sink is stopped by an authentication error.", ["sink"], registry=REGISTRY)
-GATED = Counter("etl_gated_total", "Events not forwarded because a feature flag is off.", ["sink", "flag"], registry=REGISTRY)
-LAG = Gauge("etl_consumer_lag", "Records between the committed offset and the end of a partition.", ["group", "topic", "partition"], registry=REGISTRY)
-PRODUCE_RETRIES = Counter("etl_produce_retries_total", "Retries producing to Kafka.", ["stage"], registry=REGISTRY)
+SINK_STOPPED = Gauge(
+    "etl_sink_stopped",
+    "1 while a sink is stopped by an authentication error.",
+    ["sink"],
+    registry=REGISTRY,
+)
+GATED = Counter(
+    "etl_gated_total",
+    "Events not forwarded because a feature flag is off.",
+    ["sink", "flag"],
+    registry=REGISTRY,
+)
+LAG = Gauge(
+    "etl_consumer_lag",
+    "Records between the committed offset and the end of a partition.",
+    ["group", "topic", "partition"],
+    registry=REGISTRY,
+)
+PRODUCE_RETRIES = Counter(
+    "etl_produce_retries_total", "Retries producing to Kafka.", ["stage"], registry=REGISTRY
+)
 
 
 def render() -> bytes:

@@ -25,14 +25,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+from faust import Schema
 from faust.transport.consumer import Consumer as _BaseConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 from faust.utils.functional import consecutive_numbers
 from mode import Service
-
-from faust import Schema
 
 
 class ChunkMessage(ConsumerMessage):
@@ -48,10 +47,14 @@ class ChunkMessage(ConsumerMessage):
 class ChunkSchema(Schema):
     """Hands the chunk's records to the agent untouched (no per-record decode)."""
 
-    def loads_key(self, app: Any, message: Any, *, loads: Any = None, serializer: Any = None) -> Any:
+    def loads_key(
+        self, app: Any, message: Any, *, loads: Any = None, serializer: Any = None
+    ) -> Any:
         return None
 
-    def loads_value(self, app: Any, message: Any, *, loads: Any = None, serializer: Any = None) -> Any:
+    def loads_value(
+        self, app: Any, message: Any, *, loads: Any = None, serializer: Any = None
+    ) -> Any:
         return message.value
 
 
@@ -98,7 +101,9 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
         self._acked_index[tp].difference_update(run)
         return run[-1] + 1
 
-    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised end to end
+    async def _drain_messages(
+        self, fetcher: Any
+    ) -> None:  # pragma: no cover - exercised end to end
         callback = self.callback
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
@@ -172,4 +177,11 @@ def register() -> None:
     TRANSPORTS.aliases.setdefault("etl", "streams.transport:Transport")
 
 
-__all__ = ["ChunkMessage", "ChunkSchema", "ChunkingConsumer", "Transport", "register", "_BaseConsumer"]
+__all__ = [
+    "ChunkMessage",
+    "ChunkSchema",
+    "ChunkingConsumer",
+    "Transport",
+    "register",
+    "_BaseConsumer",
+]

@@ -22,9 +22,11 @@ for _name in list(os.environ):
     if _name.startswith("ETL_") or _name.startswith(("POSTHOG_", "RUDDERSTACK_", "SNOWFLAKE_")):
         del os.environ[_name]
 
-from etl.broker import EmbeddedBroker  # noqa: E402
-from etl.config import DuckDBSettings, KafkaSettings, Settings  # noqa: E402
-from etl.pipeline import LocalPipeline  # noqa: E402
+from etl.config import KafkaSettings  # noqa: E402
+from ops.harness.broker import EmbeddedBroker  # noqa: E402
+from ops.harness.local_pipeline import LocalPipeline  # noqa: E402
+from sinks.duckdb import DuckDBSettings  # noqa: E402
+from sinks.settings import Settings  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +40,14 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
     b.stop()
 
 
-def isolated_settings(broker: EmbeddedBroker, tmp_path: Path, *, sinks: tuple[str, ...] = ("duckdb",), partitions: int = 2, **overrides: Any) -> Settings:
+def isolated_settings(
+    broker: EmbeddedBroker,
+    tmp_path: Path,
+    *,
+    sinks: tuple[str, ...] = ("duckdb",),
+    partitions: int = 2,
+    **overrides: Any,
+) -> Settings:
     suffix = uuid.uuid4().hex[:8]
     kafka = KafkaSettings(
         bootstrap_servers=broker.bootstrap,
@@ -64,7 +73,9 @@ def make_pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[.
 
     def factory(*, extra_env: dict[str, str] | None = None, **kwargs: Any) -> LocalPipeline:
         settings = isolated_settings(broker, tmp_path, **kwargs)
-        pipeline = LocalPipeline.create(settings, tmp_path / f"work-{settings.kafka.group_prefix}", extra_env)
+        pipeline = LocalPipeline.create(
+            settings, tmp_path / f"work-{settings.kafka.group_prefix}", extra_env
+        )
         created.append(pipeline)
         return pipeline
 

@@ -29,7 +29,11 @@ import jsonschema
 import yaml
 from pydantic import BaseModel, SecretStr
 
-from etl.config import KNOWN_SINKS, VENDOR_ENV, ConfigError, Settings, load_settings
+from etl.config import ConfigError, vendor_env
+from sinks.settings import Settings, load_settings, sink_names
+
+KNOWN_SINKS = tuple(sink_names())
+VENDOR_ENV = vendor_env(Settings)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -49,7 +53,15 @@ RUNTIME_ENV = frozenset({"PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", 
 OPERATOR_VALUE = "filled-by-operator"
 #: A single-writer sink: one replica, no lag-based autoscaling.
 SINGLE_WRITER_SINKS = frozenset({"duckdb"})
-SECRET_NAME_HINTS = ("PASSWORD", "PASSPHRASE", "SECRET", "TOKEN", "API_KEY", "WRITE_KEY", "PRIVATE_KEY")
+SECRET_NAME_HINTS = (
+    "PASSWORD",
+    "PASSPHRASE",
+    "SECRET",
+    "TOKEN",
+    "API_KEY",
+    "WRITE_KEY",
+    "PRIVATE_KEY",
+)
 
 
 # ---------------------------------------------------------------------------
@@ -101,9 +113,11 @@ def check_env_names(names: Iterable[str], where: str, extra: Iterable[str] = ())
     for name in names:
         if name.upper().startswith("ETL_"):
             if name.upper() not in known:
-                problems.append(f"{where}: {name} is not a setting of etl.config.Settings")
+                problems.append(f"{where}: {name} is not a setting of sinks.settings.Settings")
         elif name not in allowed:
-            problems.append(f"{where}: {name} is neither an ETL_ setting nor in etl.config.VENDOR_ENV")
+            problems.append(
+                f"{where}: {name} is neither an ETL_ setting nor a vendor variable of the settings"
+            )
     return problems
 
 
@@ -136,25 +150,34 @@ def fill_operator_values(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def role_group(settings: Settings) -> str:
-    role = settings.role
-    return settings.sink_group(role.split(":", 1)[1]) if role.startswith("sink:") else settings.normalize_group
+    return settings.group(settings.role)
 
 
 def role_topic(settings: Settings) -> str:
-    return settings.kafka.raw_topic if settings.role == "normalize" else settings.kafka.normalized_topic
+    return (
+        settings.kafka.raw_topic
+        if settings.role.kind == "normalize"
+        else settings.kafka.normalized_topic
+    )
 
 
-def _load_worker_settings(env: Mapping[str, str], where: str, problems: list[str]) -> Settings | None:
+def _load_worker_settings(
+    env: Mapping[str, str], where: str, problems: list[str]
+) -> Settings | None:
     try:
         settings = settings_from_env(fill_operator_values(env))
     except ConfigError as exc:
         problems.append(f"{where}: settings do not load: {exc}")
         return None
-    if settings.role == "all":
-        problems.append(f"{where}: ETL_ROLE must name one role (normalize or sink:<name>), not 'all'")
+    if settings.role.kind == "all":
+        problems.append(
+            f"{where}: ETL_ROLE must name one role (normalize or sink:<name>), not 'all'"
+        )
         return None
-    if settings.role.startswith("sink:") and settings.role[5:] not in settings.sinks:
-        problems.append(f"{where}: role {settings.role} but ETL_SINKS={','.join(settings.sinks)} (start-up checks skip it)")
+    if settings.role.is_sink and settings.role.sink not in settings.sinks:
+        problems.append(
+            f"{where}: role {settings.role} but ETL_SINKS={','.join(settings.sinks)} (start-up checks skip it)"
+        )
     return settings
 
 
@@ -169,8 +192,13 @@ def cli_commands() -> frozenset[str]:
         env = {k: v for k, v in os.environ.items() if not k.upper().startswith(_MANAGED_ENV)}
         env["ETL_DATA_DIR"] = data_dir
         out = subprocess.run(
-            [sys.executable, "-m", "streams.cli", "--help"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True,
+            [sys.executable, "-m", "ops.cli", "--help"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         ).stdout
     commands = out.split("\nCommands:\n", 1)[1]
     return frozenset(m.group(1) for m in re.finditer(r"^  ([a-z][\w-]*)\s", commands, re.M))
@@ -239,7 +267,9 @@ def check_dockerfile(path: Path) -> list[str]:
     if not users:
         problems.append("Dockerfile: runtime stage has no USER (runs as root)")
     else:
-        user = re.sub(r"\$\{(\w+)\}", lambda m: args_defaults.get(m.group(1), m.group(0)), users[-1]).split(":")[0]
+        user = re.sub(
+            r"\$\{(\w+)\}", lambda m: args_defaults.get(m.group(1), m.group(0)), users[-1]
+        ).split(":")[0]
         if user in ("root", "0"):
             problems.append(f"Dockerfile: runtime USER is root ({users[-1]})")
     entry = [json.loads(args) for word, args in final if word == "ENTRYPOINT"]
@@ -277,8 +307,13 @@ def check_dockerfile(path: Path) -> list[str]:
         if "/healthz" not in check:
             problems.append("Dockerfile: HEALTHCHECK does not probe /healthz")
         if "ETL_WEB_PORT" not in check or f"'{default_port}'" not in check:
-            problems.append(f"Dockerfile: HEALTHCHECK must read ETL_WEB_PORT with default {default_port}")
-    if "pip install" not in " ".join(a for w, a in instructions if w == "RUN") or '".[' not in path.read_text():
+            problems.append(
+                f"Dockerfile: HEALTHCHECK must read ETL_WEB_PORT with default {default_port}"
+            )
+    if (
+        "pip install" not in " ".join(a for w, a in instructions if w == "RUN")
+        or '".[' not in path.read_text()
+    ):
         problems.append("Dockerfile: does not install the project with its pyproject extras")
     extras = set(pyproject()["project"].get("optional-dependencies", {}))
     for word, args in instructions:
@@ -351,7 +386,9 @@ def _imported_modules(package_dirs: Iterable[Path]) -> dict[str, str]:
             guarded: set[int] = set()
             for node in ast.walk(tree):
                 if isinstance(node, ast.Try) and any(
-                    isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError") for h in node.handlers
+                    isinstance(h.type, ast.Name)
+                    and h.type.id in ("ImportError", "ModuleNotFoundError")
+                    for h in node.handlers
                 ):
                     guarded |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
             for node in ast.walk(tree):
@@ -365,7 +402,11 @@ def _imported_modules(package_dirs: Iterable[Path]) -> dict[str, str]:
                     continue
                 for name in names:
                     top = name.split(".", 1)[0]
-                    if top not in sys.stdlib_module_names and top not in local and top != "__future__":
+                    if (
+                        top not in sys.stdlib_module_names
+                        and top not in local
+                        and top != "__future__"
+                    ):
                         found.setdefault(top, str(file.relative_to(ROOT)))
     return found
 
@@ -398,7 +439,9 @@ def check_image_dependencies(dockerfile: Path = DEPLOY / "Dockerfile") -> list[s
 # ---------------------------------------------------------------------------
 # Compose
 
-_INTERPOLATION = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+_INTERPOLATION = re.compile(
+    r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
 
 
 def interpolation_refs(text: str) -> list[tuple[str, str | None]]:
@@ -485,7 +528,9 @@ def check_compose(path: Path, schema_path: Path = COMPOSE_SCHEMA, root: Path = R
         if not name.startswith("ETL_"):
             continue
         if name not in settings_env_names():
-            problems.append(f"compose: interpolated ${{{name}}} is not a setting of etl.config.Settings")
+            problems.append(
+                f"compose: interpolated ${{{name}}} is not a setting of sinks.settings.Settings"
+            )
             continue
         if default is None:
             continue
@@ -518,18 +563,24 @@ def check_compose(path: Path, schema_path: Path = COMPOSE_SCHEMA, root: Path = R
             problems.append(f"{where}: command {command[0]!r} is not an etl command (etl --help)")
         image = str(svc.get("image", ""))
         if image and not image.endswith(f":{version}"):
-            problems.append(f"{where}: image {image} is not tagged with the project version {version}")
+            problems.append(
+                f"{where}: image {image} is not tagged with the project version {version}"
+            )
         settings = _load_worker_settings({**image_env, **env}, where, problems)
         if settings is None:
             continue
-        roles[name] = settings.role
+        roles[name] = str(settings.role)
         group = role_group(settings)
         if name != group:
-            problems.append(f"{where}: name differs from its consumer group {group} (names must match across compose, k8s, dashboards)")
+            problems.append(
+                f"{where}: name differs from its consumer group {group} (names must match across compose, k8s, dashboards)"
+            )
         port = str(settings.web_port)
         health = _healthcheck_port(svc)
         if health != port:
-            problems.append(f"{where}: healthcheck probes port {health}, but ETL_WEB_PORT is {port}")
+            problems.append(
+                f"{where}: healthcheck probes port {health}, but ETL_WEB_PORT is {port}"
+            )
         if svc.get("ports"):
             problems.append(f"{where}: publishes ports; replicas of a scaled worker would collide")
     for sink in KNOWN_SINKS:
@@ -547,7 +598,9 @@ def check_compose(path: Path, schema_path: Path = COMPOSE_SCHEMA, root: Path = R
             if kind == "volume" and source:
                 used.add(source)
                 if source not in declared:
-                    problems.append(f"compose service {name}: volume {source} is not declared under volumes:")
+                    problems.append(
+                        f"compose service {name}: volume {source} is not declared under volumes:"
+                    )
             elif kind == "bind" and source and not (root / source).exists():
                 problems.append(f"compose service {name}: bind source {source} does not exist")
         for dep in svc.get("depends_on") or []:
@@ -560,7 +613,9 @@ def check_compose(path: Path, schema_path: Path = COMPOSE_SCHEMA, root: Path = R
     return problems
 
 
-def _check_prometheus(services: Mapping[str, Any], etl_services: Mapping[str, Any], base: Path) -> list[str]:
+def _check_prometheus(
+    services: Mapping[str, Any], etl_services: Mapping[str, Any], base: Path
+) -> list[str]:
     prom = services.get("prometheus")
     if prom is None:
         return ["compose: no prometheus service (profile observability)"]
@@ -587,7 +642,9 @@ def _check_prometheus(services: Mapping[str, Any], etl_services: Mapping[str, An
         if name not in targets:
             problems.append(f"prometheus.yml: does not scrape {name}")
         elif str(targets[name]) != port:
-            problems.append(f"prometheus.yml: scrapes {name} on port {targets[name]}, but ETL_WEB_PORT is {port}")
+            problems.append(
+                f"prometheus.yml: scrapes {name} on port {targets[name]}, but ETL_WEB_PORT is {port}"
+            )
     for name in targets:
         if name not in services:
             problems.append(f"prometheus.yml: scrapes {name}, which is not a compose service")
@@ -639,9 +696,13 @@ def check_env_example(path: Path) -> list[str]:
             if isinstance(value, dict):
                 for key in value:
                     if value[key] != defaults[section][key]:
-                        problems.append(f".env.example: {section}.{key}={value[key]!r} differs from the default {defaults[section][key]!r}")
+                        problems.append(
+                            f".env.example: {section}.{key}={value[key]!r} differs from the default {defaults[section][key]!r}"
+                        )
             else:
-                problems.append(f".env.example: {section}={value!r} differs from the default {defaults[section]!r}")
+                problems.append(
+                    f".env.example: {section}={value!r} differs from the default {defaults[section]!r}"
+                )
     return problems
 
 
@@ -709,7 +770,13 @@ def validate_manifest(doc: Mapping[str, Any], where: str) -> list[str]:
     return []
 
 
-def _container_env(container: Mapping[str, Any], configmaps: Mapping[str, dict[str, str]], secrets: Mapping[str, dict[str, str]], where: str, problems: list[str]) -> dict[str, str]:
+def _container_env(
+    container: Mapping[str, Any],
+    configmaps: Mapping[str, dict[str, str]],
+    secrets: Mapping[str, dict[str, str]],
+    where: str,
+    problems: list[str],
+) -> dict[str, str]:
     env: dict[str, str] = {}
     for source in container.get("envFrom") or []:
         if "configMapRef" in source:
@@ -753,8 +820,14 @@ def check_k8s(directory: Path) -> list[str]:
             problems += validate_manifest(doc, where)
         by_kind.setdefault(doc.get("kind", ""), []).append((path, doc))
 
-    configmaps = {d["metadata"]["name"]: {k: str(v) for k, v in (d.get("data") or {}).items()} for _, d in by_kind.get("ConfigMap", [])}
-    secrets = {d["metadata"]["name"]: {k: str(v) for k, v in (d.get("stringData") or {}).items()} for _, d in by_kind.get("Secret", [])}
+    configmaps = {
+        d["metadata"]["name"]: {k: str(v) for k, v in (d.get("data") or {}).items()}
+        for _, d in by_kind.get("ConfigMap", [])
+    }
+    secrets = {
+        d["metadata"]["name"]: {k: str(v) for k, v in (d.get("stringData") or {}).items()}
+        for _, d in by_kind.get("Secret", [])
+    }
     for _, secret in by_kind.get("Secret", []):
         name = secret["metadata"]["name"]
         if secret.get("data"):
@@ -762,7 +835,9 @@ def check_k8s(directory: Path) -> list[str]:
         for key, value in (secret.get("stringData") or {}).items():
             # Non-secret knobs of KEDA's kafka scaler may carry their defaults.
             if value not in ("", None) and key not in ("sasl", "tls"):
-                problems.append(f"Secret {name}: {key} has a value; templates hold placeholders only")
+                problems.append(
+                    f"Secret {name}: {key} has a value; templates hold placeholders only"
+                )
     for name, data in configmaps.items():
         for key in data:
             if key in secret_env_names() or any(h in key.upper() for h in SECRET_NAME_HINTS):
@@ -785,7 +860,9 @@ def check_k8s(directory: Path) -> list[str]:
         containers = pod["spec"]["containers"]
         worker = containers[0]
         if not str(worker.get("image", "")).endswith(f":{version}"):
-            problems.append(f"{where}: image {worker.get('image')} is not tagged with the project version {version}")
+            problems.append(
+                f"{where}: image {worker.get('image')} is not tagged with the project version {version}"
+            )
         args = worker.get("args") or worker.get("command") or []
         if not args or args[0] not in cli_commands():
             problems.append(f"{where}: args {args} do not start with an etl command")
@@ -794,7 +871,7 @@ def check_k8s(directory: Path) -> list[str]:
         settings = _load_worker_settings(env, where, problems)
         if settings is None:
             continue
-        roles.add(settings.role)
+        roles.add(str(settings.role))
         group = role_group(settings)
         if name != group:
             problems.append(f"{where}: name differs from its consumer group {group}")
@@ -807,24 +884,35 @@ def check_k8s(directory: Path) -> list[str]:
             if spec.get("path") != path:
                 problems.append(f"{where}: {probe} probes {spec.get('path')}, expected {path}")
             if _port_number(worker, spec.get("port")) != web_port:
-                problems.append(f"{where}: {probe} port {spec.get('port')} is not ETL_WEB_PORT={web_port}")
+                problems.append(
+                    f"{where}: {probe} port {spec.get('port')} is not ETL_WEB_PORT={web_port}"
+                )
         annotation = (pod["metadata"].get("annotations") or {}).get("prometheus.io/port")
         if annotation is not None and int(annotation) != web_port:
-            problems.append(f"{where}: prometheus.io/port {annotation} is not ETL_WEB_PORT={web_port}")
+            problems.append(
+                f"{where}: prometheus.io/port {annotation} is not ETL_WEB_PORT={web_port}"
+            )
         resources = worker.get("resources") or {}
-        if not (resources.get("requests") or {}).get("memory") or not (resources.get("limits") or {}).get("memory"):
+        if not (resources.get("requests") or {}).get("memory") or not (
+            resources.get("limits") or {}
+        ).get("memory"):
             problems.append(f"{where}: memory request and limit are required")
         security = pod["spec"].get("securityContext") or {}
         if not security.get("runAsNonRoot"):
             problems.append(f"{where}: pod must set runAsNonRoot")
 
-        sink = settings.role.split(":", 1)[1] if settings.role.startswith("sink:") else None
+        sink = settings.role.sink
         so = scaled.get(name)
         if sink in SINGLE_WRITER_SINKS:
             if so is not None:
                 problems.append(f"{where}: {sink} is single-writer and must not autoscale")
-            if dep["spec"].get("replicas") != 1 or dep["spec"].get("strategy", {}).get("type") != "Recreate":
-                problems.append(f"{where}: {sink} is single-writer: replicas 1 with strategy Recreate")
+            if (
+                dep["spec"].get("replicas") != 1
+                or dep["spec"].get("strategy", {}).get("type") != "Recreate"
+            ):
+                problems.append(
+                    f"{where}: {sink} is single-writer: replicas 1 with strategy Recreate"
+                )
             continue
         if so is None:
             problems.append(f"{where}: no KEDA ScaledObject scales it")
@@ -843,18 +931,24 @@ def check_k8s(directory: Path) -> list[str]:
     for name, auth in trigger_auths.items():
         for ref in auth["spec"].get("secretTargetRef") or []:
             if ref["key"] not in secrets.get(ref["name"], {}):
-                problems.append(f"TriggerAuthentication {name}: secret {ref['name']} has no key {ref['key']}")
+                problems.append(
+                    f"TriggerAuthentication {name}: secret {ref['name']} has no key {ref['key']}"
+                )
     return problems
 
 
-def _check_scaled_object(so: Mapping[str, Any], settings: Settings, trigger_auths: Mapping[str, Any]) -> list[str]:
+def _check_scaled_object(
+    so: Mapping[str, Any], settings: Settings, trigger_auths: Mapping[str, Any]
+) -> list[str]:
     name = so["metadata"]["name"]
     where = f"ScaledObject {name}"
     problems = []
     spec = so["spec"]
     partitions = settings.kafka.partitions
     if spec.get("maxReplicaCount", 100) > partitions:
-        problems.append(f"{where}: maxReplicaCount {spec.get('maxReplicaCount')} exceeds ETL_KAFKA__PARTITIONS={partitions}")
+        problems.append(
+            f"{where}: maxReplicaCount {spec.get('maxReplicaCount')} exceeds ETL_KAFKA__PARTITIONS={partitions}"
+        )
     if spec.get("minReplicaCount", 0) < 1:
         problems.append(f"{where}: minReplicaCount below 1 leaves the group without a member")
     triggers = spec.get("triggers") or []
@@ -866,15 +960,21 @@ def _check_scaled_object(so: Mapping[str, Any], settings: Settings, trigger_auth
             problems.append(f"{where}: trigger type {trigger.get('type')} is not kafka")
             continue
         if meta.get("consumerGroup") != role_group(settings):
-            problems.append(f"{where}: consumerGroup {meta.get('consumerGroup')} is not {role_group(settings)}")
+            problems.append(
+                f"{where}: consumerGroup {meta.get('consumerGroup')} is not {role_group(settings)}"
+            )
         if meta.get("topic") != role_topic(settings):
             problems.append(f"{where}: topic {meta.get('topic')} is not {role_topic(settings)}")
         if meta.get("bootstrapServers") != settings.kafka.bootstrap_servers:
-            problems.append(f"{where}: bootstrapServers {meta.get('bootstrapServers')} differ from ETL_KAFKA__BOOTSTRAP_SERVERS={settings.kafka.bootstrap_servers}")
+            problems.append(
+                f"{where}: bootstrapServers {meta.get('bootstrapServers')} differ from ETL_KAFKA__BOOTSTRAP_SERVERS={settings.kafka.bootstrap_servers}"
+            )
         if not str(meta.get("lagThreshold", "")).isdigit() or int(meta["lagThreshold"]) < 1:
             problems.append(f"{where}: lagThreshold must be a positive integer string")
         if meta.get("offsetResetPolicy", "latest") != "earliest":
-            problems.append(f"{where}: offsetResetPolicy must be earliest, as the workers' auto_offset_reset")
+            problems.append(
+                f"{where}: offsetResetPolicy must be earliest, as the workers' auto_offset_reset"
+            )
         auth = (trigger.get("authenticationRef") or {}).get("name")
         if auth and auth not in trigger_auths:
             problems.append(f"{where}: authenticationRef {auth} is not defined")
@@ -904,7 +1004,12 @@ def metric_series() -> dict[str, frozenset[str]]:
     """Series names the registry exposes -> their label names (from streams/metrics.py)."""
     from streams import metrics
 
-    suffixes = {"counter": ("_total", "_created"), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count", "_created"), "summary": ("", "_sum", "_count", "_created")}
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "gauge": ("",),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("", "_sum", "_count", "_created"),
+    }
     series: dict[str, frozenset[str]] = {}
     for collector in list(metrics.REGISTRY._collector_to_names):  # noqa: SLF001 (names are only kept there)
         labels = frozenset(getattr(collector, "_labelnames", ()))
@@ -981,23 +1086,33 @@ def check_dashboard(path: Path, provisioning: Path) -> list[str]:
             continue
         for metric, labels in selectors:
             if metric not in series:
-                problems.append(f"{path.name} panel {title!r}: metric {metric} is not in streams/metrics.py")
+                problems.append(
+                    f"{path.name} panel {title!r}: metric {metric} is not in streams/metrics.py"
+                )
                 continue
             for label in labels - series[metric] - {"__name__", "job", "instance", "service"}:
                 problems.append(f"{path.name} panel {title!r}: {metric} has no label {label}")
         for labels in unknown_by:
             for label in sorted(labels):
-                problems.append(f"{path.name} panel {title!r}: groups by {label}, which no metric in the expression has")
+                problems.append(
+                    f"{path.name} panel {title!r}: groups by {label}, which no metric in the expression has"
+                )
 
     sources = []
     for file in sorted((provisioning / "datasources").glob("*.y*ml")):
         sources += yaml.safe_load(file.read_text()).get("datasources", [])
     uids = {s["uid"]: s["type"] for s in sources}
-    variables = {v["name"]: v for v in (dashboard.get("templating") or {}).get("list", []) if v.get("type") == "datasource"}
+    variables = {
+        v["name"]: v
+        for v in (dashboard.get("templating") or {}).get("list", [])
+        if v.get("type") == "datasource"
+    }
     for var in variables.values():
         current = (var.get("current") or {}).get("value")
         if current not in uids or uids[current] != var.get("query"):
-            problems.append(f"{path.name}: datasource variable {var['name']} defaults to {current!r}, not a provisioned {var.get('query')} datasource")
+            problems.append(
+                f"{path.name}: datasource variable {var['name']} defaults to {current!r}, not a provisioned {var.get('query')} datasource"
+            )
 
     def check_ref(ref: Any, where: str) -> None:
         if ref is None:
@@ -1006,17 +1121,24 @@ def check_dashboard(path: Path, provisioning: Path) -> list[str]:
         m = re.fullmatch(r"\$\{?(\w+)\}?", str(uid))
         if m:
             if m.group(1) not in variables:
-                problems.append(f"{path.name} {where}: datasource variable ${m.group(1)} is not defined")
+                problems.append(
+                    f"{path.name} {where}: datasource variable ${m.group(1)} is not defined"
+                )
         elif uid not in uids:
             problems.append(f"{path.name} {where}: datasource uid {uid!r} is not provisioned")
         if isinstance(ref, dict) and ref.get("type") and uids and ref["type"] not in uids.values():
-            problems.append(f"{path.name} {where}: datasource type {ref['type']} is not provisioned")
+            problems.append(
+                f"{path.name} {where}: datasource type {ref['type']} is not provisioned"
+            )
 
     def walk_panels(items: list[Any]) -> None:
         for panel in items:
             check_ref(panel.get("datasource"), f"panel {panel.get('title')!r}")
             for target in panel.get("targets") or []:
-                check_ref(target.get("datasource"), f"panel {panel.get('title')!r} target {target.get('refId')}")
+                check_ref(
+                    target.get("datasource"),
+                    f"panel {panel.get('title')!r} target {target.get('refId')}",
+                )
             walk_panels(panel.get("panels") or [])
 
     walk_panels(dashboard.get("panels") or [])

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from etl.config import BigQuerySettings, Settings
 from mappers.identifiers import normalize_identifier
-from sinks.bigquery import BigQuerySink
+from sinks.bigquery import BigQuerySettings, BigQuerySink
+from sinks.settings import Settings
 from tests.conftest import warehouse_rows
 from tests.emulators.fixtures import (  # noqa: F401  (pytest finds fixtures by name)
     bigquery_client,
@@ -49,15 +49,31 @@ def q(sink: BigQuerySink, sql: str) -> list[tuple]:
 
 def test_tables_are_partitioned_clustered_and_typed(sink) -> None:
     caps = sink.capabilities
-    assert (caps.max_identifier_length, caps.is_warehouse, caps.stores_rejected) == (300, True, True)
+    assert (caps.max_identifier_length, caps.is_warehouse, caps.stores_rejected) == (
+        300,
+        True,
+        True,
+    )
     events = sink.client.get_table(sink.table_id("events"))
-    assert (events.time_partitioning.type_, events.time_partitioning.field, events.clustering_fields) == ("DAY", "timestamp", ["event", "workspace_id"])
+    assert (
+        events.time_partitioning.type_,
+        events.time_partitioning.field,
+        events.clustering_fields,
+    ) == ("DAY", "timestamp", ["event", "workspace_id"])
     types = {f.name: (f.field_type, f.mode) for f in events.schema}
     assert types["properties"] == ("JSON", "NULLABLE") and types["context"] == ("JSON", "NULLABLE")
-    assert types["timestamp"] == ("TIMESTAMP", "NULLABLE") and types["source_offset"] == ("INTEGER", "NULLABLE")
+    assert types["timestamp"] == ("TIMESTAMP", "NULLABLE") and types["source_offset"] == (
+        "INTEGER",
+        "NULLABLE",
+    )
     flow = sink.client.get_table(sink.table_id("flow_executed"))
-    assert flow.clustering_fields == ["workspace_id"] and flow.time_partitioning.field == "timestamp"
-    assert {f.name: (f.field_type, f.mode) for f in flow.schema}["tools_used"] == ("STRING", "REPEATED")
+    assert (
+        flow.clustering_fields == ["workspace_id"] and flow.time_partitioning.field == "timestamp"
+    )
+    assert {f.name: (f.field_type, f.mode) for f in flow.schema}["tools_used"] == (
+        "STRING",
+        "REPEATED",
+    )
     for view in EXPECTED_VIEWS:
         assert q(sink, f"SELECT COUNT(*) FROM `{{t}}.{view}`") == [(0,)]
 
@@ -67,31 +83,65 @@ def test_write_twice_is_idempotent_with_evolution_discards_and_hostile_keys(sink
     assert sink.write(events + events[:3]).written == len(events)  # redelivery inside one batch
     assert sink.write(events).written == len(events)  # the same batch redelivered
 
-    assert q(sink, "SELECT COUNT(*), COUNT(DISTINCT message_id) FROM `{t}.events`") == [(len(events), len(events))]
-    assert q(sink, "SELECT message_id, ai_model, ai_input_tokens, ai_total_cost_usd, workspace_id FROM `{t}.ai_generation` ORDER BY 1") == [
-        ("ai-0", "gpt-4o", 1000, 0.25, "ws_a"), ("ai-1", "gpt-4o", 500, 0.125, "ws_a"),
-        ("ai-2", "claude-sonnet", 2000, 1.0, "ws_b"), ("ai-3", "gpt-4o", 100, 0.5, "ws_a"),
+    assert q(sink, "SELECT COUNT(*), COUNT(DISTINCT message_id) FROM `{t}.events`") == [
+        (len(events), len(events))
     ]
-    assert q(sink, "SELECT message_id, success, time_ms, tools_used FROM `{t}.flow_executed` ORDER BY 1")[2:4] == [
-        ("flow-2", False, 300.0, ["http", "sql"]), ("flow-3", None, 400.0, ["http", "sql"]),
+    assert q(
+        sink,
+        "SELECT message_id, ai_model, ai_input_tokens, ai_total_cost_usd, workspace_id FROM `{t}.ai_generation` ORDER BY 1",
+    ) == [
+        ("ai-0", "gpt-4o", 1000, 0.25, "ws_a"),
+        ("ai-1", "gpt-4o", 500, 0.125, "ws_a"),
+        ("ai-2", "claude-sonnet", 2000, 1.0, "ws_b"),
+        ("ai-3", "gpt-4o", 100, 0.5, "ws_a"),
+    ]
+    assert q(
+        sink, "SELECT message_id, success, time_ms, tools_used FROM `{t}.flow_executed` ORDER BY 1"
+    )[2:4] == [
+        ("flow-2", False, 300.0, ["http", "sql"]),
+        ("flow-3", None, 400.0, ["http", "sql"]),
     ]
     long_col = normalize_identifier(LONG_KEY, 300)
     assert len(long_col) == 300
-    got = q(sink, f"SELECT message_id, retries, select_, my_key, a_b, quo_te, order_, _1st, {long_col} FROM `{{t}}.tool_used` "
-                  "WHERE workspace_id = 'ws_h' ORDER BY 1")
+    got = q(
+        sink,
+        f"SELECT message_id, retries, select_, my_key, a_b, quo_te, order_, _1st, {long_col} FROM `{{t}}.tool_used` "
+        "WHERE workspace_id = 'ws_h' ORDER BY 1",
+    )
     assert got == [
         ("evo-1", 2, None, None, None, None, None, None, None),
         ("evo-2", None, None, None, None, None, None, None, None),
         ("hostile-1", None, 1, "v", 2, "q", "first", 3, "long"),
     ]
-    assert q(sink, "SELECT JSON_VALUE(properties, '$.retries') FROM `{t}.events` WHERE message_id = 'evo-2'") == [("many",)]
-    assert q(sink, "SELECT message_id, table_name, column_name, property_key, reason, value_type, column_type "
-                   "FROM `{t}.schema_discards` ORDER BY 1, 4") == [
+    assert q(
+        sink,
+        "SELECT JSON_VALUE(properties, '$.retries') FROM `{t}.events` WHERE message_id = 'evo-2'",
+    ) == [("many",)]
+    assert q(
+        sink,
+        "SELECT message_id, table_name, column_name, property_key, reason, value_type, column_type "
+        "FROM `{t}.schema_discards` ORDER BY 1, 4",
+    ) == [
         ("evo-2", "tool_used", "retries", "retries", "type_conflict", "string", "integer"),
-        ("hostile-1", "tool_used", "timestamp", "timestamp", "reserved_column", "string", "timestamp"),
+        (
+            "hostile-1",
+            "tool_used",
+            "timestamp",
+            "timestamp",
+            "reserved_column",
+            "string",
+            "timestamp",
+        ),
     ]
-    fields = {f.name: f.field_type for f in sink.client.get_table(sink.table_id("tool_used")).schema}
-    assert (fields["retries"], fields["select_"], fields["quo_te"], fields[long_col]) == ("INTEGER", "INTEGER", "STRING", "STRING")
+    fields = {
+        f.name: f.field_type for f in sink.client.get_table(sink.table_id("tool_used")).schema
+    }
+    assert (fields["retries"], fields["select_"], fields["quo_te"], fields[long_col]) == (
+        "INTEGER",
+        "INTEGER",
+        "STRING",
+        "STRING",
+    )
 
     # A fresh sink (another worker) learns the evolved columns from the table schema.
     other = BigQuerySink(sink.settings)
@@ -103,25 +153,47 @@ def test_write_twice_is_idempotent_with_evolution_discards_and_hostile_keys(sink
         other.close()
     assert q(sink, "SELECT COUNT(*) FROM `{t}.tool_used` WHERE workspace_id = 'ws_h'") == [(3,)]
     # Staging tables are dropped on close.
-    assert not [t.table_id for t in sink.client.list_tables(sink.dataset_id) if t.table_id.startswith("_etl_stg_") and other._token in t.table_id]
+    assert not [
+        t.table_id
+        for t in sink.client.list_tables(sink.dataset_id)
+        if t.table_id.startswith("_etl_stg_") and other._token in t.table_id
+    ]
 
 
 def test_views_return_the_expected_numbers(sink) -> None:
     sink.write(unified(KNOWN_RAW))
     for view, expected in EXPECTED_VIEWS.items():
-        assert norm_rows(q(sink, f"SELECT * FROM `{{t}}.{view}` ORDER BY {VIEW_ORDER[view]}")) == expected, view
+        assert (
+            norm_rows(q(sink, f"SELECT * FROM `{{t}}.{view}` ORDER BY {VIEW_ORDER[view]}"))
+            == expected
+        ), view
 
 
 def test_write_rejected_merges_on_rejection_id(sink) -> None:
     record = {
-        "rejection_id": "rej-1", "reason": "invalid_json", "field": None, "error": "Expecting value", "stage": "normalize",
-        "event": None, "message_id": None, "raw_payload": "not json", "raw_encoding": "utf-8", "raw_size": 8,
-        "raw_sha256": "ab" * 32, "source_topic": "events.raw", "source_partition": 1, "source_offset": 7, "batch_index": None,
+        "rejection_id": "rej-1",
+        "reason": "invalid_json",
+        "field": None,
+        "error": "Expecting value",
+        "stage": "normalize",
+        "event": None,
+        "message_id": None,
+        "raw_payload": "not json",
+        "raw_encoding": "utf-8",
+        "raw_size": 8,
+        "raw_sha256": "ab" * 32,
+        "source_topic": "events.raw",
+        "source_partition": 1,
+        "source_offset": 7,
+        "batch_index": None,
         "rejected_at": "2026-11-19T09:00:00Z",
     }
     sink.write_rejected([record, record])
     sink.write_rejected([{**record, "error": "updated"}])
-    assert q(sink, "SELECT rejection_id, reason, error, raw_payload, source_offset, CAST(rejected_at AS STRING) FROM `{t}.rejected_events`") == [
+    assert q(
+        sink,
+        "SELECT rejection_id, reason, error, raw_payload, source_offset, CAST(rejected_at AS STRING) FROM `{t}.rejected_events`",
+    ) == [
         ("rej-1", "invalid_json", "updated", "not json", 7, "2026-11-19 09:00:00+00"),
     ]
 
@@ -129,13 +201,21 @@ def test_write_rejected_merges_on_rejection_id(sink) -> None:
 def test_settings_choose_emulator_or_application_default_credentials(bigquery_emulator) -> None:  # noqa: F811
     from google.auth.credentials import AnonymousCredentials
 
-    emu = BigQuerySink(Settings(bigquery=BigQuerySettings(project="local", dataset="d", api_endpoint=bigquery_emulator.endpoint)))
+    emu = BigQuerySink(
+        Settings(
+            bigquery=BigQuerySettings(
+                project="local", dataset="d", api_endpoint=bigquery_emulator.endpoint
+            )
+        )
+    )
     assert isinstance(emu.client._credentials, AnonymousCredentials)
     assert emu.dataset_id == "local.d" and emu.qualified("events") == "`local.d.events`"
 
 
 @pytest.mark.slow
-def test_end_to_end_sigkill_and_replay_leave_exact_rows(make_pipeline, bigquery_emulator, bigquery_client, bigquery_dataset) -> None:  # noqa: F811
+def test_end_to_end_sigkill_and_replay_leave_exact_rows(
+    make_pipeline, bigquery_emulator, bigquery_client, bigquery_dataset
+) -> None:  # noqa: F811
     bq_settings, env = bigquery_target(bigquery_emulator, bigquery_dataset)
 
     def bq(sql: str) -> list[tuple]:
@@ -145,36 +225,59 @@ def test_end_to_end_sigkill_and_replay_leave_exact_rows(make_pipeline, bigquery_
         return bq("SELECT COUNT(*) FROM `{t}.events`")[0][0]
 
     started = time.monotonic()
-    pipeline, at_kill, replay = run_killed_then_replayed(make_pipeline, "bigquery", env, count_events, bigquery=bq_settings)
+    pipeline, at_kill, replay = run_killed_then_replayed(
+        make_pipeline, "bigquery", env, count_events, bigquery=bq_settings
+    )
     duck = pipeline.settings.duckdb.path
 
     def duck_rows(sql: str) -> list[tuple]:
         return warehouse_rows(duck, sql.replace("`{t}.", "").replace("`", ""))
 
     ids = "SELECT message_id, event, distinct_id, workspace_id, source_partition, source_offset FROM `{t}.events` ORDER BY 1"
-    assert bq("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM `{t}.events`") == [(TOTAL_EVENTS, TOTAL_EVENTS)]
+    assert bq("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM `{t}.events`") == [
+        (TOTAL_EVENTS, TOTAL_EVENTS)
+    ]
     assert bq(ids) == duck_rows(ids)
-    typed = ("SELECT message_id, tool_type, latency_ms, status, workspace_id, retries, select_, my_key, a_b, quo_te, order_, _1st "
-             "FROM `{t}.tool_used` ORDER BY 1")
+    typed = (
+        "SELECT message_id, tool_type, latency_ms, status, workspace_id, retries, select_, my_key, a_b, quo_te, order_, _1st "
+        "FROM `{t}.tool_used` ORDER BY 1"
+    )
     assert bq(typed) == duck_rows(typed)
     discards = "SELECT message_id, table_name, column_name, property_key, reason FROM `{t}.schema_discards` ORDER BY 1, 4"
-    assert bq(discards) == duck_rows(discards) == [
-        ("evo-2", "tool_used", "retries", "retries", "type_conflict"),
-        ("hostile-1", "tool_used", "timestamp", "timestamp", "reserved_column"),
-    ]
+    assert (
+        bq(discards)
+        == duck_rows(discards)
+        == [
+            ("evo-2", "tool_used", "retries", "retries", "type_conflict"),
+            ("hostile-1", "tool_used", "timestamp", "timestamp", "reserved_column"),
+        ]
+    )
     rejected = "SELECT rejection_id, reason, raw_payload FROM `{t}.rejected_events` ORDER BY 1"
     assert len(bq(rejected)) == 2 and bq(rejected) == duck_rows(rejected)
     # The replay re-delivered every normalized event; MERGE kept one row each.
-    assert (replay["events"], replay["by_sink"], replay["dead_lettered"]) == (TOTAL_EVENTS, {"bigquery": TOTAL_EVENTS}, 0)
-    assert bq("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM `{t}.events`") == [(TOTAL_EVENTS, TOTAL_EVENTS)]
+    assert (replay["events"], replay["by_sink"], replay["dead_lettered"]) == (
+        TOTAL_EVENTS,
+        {"bigquery": TOTAL_EVENTS},
+        0,
+    )
+    assert bq("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM `{t}.events`") == [
+        (TOTAL_EVENTS, TOTAL_EVENTS)
+    ]
     assert bq("SELECT COUNT(*) FROM `{t}.tool_used`") == [(8,)]
-    print(f"bigquery e2e: kill at {at_kill}/{TOTAL_EVENTS} events, {time.monotonic() - started:.1f}s, replay {replay}")
+    print(
+        f"bigquery e2e: kill at {at_kill}/{TOTAL_EVENTS} events, {time.monotonic() - started:.1f}s, replay {replay}"
+    )
 
 
 def test_a_column_added_between_batches_reaches_the_merge(sink) -> None:
     # The staging table of the first batch lacks the new column; the second batch must still land it.
     sink.write(unified(KNOWN_RAW))
     sink.write(unified([EVOLUTION_RAW]))
-    assert q(sink, "SELECT message_id, retries, select_ FROM `{t}.tool_used` WHERE workspace_id = 'ws_h' ORDER BY 1") == [
-        ("evo-1", 2, None), ("evo-2", None, None), ("hostile-1", None, 1),
+    assert q(
+        sink,
+        "SELECT message_id, retries, select_ FROM `{t}.tool_used` WHERE workspace_id = 'ws_h' ORDER BY 1",
+    ) == [
+        ("evo-1", 2, None),
+        ("evo-2", None, None),
+        ("hostile-1", None, 1),
     ]

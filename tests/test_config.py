@@ -7,13 +7,18 @@ import sys
 
 import pytest
 
-from etl.config import ConfigError, load_settings
+from etl.config import ConfigError
+from sinks.settings import load_settings
 
 
 def test_defaults_are_sane(monkeypatch: pytest.MonkeyPatch) -> None:
     s = load_settings()
-    assert s.sinks == ["duckdb"] and s.role == "all"
-    assert (s.kafka.raw_topic, s.kafka.normalized_topic, s.kafka.dlq_topic) == ("events.raw", "events.normalized", "events.dlq")
+    assert s.sinks == ["duckdb"] and str(s.role) == "all"
+    assert (s.kafka.raw_topic, s.kafka.normalized_topic, s.kafka.dlq_topic) == (
+        "events.raw",
+        "events.normalized",
+        "events.dlq",
+    )
     assert s.normalize_group == "etl-normalize" and s.sink_group("duckdb") == "etl-sink-duckdb"
 
 
@@ -36,20 +41,43 @@ def test_nested_env_and_vendor_names(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"ETL_SINKS": "duckdb,posthog"}, "sink 'posthog' is enabled but posthog.api_key is not set"),
-        ({"ETL_SINKS": "posthog", "POSTHOG_API_KEY": "  "}, "posthog.api_key is not set"),
-        ({"ETL_SINKS": "rudderstack", "RUDDERSTACK_WRITE_KEY": "k"}, "rudderstack.data_plane_url is not set"),
-        ({"ETL_SINKS": "snowflake", "SNOWFLAKE_ACCOUNT": "a", "SNOWFLAKE_USER": "u"}, "snowflake.password or snowflake.private_key_file"),
-        ({"ETL_SINKS": "bigquery"}, "bigquery.project is not set"),
-        ({"ETL_SINKS": "duckdb,kafka"}, "sinks: unknown sink 'kafka'"),
-        ({"ETL_ROLE": "sink:posthog"}, "sink 'posthog' is enabled but posthog.api_key"),
-        ({"ETL_ROLE": "reader"}, "role: role must be all, normalize or sink:"),
-        ({"ETL_KAFKA__PARTITIONS": "0"}, "kafka.partitions: Input should be greater than or equal to 1  (env ETL_KAFKA__PARTITIONS)"),
-        ({"ETL_KAFKA__SECURITY_PROTOCOL": "SASL_SSL"}, "needs sasl_mechanism, sasl_username, sasl_password"),
-        ({"ETL_DELIVERY__FLUSH_INTERVAL": "soon"}, "delivery.flush_interval: Input should be a valid number"),
+        (
+            {"ETL_SINKS": "duckdb,posthog"},
+            "sink 'posthog' is enabled but not configured; set ETL_POSTHOG__API_KEY (or POSTHOG_API_KEY, POSTHOG_PROJECT_API_KEY)",
+        ),
+        ({"ETL_SINKS": "posthog", "POSTHOG_API_KEY": "  "}, "set ETL_POSTHOG__API_KEY"),
+        (
+            {"ETL_SINKS": "rudderstack", "RUDDERSTACK_WRITE_KEY": "k"},
+            "set ETL_RUDDERSTACK__DATA_PLANE_URL (or RUDDERSTACK_DATA_PLANE_URL)",
+        ),
+        (
+            {"ETL_SINKS": "snowflake", "SNOWFLAKE_ACCOUNT": "a", "SNOWFLAKE_USER": "u"},
+            "set ETL_SNOWFLAKE__PASSWORD (or SNOWFLAKE_PASSWORD) or ETL_SNOWFLAKE__PRIVATE_KEY_FILE (or SNOWFLAKE_PRIVATE_KEY_FILE)",
+        ),
+        ({"ETL_SINKS": "bigquery"}, "set ETL_BIGQUERY__PROJECT (or GOOGLE_CLOUD_PROJECT)"),
+        (
+            {"ETL_SINKS": "duckdb,kafka"},
+            "unknown sink 'kafka'; choose from posthog, duckdb, rudderstack, snowflake, bigquery",
+        ),
+        ({"ETL_ROLE": "sink:posthog"}, "sink 'posthog' is enabled but not configured"),
+        ({"ETL_ROLE": "reader"}, "role: role must be all, normalize or sink:<name>, got 'reader'"),
+        (
+            {"ETL_KAFKA__PARTITIONS": "0"},
+            "kafka.partitions: Input should be greater than or equal to 1  (env ETL_KAFKA__PARTITIONS)",
+        ),
+        (
+            {"ETL_KAFKA__SECURITY_PROTOCOL": "SASL_SSL"},
+            "needs sasl_mechanism, sasl_username, sasl_password",
+        ),
+        (
+            {"ETL_DELIVERY__FLUSH_INTERVAL": "soon"},
+            "delivery.flush_interval: Input should be a valid number",
+        ),
     ],
 )
-def test_bad_configuration_names_the_field(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str) -> None:
+def test_bad_configuration_names_the_field(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(ConfigError) as err:
@@ -57,8 +85,29 @@ def test_bad_configuration_names_the_field(monkeypatch: pytest.MonkeyPatch, env:
     assert message in str(err.value)
 
 
+def test_every_missing_credential_is_named_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ETL_SINKS", "duckdb,posthog,rudderstack,bigquery")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    message = str(err.value)
+    for variable in (
+        "POSTHOG_API_KEY",
+        "RUDDERSTACK_WRITE_KEY",
+        "RUDDERSTACK_DATA_PLANE_URL",
+        "GOOGLE_CLOUD_PROJECT",
+    ):
+        assert variable in message
+
+
 def test_worker_refuses_to_start_with_bad_configuration() -> None:
     env = {"PATH": "/usr/bin:/bin", "ETL_SINKS": "duckdb,posthog"}
-    proc = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
-    assert "posthog.api_key is not set" in proc.stderr
+    assert "sink 'posthog' is enabled but not configured; set ETL_POSTHOG__API_KEY" in proc.stderr
+    assert "Traceback" not in proc.stderr

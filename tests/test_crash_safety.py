@@ -16,7 +16,7 @@ from collections import Counter
 import orjson
 
 from etl import kafka_tools
-from etl.synthetic import Generator
+from ops.harness.synthetic import Generator
 from tests.conftest import warehouse_rows
 
 
@@ -60,7 +60,10 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(make_pipeline) -> None:
     feeder.start()
     kills = Counter[str]()
     lag_at_kill = []
-    groups = {"normalize": pipeline.settings.normalize_group, "sink:duckdb": pipeline.settings.sink_group("duckdb")}
+    groups = {
+        "normalize": pipeline.settings.normalize_group,
+        "sink:duckdb": pipeline.settings.sink_group("duckdb"),
+    }
     started = time.monotonic()
     for round_ in range(6):
         role = "normalize" if round_ % 2 == 0 else "sink:duckdb"
@@ -71,7 +74,9 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(make_pipeline) -> None:
             time.sleep(0.1)  # wait until this worker is visibly consuming
         time.sleep(rng.uniform(0.5, 2.0))  # inside the 3 s commit window, with input flowing
         if role == "normalize":
-            lag_at_kill.append(sum(pipeline.produced_ends.values()) - _committed(pipeline, groups[role]))
+            lag_at_kill.append(
+                sum(pipeline.produced_ends.values()) - _committed(pipeline, groups[role])
+            )
             assert lag_at_kill[-1] > 0, "the kill must land while raw input is pending"
         pipeline.kill(role)
         kills[role] += 1
@@ -83,13 +88,30 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(make_pipeline) -> None:
     pipeline.wait_drained(timeout=240)
 
     db = pipeline.settings.duckdb.path
-    (rows, unique), = warehouse_rows(db, "SELECT count(*), count(DISTINCT message_id) FROM events")
-    assert rows == unique == valid, f"events: {rows} rows, {unique} unique, {valid} expected (kills {dict(kills)})"
-    (rej,), = warehouse_rows(db, "SELECT count(*) FROM rejected_events")
+    ((rows, unique),) = warehouse_rows(
+        db, "SELECT count(*), count(DISTINCT message_id) FROM events"
+    )
+    assert rows == unique == valid, (
+        f"events: {rows} rows, {unique} unique, {valid} expected (kills {dict(kills)})"
+    )
+    ((rej,),) = warehouse_rows(db, "SELECT count(*) FROM rejected_events")
     assert rej == rejected
-    typed = sum(warehouse_rows(db, f'SELECT count(*) FROM "{t}"')[0][0] for t in
-                ("tool_used", "flow_executed", "ai_generation", "rag_query_triggered", "feature_flag_called", "prompt_blocked", "agent_created"))
-    (typed_expected,), = warehouse_rows(db, "SELECT count(*) FROM events WHERE event IN ('tool_used','flow_executed','$ai_generation','rag_query_triggered','$feature_flag_called','prompt_blocked','agent_created')")
+    typed = sum(
+        warehouse_rows(db, f'SELECT count(*) FROM "{t}"')[0][0]
+        for t in (
+            "tool_used",
+            "flow_executed",
+            "ai_generation",
+            "rag_query_triggered",
+            "feature_flag_called",
+            "prompt_blocked",
+            "agent_created",
+        )
+    )
+    ((typed_expected,),) = warehouse_rows(
+        db,
+        "SELECT count(*) FROM events WHERE event IN ('tool_used','flow_executed','$ai_generation','rag_query_triggered','$feature_flag_called','prompt_blocked','agent_created')",
+    )
     assert typed == typed_expected
 
     # Every raw offset was committed by the normalizer: nothing skipped past.
@@ -117,16 +139,21 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(make_pipeline) -> None:
         kc.close()
     assert len(seen) == valid
     redelivered = sum(seen.values()) - len(seen)
-    print(f"kills={dict(kills)} lag_at_normalize_kills={lag_at_kill} valid={valid} "
-          f"topic copies={sum(seen.values())} redelivered={redelivered}")
-    assert redelivered > 0, "no kill landed on uncommitted work; the test proved nothing about redelivery"
+    print(
+        f"kills={dict(kills)} lag_at_normalize_kills={lag_at_kill} valid={valid} "
+        f"topic copies={sum(seen.values())} redelivered={redelivered}"
+    )
+    assert redelivered > 0, (
+        "no kill landed on uncommitted work; the test proved nothing about redelivery"
+    )
 
 
 def test_worker_stops_promptly_while_its_destination_is_down(make_pipeline) -> None:
     """A sink backing off must not hold a deploy or restart hostage; its unfinished batch is redelivered."""
     import signal
 
-    from etl.demo import metric_sum, scrape
+    from ops.status import metric_sum
+    from ops.status import read_samples as scrape
     from tests.servers.rudderstack import RudderStackServer
 
     with RudderStackServer(write_key="wk") as server:
@@ -134,12 +161,25 @@ def test_worker_stops_promptly_while_its_destination_is_down(make_pipeline) -> N
         pipeline = make_pipeline(
             sinks=("rudderstack",),
             partitions=1,
-            extra_env={"RUDDERSTACK_WRITE_KEY": "wk", "RUDDERSTACK_DATA_PLANE_URL": server.url, "ETL_FLAGS__GATES": "{}",
-                       "ETL_DELIVERY__RETRY_MAX": "1"},
+            extra_env={
+                "RUDDERSTACK_WRITE_KEY": "wk",
+                "RUDDERSTACK_DATA_PLANE_URL": server.url,
+                "ETL_FLAGS__GATES": "{}",
+                "ETL_DELIVERY__RETRY_MAX": "1",
+            },
             rudderstack={"write_key": "wk", "data_plane_url": server.url},
         )
         pipeline.start()
-        events = [orjson.dumps({"event": "tool_used", "distinct_id": f"u{i}", "uuid": f"00000000-0000-4000-8000-{i:012d}"}) for i in range(50)]
+        events = [
+            orjson.dumps(
+                {
+                    "event": "tool_used",
+                    "distinct_id": f"u{i}",
+                    "uuid": f"00000000-0000-4000-8000-{i:012d}",
+                }
+            )
+            for i in range(50)
+        ]
         pipeline.produce(events)
         sink = pipeline.worker("sink:rudderstack")
         deadline = time.monotonic() + 60
@@ -163,4 +203,6 @@ def test_worker_stops_promptly_while_its_destination_is_down(make_pipeline) -> N
         outage.cancel()
         pipeline.start(["sink:rudderstack"])
         pipeline.wait_drained(timeout=90)
-        assert sorted(set(server.message_ids())) == [f"00000000-0000-4000-8000-{i:012d}" for i in range(50)]
+        assert sorted(set(server.message_ids())) == [
+            f"00000000-0000-4000-8000-{i:012d}" for i in range(50)
+        ]

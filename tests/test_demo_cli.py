@@ -18,7 +18,7 @@ CORPUS = [
     b"{not json",
     b'{"event": "prompt_blocked", "distinct_id": "u3", "properties": {"match_score": 7}}',
     b'{"event": "$ai_generation", "distinct_id": "u4", "properties": {"$ai_model": "m", "$ai_total_cost_usd": 0.01}}',
-    b'\xff\xfe not utf-8',
+    b"\xff\xfe not utf-8",
 ]
 
 
@@ -27,7 +27,19 @@ def test_demo_runs_an_input_file_to_a_json_summary(tmp_path: Path) -> None:
     corpus.write_bytes(b"\n".join(CORPUS) + b"\n")
     warehouse = tmp_path / "wh.duckdb"
     proc = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "demo", "--input", str(corpus), "--warehouse", str(warehouse), "--json", "--partitions", "2"],
+        [
+            sys.executable,
+            "-m",
+            "ops.cli",
+            "demo",
+            "--input",
+            str(corpus),
+            "--warehouse",
+            str(warehouse),
+            "--json",
+            "--partitions",
+            "2",
+        ],
         capture_output=True,
         text=True,
         timeout=240,
@@ -39,21 +51,51 @@ def test_demo_runs_an_input_file_to_a_json_summary(tmp_path: Path) -> None:
     assert summary["produced"] == 8  # the batch holds two events
     assert summary["normalized"] == 3 and summary["rejected"] == 5
     assert summary["reconciled"] is True
-    assert summary["rejected_by_reason"] == {"empty_message": 1, "invalid_json": 2, "missing_event_name": 1, "out_of_range": 1}
+    assert summary["rejected_by_reason"] == {
+        "empty_message": 1,
+        "invalid_json": 2,
+        "missing_event_name": 1,
+        "out_of_range": 1,
+    }
     assert summary["by_event"] == {"$ai_generation": 1, "flow_executed": 1, "tool_used": 1}
     assert summary["warehouse"]["events"] == 3 and summary["warehouse"]["rejected_events"] == 5
     assert summary["events_per_second"] > 0
-    assert warehouse_rows(warehouse, "SELECT latency_ms, tool_type FROM tool_used") == [(12.0, "sql")]
+    assert warehouse_rows(warehouse, "SELECT latency_ms, tool_type FROM tool_used") == [
+        (12.0, "sql")
+    ]
 
     # `etl query` reads the same warehouse, read-only, as JSON lines.
     query = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "query", "--warehouse", str(warehouse), "--format", "json",
-         "SELECT event, count(*) AS n FROM events GROUP BY 1 ORDER BY 1"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "ops.cli",
+            "query",
+            "--warehouse",
+            str(warehouse),
+            "--format",
+            "json",
+            "SELECT event, count(*) AS n FROM events GROUP BY 1 ORDER BY 1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     assert query.returncode == 0, query.stderr[-2000:]
-    rows = [orjson.loads(line) for line in query.stdout.strip().splitlines() if line.startswith("{")]
-    assert rows == [{"event": "$ai_generation", "n": 1}, {"event": "flow_executed", "n": 1}, {"event": "tool_used", "n": 1}]
-    bad = subprocess.run([sys.executable, "-m", "streams.cli", "query", "--warehouse", str(warehouse), "SELEC nonsense"],
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    rows = [
+        orjson.loads(line) for line in query.stdout.strip().splitlines() if line.startswith("{")
+    ]
+    assert rows == [
+        {"event": "$ai_generation", "n": 1},
+        {"event": "flow_executed", "n": 1},
+        {"event": "tool_used", "n": 1},
+    ]
+    bad = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "query", "--warehouse", str(warehouse), "SELEC nonsense"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert bad.returncode != 0 and "syntax error" in (bad.stdout + bad.stderr).lower()

@@ -8,22 +8,27 @@ import uuid
 
 import orjson
 
-from etl import dlq as ops
 from etl import kafka_tools
-from etl.offsets import live_members
-from etl.workers import stop_workers
+from ops import dlq as ops
 from tests.conftest import warehouse_rows
 
 
 def sized_event(tag: str, i: int, size: int) -> tuple[str, bytes]:
     uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"dlq-{tag}-{i}"))
-    doc = {"event": f"dlq_{tag}", "distinct_id": f"u{i}", "uuid": uid, "properties": {"pad": "x" * size}}
+    doc = {
+        "event": f"dlq_{tag}",
+        "distinct_id": f"u{i}",
+        "uuid": uid,
+        "properties": {"pad": "x" * size},
+    }
     return uid, orjson.dumps(doc)
 
 
 def cli_json(p, *args):
     proc = p.cli(*args)
-    assert proc.returncode == 0, f"{args}: exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+        f"{args}: exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    )
     return [json.loads(line) for line in proc.stdout.strip().splitlines() if line.startswith("{")]
 
 
@@ -44,8 +49,10 @@ def test_requeue_after_mapper_fix_lands_fixed_events_and_returns_still_bad_ones(
     (listed,) = cli_json(p, "dlq", "list", "--json")
     assert listed["total"] == 9
     assert listed["by_reason"] == {"payload_too_large": 6, "invalid_json": 3}
-    assert listed["by_stage_reason"] == [{"stage": "normalize", "reason": "payload_too_large", "count": 6},
-                                         {"stage": "normalize", "reason": "invalid_json", "count": 3}]
+    assert listed["by_stage_reason"] == [
+        {"stage": "normalize", "reason": "payload_too_large", "count": 6},
+        {"stage": "normalize", "reason": "invalid_json", "count": 3},
+    ]
     from_warehouse = ops.summarize_warehouse(s.duckdb.path)  # `etl dlq list --from-warehouse`
     assert from_warehouse["by_reason"] == {"payload_too_large": 6, "invalid_json": 3}
 
@@ -53,34 +60,37 @@ def test_requeue_after_mapper_fix_lands_fixed_events_and_returns_still_bad_ones(
     # Too large to parse: no message_id, but the original bytes are kept exactly.
     assert sorted(ops.decode_raw(d) for d in shown) == sorted(v for _, v in medium + huge)
 
-    # Deploy the fix: restart the normalizer with the higher limit.
-    old = p.worker("normalize")
-    stop_workers([old])
-    p.workers.remove(old)
-    # The bundled broker keeps the departed member listed, which would hold the new
-    # worker's join until it times out; remove it as `etl offsets reset --force` does.
-    kafka_tools.remove_group_members(s, s.normalize_group, live_members(s, s.normalize_group))
+    # Deploy the fix (the higher limit), and requeue: the stages run in the requeue process.
     p.env["ETL_NORMALIZE__MAX_EVENT_BYTES"] = "8192"
-    p.start(["normalize"])
-
-    raw_ends_before = p.note_ends()
     requeue_started = time.time()
     (requeued,) = cli_json(p, "dlq", "requeue", "--reason", "payload_too_large", "--yes", "--json")
-    assert requeued == {"requeued": 6, "to_raw": 6, "to_normalized": 0, "skipped_cut_payload": []}
-    p.note_ends()
-    p.wait_drained(90)
-
+    assert requeued == {
+        "requeued": 6,
+        "normalized": 4,
+        "rejected_again": 2,
+        "rejected_again_by_reason": {"payload_too_large": 2},
+        "by_sink": {"duckdb": 4},
+        "skipped_cut_payload": [],
+        "skipped_sink_not_targeted": {},
+    }
     landed = {r[0] for r in warehouse_rows(s.duckdb.path, "SELECT message_id FROM events")}
     assert landed == {u for u, _ in good + medium}
-    # The still-too-large ones came back as new dead letters from their requeued offsets.
-    again = ops.read_dead_letters(s, ops.Filters.parse(reason="payload_too_large", since=str(int(requeue_started * 1000))))
+    # The still-too-large ones are dead letters again, under their original source
+    # coordinates: the same rejection ids, so one row each, with the newest rejection.
+    p.note_ends(s.kafka.dlq_topic)
+    p.wait_drained(60)
+    again = ops.read_dead_letters(
+        s, ops.Filters.parse(reason="payload_too_large", since=str(int(requeue_started * 1000)))
+    )
     assert sorted(ops.decode_raw(d.record) for d in again) == sorted(v for _, v in huge)
-    for d in again:
-        tp = kafka_tools.TopicPartition(s.kafka.raw_topic, d.record["source_partition"])
-        assert d.record["source_offset"] >= raw_ends_before[tp]
-    assert ops.summarize(ops.read_dead_letters(s))["by_reason"] == {"payload_too_large": 8, "invalid_json": 3}
-    assert warehouse_rows(s.duckdb.path, "SELECT reason, count(*) FROM rejected_events GROUP BY reason ORDER BY reason") == [
-        ("invalid_json", 3), ("payload_too_large", 8)]
+    assert ops.summarize(ops.read_dead_letters(s))["by_reason"] == {
+        "payload_too_large": 6,
+        "invalid_json": 3,
+    }
+    assert warehouse_rows(
+        s.duckdb.path,
+        "SELECT reason, count(*) FROM rejected_events GROUP BY reason ORDER BY reason",
+    ) == [("invalid_json", 3), ("payload_too_large", 6)]
 
     # Purge: the watermark moves to the true end; list/show/requeue see nothing; the warehouse keeps history.
     (purged,) = cli_json(p, "dlq", "purge", "--yes", "--json")
@@ -88,4 +98,4 @@ def test_requeue_after_mapper_fix_lands_fixed_events_and_returns_still_bad_ones(
     assert purged["group"] == f"{s.kafka.group_prefix}-dlq-purged"
     assert kafka_tools.committed_offsets(s, purged["group"]) == dlq_ends
     assert ops.read_dead_letters(s) == []
-    assert warehouse_rows(s.duckdb.path, "SELECT count(*) FROM rejected_events") == [(11,)]
+    assert warehouse_rows(s.duckdb.path, "SELECT count(*) FROM rejected_events") == [(9,)]

@@ -122,17 +122,25 @@ def test_sf_server_session(snowflake_connection, snowflake_conn_kwargs):
 def test_sf_ddl_variant_timestamps_array_and_cluster_by(snowflake_connection):
     conn = snowflake_connection
     schema = conn.schema
-    assert sf_all(conn, "CREATE DATABASE IF NOT EXISTS etl_test") == [("Database ETL_TEST successfully created.",)]
-    assert sf_all(conn, f"CREATE SCHEMA IF NOT EXISTS etl_test.{schema}") == [(f"Schema {schema} successfully created.",)]
+    assert sf_all(conn, "CREATE DATABASE IF NOT EXISTS etl_test") == [
+        ("Database ETL_TEST successfully created.",)
+    ]
+    assert sf_all(conn, f"CREATE SCHEMA IF NOT EXISTS etl_test.{schema}") == [
+        (f"Schema {schema} successfully created.",)
+    ]
     # CLUSTER BY in CREATE TABLE is accepted (fakesnow logs "Unsupported property clusterproperty")
     assert sf_all(conn, SF_EVENTS_DDL) == [("Table EVENTS successfully created.",)]
-    assert sf_all(conn, SF_EVENTS_DDL) == [("Table EVENTS successfully created.",)]  # IF NOT EXISTS: no error
+    assert sf_all(conn, SF_EVENTS_DDL) == [
+        ("Table EVENTS successfully created.",)
+    ]  # IF NOT EXISTS: no error
     assert sf_all(conn, "ALTER TABLE events CLUSTER BY (to_date(timestamp), event)") == [
         ("Statement executed successfully.",)
     ]
     # ...but it is a no-op: no clustering key is recorded
     assert sf_all(
-        conn, "SELECT clustering_key FROM information_schema.tables WHERE table_schema = %s AND table_name = 'EVENTS'", (schema,)
+        conn,
+        "SELECT clustering_key FROM information_schema.tables WHERE table_schema = %s AND table_name = 'EVENTS'",
+        (schema,),
     ) == [(None,)]
 
     cols = sf_all(
@@ -161,11 +169,15 @@ def test_sf_ddl_variant_timestamps_array_and_cluster_by(snowflake_connection):
 
 def test_sf_temporary_table_is_private_to_its_session(snowflake_connection, snowflake_emulator):
     conn = snowflake_connection
-    assert sf_all(conn, f"CREATE TEMPORARY TABLE staging ({SF_STAGING_COLS})") == [("Table STAGING successfully created.",)]
+    assert sf_all(conn, f"CREATE TEMPORARY TABLE staging ({SF_STAGING_COLS})") == [
+        ("Table STAGING successfully created.",)
+    ]
     conn.cursor().execute("INSERT INTO staging (message_id) VALUES ('x')")
     assert sf_all(conn, "SELECT count(*) FROM staging") == [(1,)]
     other = snowflake_emulator.connect(database=conn.database, schema=conn.schema)
-    with pytest.raises(snowflake.connector.ProgrammingError, match="Table with name STAGING does not exist!"):
+    with pytest.raises(
+        snowflake.connector.ProgrammingError, match="Table with name STAGING does not exist!"
+    ):
         other.cursor().execute("SELECT count(*) FROM staging")
 
 
@@ -181,7 +193,9 @@ def test_sf_executemany_pyformat_and_qmark(snowflake_connection, snowflake_emula
     assert cur.rowcount == 3
 
     # qmark: the connector sends an array binding; fakesnow runs it row by row
-    qconn = snowflake_emulator.connect(database=conn.database, schema=conn.schema, paramstyle="qmark")
+    qconn = snowflake_emulator.connect(
+        database=conn.database, schema=conn.schema, paramstyle="qmark"
+    )
     qcur = qconn.cursor()
     qcur.executemany(
         "INSERT INTO staging (message_id, event, timestamp, properties, tags, n) VALUES (?, ?, ?, ?, ?, ?)",
@@ -191,7 +205,13 @@ def test_sf_executemany_pyformat_and_qmark(snowflake_connection, snowflake_emula
     assert qcur.execute("SELECT count(*) FROM staging WHERE n >= ?", (3,)).fetchall() == [(2,)]
 
     assert sf_all(conn, "SELECT message_id, timestamp, properties, n FROM staging ORDER BY n") == [
-        (f"m{i}", T0 + dt.timedelta(seconds=i), json.dumps({"model": f"g{i % 3}", "latency_ms": i}), i) for i in range(5)
+        (
+            f"m{i}",
+            T0 + dt.timedelta(seconds=i),
+            json.dumps({"model": f"g{i % 3}", "latency_ms": i}),
+            i,
+        )
+        for i in range(5)
     ]
     # named pyformat parameters work too
     assert sf_all(conn, "SELECT %(a)s, %(b)s", {"a": 1, "b": "x"}) == [(1, "x")]
@@ -201,8 +221,12 @@ def test_sf_executemany_insert_select_is_rejected_by_pyformat_connector(snowflak
     """Client-side, so identical against real Snowflake: pyformat executemany needs VALUES."""
     conn = snowflake_connection
     conn.cursor().execute("CREATE TABLE t (id VARCHAR, v VARIANT)")
-    with pytest.raises(snowflake.connector.InterfaceError, match="252001: Failed to rewrite multi-row insert"):
-        conn.cursor().executemany("INSERT INTO t SELECT %s, PARSE_JSON(%s)", [("a", "{}"), ("b", "{}")])
+    with pytest.raises(
+        snowflake.connector.InterfaceError, match="252001: Failed to rewrite multi-row insert"
+    ):
+        conn.cursor().executemany(
+            "INSERT INTO t SELECT %s, PARSE_JSON(%s)", [("a", "{}"), ("b", "{}")]
+        )
 
 
 def test_sf_qmark_executemany_insert_select_parse_json(snowflake_connection, snowflake_emulator):
@@ -210,12 +234,19 @@ def test_sf_qmark_executemany_insert_select_parse_json(snowflake_connection, sno
     conn.cursor().execute("CREATE TABLE t (id VARCHAR, v VARIANT, ts TIMESTAMP_TZ)")
     q = snowflake_emulator.connect(database=conn.database, schema=conn.schema, paramstyle="qmark")
     cur = q.cursor()
-    cur.executemany("INSERT INTO t SELECT ?, PARSE_JSON(?), ?", [("a", '{"x": 1}', T0), ("b", '{"x": 2}', T0)])
+    cur.executemany(
+        "INSERT INTO t SELECT ?, PARSE_JSON(?), ?", [("a", '{"x": 1}', T0), ("b", '{"x": 2}', T0)]
+    )
     assert cur.rowcount == 2
-    assert sf_all(conn, "SELECT id, v:x::int, ts FROM t ORDER BY id") == [("a", 1, T0), ("b", 2, T0)]
+    assert sf_all(conn, "SELECT id, v:x::int, ts FROM t ORDER BY id") == [
+        ("a", 1, T0),
+        ("b", 2, T0),
+    ]
 
 
-def test_sf_qmark_executemany_with_null_timestamp_fails_midway(snowflake_connection, snowflake_emulator):
+def test_sf_qmark_executemany_with_null_timestamp_fails_midway(
+    snowflake_connection, snowflake_emulator
+):
     """QUIRK: a None in a timestamp column of an array binding makes the connector send the
     column untyped; fakesnow then casts the epoch-nanosecond text and fails.  The batch is
     not atomic: rows before the failing one stay inserted."""
@@ -235,7 +266,11 @@ def test_sf_parse_json_into_variant_and_path_queries(snowflake_connection):
     conn.cursor().execute("CREATE TABLE t (id VARCHAR, properties VARIANT, tags ARRAY)")
     conn.cursor().execute(
         "INSERT INTO t SELECT %s, PARSE_JSON(%s), PARSE_JSON(%s)",
-        ("a", json.dumps({"model": "gpt-4o", "usage": {"tokens": 12}, "ok": True}), json.dumps(["x", "y"])),
+        (
+            "a",
+            json.dumps({"model": "gpt-4o", "usage": {"tokens": 12}, "ok": True}),
+            json.dumps(["x", "y"]),
+        ),
     )
     assert sf_all(
         conn,
@@ -257,14 +292,18 @@ def test_sf_merge_upsert_from_staging(snowflake_connection):
 
     cur.executemany(ins, sf_rows(3))
     assert cur.execute(SF_MERGE).fetchall() == [(3, 0)]
-    assert [c.name for c in cur.description] == ["number of rows inserted", "number of rows updated"]
+    assert [c.name for c in cur.description] == [
+        "number of rows inserted",
+        "number of rows updated",
+    ]
 
     cur.execute("TRUNCATE TABLE staging")
     cur.executemany(ins, sf_rows(2, start=2, event="view"))  # m2 exists, m3 is new
     assert cur.execute(SF_MERGE).fetchall() == [(1, 1)]
 
     assert sf_all(
-        conn, "SELECT message_id, event, timestamp, properties:model::string, tags[1]::string FROM events ORDER BY n"
+        conn,
+        "SELECT message_id, event, timestamp, properties:model::string, tags[1]::string FROM events ORDER BY n",
     ) == [
         ("m0", "click", T0, "g0", "t0"),
         ("m1", "click", T0 + dt.timedelta(seconds=1), "g1", "t1"),
@@ -281,7 +320,10 @@ def test_sf_merge_with_function_in_when_clause_fails(snowflake_connection):
     cur = conn.cursor()
     cur.execute(SF_EVENTS_DDL)
     cur.execute(f"CREATE TABLE staging ({SF_STAGING_COLS})")
-    with pytest.raises(snowflake.connector.ProgrammingError, match='Table "S" does not have a column named "PROPERTIES"'):
+    with pytest.raises(
+        snowflake.connector.ProgrammingError,
+        match='Table "S" does not have a column named "PROPERTIES"',
+    ):
         cur.execute(
             "MERGE INTO events t USING staging s ON t.message_id = s.message_id "
             "WHEN MATCHED THEN UPDATE SET properties = PARSE_JSON(s.properties) "
@@ -311,7 +353,14 @@ def test_sf_views_percentiles_and_date_functions(snowflake_connection):
     cur.execute(SF_EVENTS_DDL)
     cur.execute(f"CREATE TABLE staging ({SF_STAGING_COLS})")
     rows = [
-        (f"m{i}", "click" if i % 2 else "view", T0 + dt.timedelta(hours=10 * i), json.dumps({"model": "g", "latency_ms": (i + 1) * 10}), "[]", i)
+        (
+            f"m{i}",
+            "click" if i % 2 else "view",
+            T0 + dt.timedelta(hours=10 * i),
+            json.dumps({"model": "g", "latency_ms": (i + 1) * 10}),
+            "[]",
+            i,
+        )
         for i in range(6)
     ]
     cur.executemany("INSERT INTO staging VALUES (%s, %s, %s, %s, %s, %s)", rows)
@@ -337,14 +386,26 @@ def test_sf_views_percentiles_and_date_functions(snowflake_connection):
         (dt.date(2024, 1, 2), T0 + dt.timedelta(days=1), 2, 1, "quiet"),
         (dt.date(2024, 1, 3), T0 + dt.timedelta(days=2), 1, 1, "quiet"),
     ]
-    assert [(r[5], r[6]) for r in got] == [(20.0, pytest.approx(28.0)), (45.0, pytest.approx(49.0)), (60.0, 60.0)]
-    assert [r[7] for r in got] == [pytest.approx(20.0, abs=10), pytest.approx(45.0, abs=5), pytest.approx(60.0)]
-    assert sf_all(conn, "CREATE OR REPLACE VIEW daily AS SELECT 1 AS x") == [("View DAILY successfully created.",)]
+    assert [(r[5], r[6]) for r in got] == [
+        (20.0, pytest.approx(28.0)),
+        (45.0, pytest.approx(49.0)),
+        (60.0, 60.0),
+    ]
+    assert [r[7] for r in got] == [
+        pytest.approx(20.0, abs=10),
+        pytest.approx(45.0, abs=5),
+        pytest.approx(60.0),
+    ]
+    assert sf_all(conn, "CREATE OR REPLACE VIEW daily AS SELECT 1 AS x") == [
+        ("View DAILY successfully created.",)
+    ]
     assert sf_all(conn, "SELECT * FROM daily") == [(1,)]
     assert sf_all(conn, "DROP VIEW IF EXISTS daily") == [("DAILY successfully dropped.",)]
 
 
-def test_sf_put_and_copy_into_parquet_then_merge_5000(snowflake_connection, record_property, tmp_path):
+def test_sf_put_and_copy_into_parquet_then_merge_5000(
+    snowflake_connection, record_property, tmp_path
+):
     """Fastest load path: a parquet file -> PUT to a stage -> COPY INTO (MATCH_BY_COLUMN_NAME) -> MERGE.
 
     PUT works in server mode: fakesnow hands the connector a GCS-style presigned URL on
@@ -371,18 +432,32 @@ def test_sf_put_and_copy_into_parquet_then_merge_5000(snowflake_connection, reco
     path = tmp_path / "batch-0001.parquet"
     pq.write_table(table, path)
     put = cur.execute(f"PUT file://{path} @batches AUTO_COMPRESS=FALSE OVERWRITE=TRUE").fetchall()
-    assert put == [("batch-0001.parquet", "batch-0001.parquet", path.stat().st_size, path.stat().st_size, "PARQUET", "PARQUET", "UPLOADED", "")]
+    assert put == [
+        (
+            "batch-0001.parquet",
+            "batch-0001.parquet",
+            path.stat().st_size,
+            path.stat().st_size,
+            "PARQUET",
+            "PARQUET",
+            "UPLOADED",
+            "",
+        )
+    ]
     copied = cur.execute(
         "COPY INTO staging FROM @batches FILE_FORMAT = (TYPE = PARQUET) MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE PURGE = TRUE"
     ).fetchall()
-    assert [(r[0], r[1], r[2], r[3]) for r in copied] == [("batches/batch-0001.parquet", "LOADED", N_BULK, N_BULK)]
+    assert [(r[0], r[1], r[2], r[3]) for r in copied] == [
+        ("batches/batch-0001.parquet", "LOADED", N_BULK, N_BULK)
+    ]
     assert cur.execute(SF_MERGE).fetchall() == [(N_BULK, 0)]
     elapsed = time.perf_counter() - started
     _report(record_property, "snowflake parquet PUT+COPY+MERGE", N_BULK, elapsed)
 
-    assert sf_all(conn, "SELECT count(*), count(DISTINCT message_id), max(properties:latency_ms::int), min(timestamp) FROM events") == [
-        (N_BULK, N_BULK, N_BULK - 1, T0)
-    ]
+    assert sf_all(
+        conn,
+        "SELECT count(*), count(DISTINCT message_id), max(properties:latency_ms::int), min(timestamp) FROM events",
+    ) == [(N_BULK, N_BULK, N_BULK - 1, T0)]
     assert sf_all(conn, "LIST @batches") == []  # PURGE removed the staged file
     # a second MERGE of the same batch updates every row
     assert cur.execute(SF_MERGE).fetchall() == [(0, N_BULK)]
@@ -397,7 +472,8 @@ def test_sf_executemany_then_merge_5000(snowflake_connection, record_property):
     rows = sf_rows(N_BULK)
     started = time.perf_counter()
     cur.executemany(
-        "INSERT INTO staging (message_id, event, timestamp, properties, tags, n) VALUES (%s, %s, %s, %s, %s, %s)", rows
+        "INSERT INTO staging (message_id, event, timestamp, properties, tags, n) VALUES (%s, %s, %s, %s, %s, %s)",
+        rows,
     )
     assert cur.rowcount == N_BULK
     inserted = time.perf_counter()
@@ -426,12 +502,21 @@ def test_sf_copy_ndjson_into_variant_column(snowflake_connection, tmp_path):
     cur.execute("CREATE TEMPORARY TABLE raw (v VARIANT)")
     cur.execute("CREATE TEMPORARY STAGE st")
     path = tmp_path / "batch.ndjson"
-    path.write_text("\n".join(json.dumps({"message_id": f"m{i}", "properties": {"i": i}}) for i in range(3)) + "\n")
+    path.write_text(
+        "\n".join(json.dumps({"message_id": f"m{i}", "properties": {"i": i}}) for i in range(3))
+        + "\n"
+    )
     put = cur.execute(f"PUT file://{path} @st").fetchall()
-    assert put[0][1] == "batch.ndjson.gz" and put[0][6] == "UPLOADED"  # AUTO_COMPRESS defaults to TRUE
+    assert (
+        put[0][1] == "batch.ndjson.gz" and put[0][6] == "UPLOADED"
+    )  # AUTO_COMPRESS defaults to TRUE
     copied = cur.execute("COPY INTO raw FROM @st FILE_FORMAT = (TYPE = JSON)").fetchall()
     assert [(r[0], r[1], r[2]) for r in copied] == [("st/batch.ndjson.gz", "LOADED", 3)]
-    assert sf_all(conn, "SELECT v:message_id::string, v:properties.i::int FROM raw ORDER BY 2") == [("m0", 0), ("m1", 1), ("m2", 2)]
+    assert sf_all(conn, "SELECT v:message_id::string, v:properties.i::int FROM raw ORDER BY 2") == [
+        ("m0", 0),
+        ("m1", 1),
+        ("m2", 2),
+    ]
     # copying the same file again is skipped via load history, as in Snowflake
     again = cur.execute("COPY INTO raw FROM @st FILE_FORMAT = (TYPE = JSON)").fetchall()
     assert (again[0][1], again[0][2]) == ("LOAD_SKIPPED", 0)
@@ -446,7 +531,10 @@ def test_sf_copy_with_transformation_from_json_fails(snowflake_connection, tmp_p
     path = tmp_path / "b.ndjson"
     path.write_text('{"message_id": "m0"}\n')
     cur.execute(f"PUT file://{path} @st")
-    with pytest.raises(snowflake.connector.ProgrammingError, match='Referenced column "message_id" not found in FROM clause!'):
+    with pytest.raises(
+        snowflake.connector.ProgrammingError,
+        match='Referenced column "message_id" not found in FROM clause!',
+    ):
         cur.execute("COPY INTO t FROM (SELECT $1:message_id FROM @st) FILE_FORMAT = (TYPE = JSON)")
 
 
@@ -460,20 +548,28 @@ def test_sf_copy_into_temporary_table_fails(snowflake_connection, tmp_path):
     path = tmp_path / "b.parquet"
     pq.write_table(pa.table({"MESSAGE_ID": ["m0"]}), path)
     cur.execute(f"PUT file://{path} @st AUTO_COMPRESS = FALSE")
-    with pytest.raises(snowflake.connector.ProgrammingError, match="Table with name TMP_STAGING does not exist!"):
-        cur.execute("COPY INTO tmp_staging FROM @st FILE_FORMAT = (TYPE = PARQUET) MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE")
+    with pytest.raises(
+        snowflake.connector.ProgrammingError, match="Table with name TMP_STAGING does not exist!"
+    ):
+        cur.execute(
+            "COPY INTO tmp_staging FROM @st FILE_FORMAT = (TYPE = PARQUET) MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE"
+        )
 
 
 def test_sf_null_timestamps_come_back_as_epoch(snowflake_connection):
     """QUIRK (server mode only): NULL TIMESTAMP_TZ/NTZ values are returned as 1970-01-01.
     Test NULL-ness in SQL (``ts IS NULL``) rather than in Python."""
     conn = snowflake_connection
-    conn.cursor().execute("CREATE TABLE t (id INT, ts TIMESTAMP_TZ, ntz TIMESTAMP_NTZ, d DATE, v VARIANT)")
+    conn.cursor().execute(
+        "CREATE TABLE t (id INT, ts TIMESTAMP_TZ, ntz TIMESTAMP_NTZ, d DATE, v VARIANT)"
+    )
     conn.cursor().execute("INSERT INTO t (id) VALUES (1)")
     assert sf_all(conn, "SELECT ts, ntz, d, v, ts IS NULL, ntz IS NULL FROM t") == [
         (dt.datetime(1970, 1, 1, tzinfo=UTC), dt.datetime(1970, 1, 1), None, None, True, True)
     ]
-    assert sf_all(conn, "SELECT min(ts) FROM t WHERE id = 2") == [(dt.datetime(1970, 1, 1, tzinfo=UTC),)]
+    assert sf_all(conn, "SELECT min(ts) FROM t WHERE id = 2") == [
+        (dt.datetime(1970, 1, 1, tzinfo=UTC),)
+    ]
 
 
 def test_sf_timestamp_tz_is_normalised_to_utc(snowflake_connection):
@@ -484,9 +580,14 @@ def test_sf_timestamp_tz_is_normalised_to_utc(snowflake_connection):
     conn.cursor().execute("INSERT INTO t VALUES (%s, %s)", (plus2, dt.datetime(2024, 1, 1, 10)))
     conn.cursor().execute("INSERT INTO t (ts) VALUES ('2024-01-01T10:00:00+02:00')")
     rows = sf_all(conn, "SELECT ts, ntz IS NULL FROM t")
-    assert rows == [(dt.datetime(2024, 1, 1, 8, tzinfo=UTC), False), (dt.datetime(2024, 1, 1, 8, tzinfo=UTC), True)]
+    assert rows == [
+        (dt.datetime(2024, 1, 1, 8, tzinfo=UTC), False),
+        (dt.datetime(2024, 1, 1, 8, tzinfo=UTC), True),
+    ]
     assert rows[0][0].utcoffset() == dt.timedelta(0)
-    assert sf_all(conn, "SELECT '2024-01-01 10:00:00 +02:00'::timestamp_tz") == [(dt.datetime(2024, 1, 1, 8, tzinfo=UTC),)]
+    assert sf_all(conn, "SELECT '2024-01-01 10:00:00 +02:00'::timestamp_tz") == [
+        (dt.datetime(2024, 1, 1, 8, tzinfo=UTC),)
+    ]
     # ...but the same literal is rejected by the implicit cast of INSERT ... VALUES
     with pytest.raises(snowflake.connector.ProgrammingError, match=r"Unknown TimeZone '\+02:00'"):
         conn.cursor().execute("INSERT INTO t (ts) VALUES ('2024-01-01 10:00:00 +02:00')")
@@ -494,10 +595,15 @@ def test_sf_timestamp_tz_is_normalised_to_utc(snowflake_connection):
 
 def test_sf_unsupported_statements(snowflake_connection, snowflake_emulator):
     conn = snowflake_connection
-    with pytest.raises(snowflake.connector.ProgrammingError, match="ALTER SESSION SET TIMEZONE = 'UTC' not implemented"):
+    with pytest.raises(
+        snowflake.connector.ProgrammingError,
+        match="ALTER SESSION SET TIMEZONE = 'UTC' not implemented",
+    ):
         conn.cursor().execute("ALTER SESSION SET TIMEZONE = 'UTC'")
     q = snowflake_emulator.connect(database=conn.database, schema=conn.schema, paramstyle="qmark")
-    with pytest.raises(snowflake.connector.ProgrammingError, match="Invalid expression / Unexpected token"):
+    with pytest.raises(
+        snowflake.connector.ProgrammingError, match="Invalid expression / Unexpected token"
+    ):
         q.cursor().execute("SELECT ?::timestamp_tz", (T0,))  # CAST(? AS TIMESTAMP_TZ) works
     assert q.cursor().execute("SELECT CAST(? AS TIMESTAMP_TZ)", (T0,)).fetchall() == [(T0,)]
     # several statements in one execute(): HTTP 500 (use conn.execute_string instead)
@@ -523,7 +629,9 @@ BQ_SCHEMA = [
 
 def bq_events_table(client, dataset: str, name: str = "events") -> bigquery.Table:
     table = bigquery.Table(f"{dataset}.{name}", schema=BQ_SCHEMA)
-    table.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY, field="timestamp")
+    table.time_partitioning = bigquery.TimePartitioning(
+        type_=bigquery.TimePartitioningType.DAY, field="timestamp"
+    )
     table.clustering_fields = ["event", "message_id"]
     return client.create_table(table, exists_ok=True)
 
@@ -556,7 +664,9 @@ def bq_load_ndjson(client, table: str, data: bytes, **config) -> bigquery.LoadJo
         write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
         **config,
     )
-    job = client.load_table_from_file(io.BytesIO(data), table, job_config=job_config, size=None)  # resumable upload
+    job = client.load_table_from_file(
+        io.BytesIO(data), table, job_config=job_config, size=None
+    )  # resumable upload
     job.result()
     return job
 
@@ -582,7 +692,10 @@ def test_bq_emulator_endpoint(bigquery_emulator, bigquery_client):
 
 def test_bq_create_partitioned_clustered_table_with_json(bigquery_client, bigquery_dataset):
     client = bigquery_client
-    assert client.create_dataset(bigquery_dataset, exists_ok=True).dataset_id == bigquery_dataset.split(".")[1]
+    assert (
+        client.create_dataset(bigquery_dataset, exists_ok=True).dataset_id
+        == bigquery_dataset.split(".")[1]
+    )
     bq_events_table(client, bigquery_dataset)
     bq_events_table(client, bigquery_dataset)  # exists_ok
 
@@ -611,10 +724,14 @@ def test_bq_create_partitioned_clustered_table_with_json(bigquery_client, bigque
         ("tags", "ARRAY<STRING>", "YES", "NO", None),
         ("n", "INT64", "YES", "NO", None),
     ]
-    assert bq_all(client, f"SELECT table_name, table_type FROM {ds}.INFORMATION_SCHEMA.TABLES") == [("events", "BASE TABLE")]
+    assert bq_all(client, f"SELECT table_name, table_type FROM {ds}.INFORMATION_SCHEMA.TABLES") == [
+        ("events", "BASE TABLE")
+    ]
 
 
-def test_bq_resumable_ndjson_load_and_merge_5000(bigquery_client, bigquery_dataset, record_property):
+def test_bq_resumable_ndjson_load_and_merge_5000(
+    bigquery_client, bigquery_dataset, record_property
+):
     client = bigquery_client
     bq_events_table(client, bigquery_dataset)
     client.create_table(bigquery.Table(f"{bigquery_dataset}.staging", schema=BQ_SCHEMA))
@@ -632,7 +749,9 @@ def test_bq_resumable_ndjson_load_and_merge_5000(bigquery_client, bigquery_datas
     assert merge.num_dml_affected_rows == N_BULK
 
     # second batch: 10 updates (m4990..m4999) + 10 inserts (m5000..m5009)
-    bq_load_ndjson(client, f"{bigquery_dataset}.staging", bq_ndjson(20, start=N_BULK - 10, event="view"))
+    bq_load_ndjson(
+        client, f"{bigquery_dataset}.staging", bq_ndjson(20, start=N_BULK - 10, event="view")
+    )
     merge = client.query(bq_merge(bigquery_dataset))
     merge.result()
     assert merge.num_dml_affected_rows == 20
@@ -656,7 +775,9 @@ def test_bq_ndjson_timestamps_with_offsets_are_converted_to_utc(bigquery_client,
     client.create_table(bigquery.Table(f"{bigquery_dataset}.staging", schema=BQ_SCHEMA))
     data = b'{"message_id": "a", "timestamp": "2024-01-01T10:00:00+02:00"}\n{"message_id": "b", "timestamp": "2024-01-01 08:00:00.123456 UTC"}'
     bq_load_ndjson(client, f"{bigquery_dataset}.staging", data)
-    assert bq_all(client, f"SELECT message_id, timestamp FROM `{bigquery_dataset}.staging` ORDER BY 1") == [
+    assert bq_all(
+        client, f"SELECT message_id, timestamp FROM `{bigquery_dataset}.staging` ORDER BY 1"
+    ) == [
         ("a", dt.datetime(2024, 1, 1, 8, tzinfo=UTC)),
         ("b", dt.datetime(2024, 1, 1, 8, 0, 0, 123456, tzinfo=UTC)),
     ]
@@ -666,7 +787,9 @@ def test_bq_bad_ndjson_fails_the_load_job(bigquery_client, bigquery_dataset):
     client = bigquery_client
     client.create_table(bigquery.Table(f"{bigquery_dataset}.staging", schema=BQ_SCHEMA))
     with pytest.raises(gexc.BadRequest, match='Failed to cast value to numerical: "notint"'):
-        bq_load_ndjson(client, f"{bigquery_dataset}.staging", b'{"message_id": "a", "n": "notint"}\n')
+        bq_load_ndjson(
+            client, f"{bigquery_dataset}.staging", b'{"message_id": "a", "n": "notint"}\n'
+        )
 
 
 def test_bq_alter_table_add_column(bigquery_client, bigquery_dataset):
@@ -684,7 +807,13 @@ def test_bq_alter_table_add_column(bigquery_client, bigquery_dataset):
     names = [f.name for f in BQ_SCHEMA]
 
     def catalog_columns() -> list[str]:
-        return [r[0] for r in bq_all(client, f"SELECT column_name FROM {ds}.INFORMATION_SCHEMA.COLUMNS WHERE table_name = 'events' ORDER BY ordinal_position")]
+        return [
+            r[0]
+            for r in bq_all(
+                client,
+                f"SELECT column_name FROM {ds}.INFORMATION_SCHEMA.COLUMNS WHERE table_name = 'events' ORDER BY ordinal_position",
+            )
+        ]
 
     # 1. DDL only: usable in SQL, invisible in the catalog
     bq_all(client, f"ALTER TABLE `{table_id}` ADD COLUMN model STRING")
@@ -696,18 +825,31 @@ def test_bq_alter_table_add_column(bigquery_client, bigquery_dataset):
     # 2. update_table only: visible in the catalog, unusable in SQL
     table = client.get_table(table_id)
     table.schema = [*table.schema, SF("model", "STRING"), SF("latency_ms", "FLOAT64")]
-    assert [f.name for f in client.update_table(table, ["schema"]).schema] == [*names, "model", "latency_ms"]
+    assert [f.name for f in client.update_table(table, ["schema"]).schema] == [
+        *names,
+        "model",
+        "latency_ms",
+    ]
     assert catalog_columns() == [*names, "model", "latency_ms"]
-    with pytest.raises(gexc.BadRequest, match='Table "events" does not have a column with name "latency_ms"'):
-        client.query(f"INSERT INTO `{table_id}` (message_id, latency_ms) VALUES ('x', 1.5)").result()
+    with pytest.raises(
+        gexc.BadRequest, match='Table "events" does not have a column with name "latency_ms"'
+    ):
+        client.query(
+            f"INSERT INTO `{table_id}` (message_id, latency_ms) VALUES ('x', 1.5)"
+        ).result()
 
     # 3. both: consistent
     bq_all(client, f"ALTER TABLE `{table_id}` ADD COLUMN IF NOT EXISTS latency_ms FLOAT64")
-    job = client.query(f"INSERT INTO `{table_id}` (message_id, model, latency_ms) VALUES ('x', 'gpt', 1.5)")
+    job = client.query(
+        f"INSERT INTO `{table_id}` (message_id, model, latency_ms) VALUES ('x', 'gpt', 1.5)"
+    )
     job.result()
     assert job.num_dml_affected_rows == 1
     assert bq_all(client, f"SELECT model, latency_ms FROM `{table_id}`") == [("gpt", 1.5)]
-    assert [(f.name, f.field_type) for f in client.get_table(table_id).schema][-2:] == [("model", "STRING"), ("latency_ms", "FLOAT64")]
+    assert [(f.name, f.field_type) for f in client.get_table(table_id).schema][-2:] == [
+        ("model", "STRING"),
+        ("latency_ms", "FLOAT64"),
+    ]
 
     with pytest.raises(gexc.BadRequest, match="Only one ALTER command per statement is supported"):
         bq_all(client, f"ALTER TABLE `{table_id}` ADD COLUMN a STRING, ADD COLUMN b STRING")
@@ -725,7 +867,9 @@ def test_bq_query_parameters(bigquery_client):
         "SELECT @a + 1, @s, @ts, (SELECT count(*) FROM UNNEST(['m1', 'm2', 'm3']) id WHERE id IN UNNEST(@ids))",
         params,
     ) == [(42, "hi", T0, 2)]
-    assert bq_all(bigquery_client, "SELECT ? * 2", [bigquery.ScalarQueryParameter(None, "INT64", 21)]) == [(42,)]
+    assert bq_all(
+        bigquery_client, "SELECT ? * 2", [bigquery.ScalarQueryParameter(None, "INT64", 21)]
+    ) == [(42,)]
 
 
 def test_bq_quantiles_views_and_drop(bigquery_client, bigquery_dataset):
@@ -736,14 +880,19 @@ def test_bq_quantiles_views_and_drop(bigquery_client, bigquery_dataset):
     client.query(bq_merge(bigquery_dataset)).result()
     events = f"`{bigquery_dataset}.events`"
 
-    assert bq_all(client, f"SELECT APPROX_QUANTILES(n, 4) FROM {events}") == [([0, 25, 50, 75, 100],)]
+    assert bq_all(client, f"SELECT APPROX_QUANTILES(n, 4) FROM {events}") == [
+        ([0, 25, 50, 75, 100],)
+    ]
     # pick quantiles with UNNEST ... WITH OFFSET, not qs[OFFSET(k)] (see test_bq_offset_into_approx_quantiles_is_unreliable)
     assert bq_all(
         client,
         f"WITH q AS (SELECT APPROX_QUANTILES(n, 100) qs FROM {events}) "
         f"SELECT o, v FROM q, UNNEST(qs) v WITH OFFSET o WHERE o IN (50, 99) ORDER BY o",
     ) == [(50, 50), (99, 99)]
-    assert bq_all(client, f"SELECT DISTINCT PERCENTILE_CONT(n, 0.5) OVER (), PERCENTILE_CONT(n, 0.9) OVER () FROM {events}") == [(50.0, 90.0)]
+    assert bq_all(
+        client,
+        f"SELECT DISTINCT PERCENTILE_CONT(n, 0.5) OVER (), PERCENTILE_CONT(n, 0.9) OVER () FROM {events}",
+    ) == [(50.0, 90.0)]
     assert bq_all(
         client,
         f"SELECT COUNTIF(n >= 50), IF(COUNT(*) > 100, 'big', 'small'), DATE(MIN(timestamp)), "
@@ -757,7 +906,9 @@ def test_bq_quantiles_views_and_drop(bigquery_client, bigquery_dataset):
         f"COUNTIF(n >= 50) AS late, AVG(CAST(JSON_VALUE(properties, '$.latency_ms') AS FLOAT64)) AS avg_latency "
         f"FROM {events} GROUP BY day, event",
     )
-    assert bq_all(client, f"SELECT * FROM {view}") == [(dt.date(2024, 1, 1), "click", 101, 51, 50.0)]
+    assert bq_all(client, f"SELECT * FROM {view}") == [
+        (dt.date(2024, 1, 1), "click", 101, 51, 50.0)
+    ]
     bq_all(client, f"CREATE OR REPLACE VIEW {view} AS SELECT 1 AS x")
     assert bq_all(client, f"SELECT * FROM {view}") == [(1,)]
 
@@ -775,11 +926,22 @@ def test_bq_insert_rows_json(bigquery_client, bigquery_dataset):
     table_id = f"{bigquery_dataset}.events"
     errors = client.insert_rows_json(
         table_id,
-        [{"message_id": "s1", "event": "e", "timestamp": "2024-01-01T00:00:00Z", "properties": '{"a": 1}', "tags": ["t"], "n": 1}],
+        [
+            {
+                "message_id": "s1",
+                "event": "e",
+                "timestamp": "2024-01-01T00:00:00Z",
+                "properties": '{"a": 1}',
+                "tags": ["t"],
+                "n": 1,
+            }
+        ],
         retry=None,
     )
     assert errors == []
-    assert bq_all(client, f"SELECT message_id, timestamp, properties, tags FROM `{table_id}`") == [("s1", T0, {"a": 1}, ["t"])]
+    assert bq_all(client, f"SELECT message_id, timestamp, properties, tags FROM `{table_id}`") == [
+        ("s1", T0, {"a": 1}, ["t"])
+    ]
     assert [dict(r) for r in client.list_rows(table_id)][0]["properties"] == {"a": 1}
 
 
@@ -790,7 +952,9 @@ def test_bq_insert_rows_json_with_dict_for_json_column_fails(bigquery_client, bi
     client = bigquery_client
     bq_events_table(client, bigquery_dataset)
     with pytest.raises(gexc.InternalServerError, match="An internal error occurred"):
-        client.insert_rows_json(f"{bigquery_dataset}.events", [{"message_id": "d", "properties": {"a": 1}}], retry=None)
+        client.insert_rows_json(
+            f"{bigquery_dataset}.events", [{"message_id": "d", "properties": {"a": 1}}], retry=None
+        )
 
 
 def test_bq_insert_rows_json_does_not_validate_rows(bigquery_client, bigquery_dataset):
@@ -799,9 +963,16 @@ def test_bq_insert_rows_json_does_not_validate_rows(bigquery_client, bigquery_da
     client = bigquery_client
     bq_events_table(client, bigquery_dataset)
     table_id = f"{bigquery_dataset}.events"
-    rows = [{"message_id": "u", "no_such_field": 1}, {"event": "no-id"}, {"message_id": "num", "timestamp": 1_704_067_200}]
+    rows = [
+        {"message_id": "u", "no_such_field": 1},
+        {"event": "no-id"},
+        {"message_id": "num", "timestamp": 1_704_067_200},
+    ]
     assert client.insert_rows_json(table_id, rows, retry=None) == []
-    assert bq_all(client, f"SELECT message_id, event, timestamp FROM `{table_id}` ORDER BY message_id NULLS FIRST") == [
+    assert bq_all(
+        client,
+        f"SELECT message_id, event, timestamp FROM `{table_id}` ORDER BY message_id NULLS FIRST",
+    ) == [
         (None, "no-id", None),
         ("num", None, dt.datetime(1970, 1, 1, 0, 28, 24, 67200, tzinfo=UTC)),
         ("u", None, None),
@@ -814,12 +985,20 @@ def test_bq_multipart_uploads_are_rejected(bigquery_client, bigquery_dataset):
     client = bigquery_client
     client.create_table(bigquery.Table(f"{bigquery_dataset}.staging", schema=BQ_SCHEMA))
     data = bq_ndjson(2)
-    config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON, schema=BQ_SCHEMA)
+    config = bigquery.LoadJobConfig(
+        source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON, schema=BQ_SCHEMA
+    )
     msg = r"multipart upload's second part has unsupported Content-Type '\*/\*'"
     with pytest.raises(gexc.BadRequest, match=msg):
-        client.load_table_from_file(io.BytesIO(data), f"{bigquery_dataset}.staging", job_config=config, size=len(data))
+        client.load_table_from_file(
+            io.BytesIO(data), f"{bigquery_dataset}.staging", job_config=config, size=len(data)
+        )
     with pytest.raises(gexc.BadRequest, match=msg):
-        client.load_table_from_json([{"message_id": "a"}], f"{bigquery_dataset}.staging", job_config=bigquery.LoadJobConfig(schema=BQ_SCHEMA))
+        client.load_table_from_json(
+            [{"message_id": "a"}],
+            f"{bigquery_dataset}.staging",
+            job_config=bigquery.LoadJobConfig(schema=BQ_SCHEMA),
+        )
 
 
 def test_bq_parquet_load(bigquery_client, bigquery_dataset):
@@ -838,10 +1017,17 @@ def test_bq_parquet_load(bigquery_client, bigquery_dataset):
     buf = io.BytesIO()
     pq.write_table(table, buf)
     buf.seek(0)
-    config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.PARQUET, write_disposition="WRITE_APPEND")
-    job = client.load_table_from_file(buf, f"{bigquery_dataset}.staging", job_config=config, size=None)
+    config = bigquery.LoadJobConfig(
+        source_format=bigquery.SourceFormat.PARQUET, write_disposition="WRITE_APPEND"
+    )
+    job = client.load_table_from_file(
+        buf, f"{bigquery_dataset}.staging", job_config=config, size=None
+    )
     assert job.result().output_rows == 2
-    assert bq_all(client, f"SELECT message_id, timestamp, properties, tags FROM `{bigquery_dataset}.staging` ORDER BY 1") == [
+    assert bq_all(
+        client,
+        f"SELECT message_id, timestamp, properties, tags FROM `{bigquery_dataset}.staging` ORDER BY 1",
+    ) == [
         ("a", T0, {"k": 1}, ["x"]),
         ("b", None, None, []),
     ]
@@ -872,7 +1058,10 @@ def test_bq_offset_into_approx_quantiles_is_unreliable(bigquery_client, bigquery
     it whole, or use UNNEST(qs) WITH OFFSET, or PERCENTILE_CONT."""
     client = bigquery_client
     client.create_table(bigquery.Table(f"{bigquery_dataset}.nums", schema=[SF("n", "INT64")]))
-    bq_all(client, f"INSERT INTO `{bigquery_dataset}.nums` SELECT x FROM UNNEST(GENERATE_ARRAY(0, 100)) x")
+    bq_all(
+        client,
+        f"INSERT INTO `{bigquery_dataset}.nums` SELECT x FROM UNNEST(GENERATE_ARRAY(0, 100)) x",
+    )
     nums = f"`{bigquery_dataset}.nums`"
     # directly on the aggregate: one element too far
     assert bq_all(
@@ -882,7 +1071,8 @@ def test_bq_offset_into_approx_quantiles_is_unreliable(bigquery_client, bigquery
     ) == [(51, 1, None)]
     # through a CTE over a table: one element short
     assert bq_all(
-        client, f"WITH q AS (SELECT APPROX_QUANTILES(n, 100) qs FROM {nums}) SELECT qs[OFFSET(50)], qs[OFFSET(0)], qs[OFFSET(100)] FROM q"
+        client,
+        f"WITH q AS (SELECT APPROX_QUANTILES(n, 100) qs FROM {nums}) SELECT qs[OFFSET(50)], qs[OFFSET(0)], qs[OFFSET(100)] FROM q",
     ) == [(49, None, 99)]
     # through a CTE over UNNEST: correct
     assert bq_all(

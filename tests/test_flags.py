@@ -20,9 +20,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from etl.broker import free_port
-from etl.config import FlagSettings, PostHogSettings, Settings
+from etl.config import FlagSettings, PostHogSettings
 from mappers.flags import FlagService, FlagStore, StoredFlag, mask_url
+from ops.harness.broker import free_port
+from sinks.settings import Settings
 from tests.servers import PostHogServer
 
 PROJECT_KEY = "phc_flagtest_project_key_0001"
@@ -57,14 +58,25 @@ WORKSPACE_FLAG = {
         "groups": [
             {
                 "properties": [
-                    {"key": "$group_key", "type": "group", "value": ["ws_a"], "operator": "exact", "group_type_index": 0}
+                    {
+                        "key": "$group_key",
+                        "type": "group",
+                        "value": ["ws_a"],
+                        "operator": "exact",
+                        "group_type_index": 0,
+                    }
                 ],
                 "rollout_percentage": 100,
             }
         ],
     },
 }
-ROLLOUT_FLAG = {"id": 2, "key": "track_model_costs", "active": True, "filters": {"groups": [{"properties": [], "rollout_percentage": 30}]}}
+ROLLOUT_FLAG = {
+    "id": 2,
+    "key": "track_model_costs",
+    "active": True,
+    "filters": {"groups": [{"properties": [], "rollout_percentage": 30}]},
+}
 VARIANTS = [("v1", 25), ("v2", 25), ("v3", 50)]
 MULTIVARIATE_FLAG = {
     "id": 3,
@@ -109,7 +121,9 @@ def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> FlagSettin
         url = request.getfixturevalue("pg_url")
         # Each test gets an empty table.
         with psycopg.connect(url, autocommit=True) as con:
-            con.execute("DROP TABLE IF EXISTS feature_flags; DROP TABLE IF EXISTS schema_migrations")
+            con.execute(
+                "DROP TABLE IF EXISTS feature_flags; DROP TABLE IF EXISTS schema_migrations"
+            )
         return FlagSettings(database_url=url, cache_ttl=1.0)
     return FlagSettings(embedded_path=tmp_path / "flags.sqlite3", cache_ttl=1.0)
 
@@ -124,7 +138,9 @@ def ph() -> PostHogServer:
 
 def settings_for(ph_url: str | None, flags: FlagSettings, *, personal: bool = True) -> Settings:
     posthog = (
-        PostHogSettings(api_key=PROJECT_KEY, host=ph_url, personal_api_key=PERSONAL_KEY if personal else None)
+        PostHogSettings(
+            api_key=PROJECT_KEY, host=ph_url, personal_api_key=PERSONAL_KEY if personal else None
+        )
         if ph_url
         else PostHogSettings()
     )
@@ -147,21 +163,32 @@ def wait_until(predicate, timeout: float) -> float:
 # -- PostHog first -----------------------------------------------------------------------
 
 
-def test_posthog_workspace_flag_on_for_one_workspace_off_for_another(ph: PostHogServer, tmp_path: Path) -> None:
+def test_posthog_workspace_flag_on_for_one_workspace_off_for_another(
+    ph: PostHogServer, tmp_path: Path
+) -> None:
     flags = FlagSettings(embedded_path=tmp_path / "none.sqlite3")
     with FlagService(settings_for(ph.url, flags)) as service:
         on = service.decide("enable_guardrails_tracing", "user_1", "ws_a")
         off = service.decide("enable_guardrails_tracing", "user_1", "ws_b")
         assert (on.enabled, on.variant, on.source) == (True, None, "posthog")
         assert (off.enabled, off.variant, off.source) == (False, None, "posthog")
-        assert service.is_enabled("enable_guardrails_tracing", distinct_id="user_2", workspace_id="ws_a") is True
+        assert (
+            service.is_enabled(
+                "enable_guardrails_tracing", distinct_id="user_2", workspace_id="ws_a"
+            )
+            is True
+        )
         # A workspace flag for an event without a workspace: PostHog says off.
         assert service.decide("enable_guardrails_tracing", "user_3", None).as_context() == {
-            "enabled": False, "variant": None, "source": "posthog"
+            "enabled": False,
+            "variant": None,
+            "source": "posthog",
         }
         # A flag PostHog does not define goes to the next source: the default.
         assert service.decide("not_in_posthog", "user_1", "ws_a").as_context() == {
-            "enabled": True, "variant": None, "source": "default"
+            "enabled": True,
+            "variant": None,
+            "source": "default",
         }
     # Decided locally from one definitions fetch: no /flags call at all.
     assert [r.path for r in ph.requests] == ["/flags/definitions"]
@@ -174,7 +201,9 @@ def test_rollout_buckets_like_posthog_in_posthog_and_both_stores(
     expected = {u: bucket("track_model_costs", u) <= 0.30 for u in USERS}
     assert 20 < sum(expected.values()) < 60  # both sides are exercised
 
-    with FlagService(settings_for(ph.url, FlagSettings(embedded_path=store_settings.embedded_path))) as via_posthog:
+    with FlagService(
+        settings_for(ph.url, FlagSettings(embedded_path=store_settings.embedded_path))
+    ) as via_posthog:
         from_posthog = {u: via_posthog.decide("track_model_costs", u, "ws_a") for u in USERS}
     assert {u: d.enabled for u, d in from_posthog.items()} == expected
     assert {d.source for d in from_posthog.values()} == {"posthog"}
@@ -187,11 +216,15 @@ def test_rollout_buckets_like_posthog_in_posthog_and_both_stores(
     assert {d.source for d in from_db.values()} == {"db"}
 
 
-def test_multivariate_variant_from_posthog_and_store(ph: PostHogServer, store_settings: FlagSettings) -> None:
+def test_multivariate_variant_from_posthog_and_store(
+    ph: PostHogServer, store_settings: FlagSettings
+) -> None:
     expected = {u: expected_variant("versioned_rag_tracking", u, VARIANTS) for u in USERS}
     assert set(expected.values()) == {"v1", "v2", "v3"}
 
-    with FlagService(settings_for(ph.url, FlagSettings(embedded_path=store_settings.embedded_path))) as service:
+    with FlagService(
+        settings_for(ph.url, FlagSettings(embedded_path=store_settings.embedded_path))
+    ) as service:
         got = {u: service.get_flag_variant("versioned_rag_tracking", distinct_id=u) for u in USERS}
         assert service.decide("versioned_rag_tracking", USERS[0], None).source == "posthog"
     assert got == expected
@@ -202,16 +235,30 @@ def test_multivariate_variant_from_posthog_and_store(ph: PostHogServer, store_se
             variants=[{"key": k, "rollout_percentage": p} for k, p in VARIANTS],
             target_workspaces=["ws_a"],
         )
-        got = {u: service.get_flag_variant("versioned_rag_tracking", distinct_id=u, workspace_id="ws_a") for u in USERS}
+        got = {
+            u: service.get_flag_variant(
+                "versioned_rag_tracking", distinct_id=u, workspace_id="ws_a"
+            )
+            for u in USERS
+        }
         # Not targeted: off, so no variant.
-        assert service.get_flag_variant("versioned_rag_tracking", distinct_id=USERS[0], workspace_id="ws_b") is None
+        assert (
+            service.get_flag_variant(
+                "versioned_rag_tracking", distinct_id=USERS[0], workspace_id="ws_b"
+            )
+            is None
+        )
         assert service.decide("versioned_rag_tracking", USERS[0], "ws_b").as_context() == {
-            "enabled": False, "variant": None, "source": "db"
+            "enabled": False,
+            "variant": None,
+            "source": "db",
         }
     assert got == expected
 
 
-def test_remote_flags_when_local_evaluation_cannot_decide(ph: PostHogServer, tmp_path: Path) -> None:
+def test_remote_flags_when_local_evaluation_cannot_decide(
+    ph: PostHogServer, tmp_path: Path
+) -> None:
     flags = FlagSettings(embedded_path=tmp_path / "none.sqlite3")
     with FlagService(settings_for(ph.url, flags)) as service:
         first = service.decide("agent_debugger_ui", "user_7", "ws_a")
@@ -225,14 +272,25 @@ def test_remote_flags_when_local_evaluation_cannot_decide(ph: PostHogServer, tmp
     assert calls[0].json["flag_keys_to_evaluate"] == ["agent_debugger_ui"]
 
 
-def test_without_personal_key_posthog_is_asked_only_in_remote_mode(ph: PostHogServer, tmp_path: Path) -> None:
-    local = settings_for(ph.url, FlagSettings(embedded_path=tmp_path / "none.sqlite3"), personal=False)
+def test_without_personal_key_posthog_is_asked_only_in_remote_mode(
+    ph: PostHogServer, tmp_path: Path
+) -> None:
+    local = settings_for(
+        ph.url, FlagSettings(embedded_path=tmp_path / "none.sqlite3"), personal=False
+    )
     with FlagService(local) as service:
         assert service.posthog is None  # no per-user /flags calls unless asked for
         assert service.decide("enable_guardrails_tracing", "user_1", "ws_b").source == "default"
-    remote = settings_for(ph.url, FlagSettings(embedded_path=tmp_path / "none.sqlite3", posthog_mode="remote"), personal=False)
+    remote = settings_for(
+        ph.url,
+        FlagSettings(embedded_path=tmp_path / "none.sqlite3", posthog_mode="remote"),
+        personal=False,
+    )
     with FlagService(remote) as service:
-        decisions = {ws: service.decide("enable_guardrails_tracing", "user_1", ws).as_context() for ws in ("ws_a", "ws_b")}
+        decisions = {
+            ws: service.decide("enable_guardrails_tracing", "user_1", ws).as_context()
+            for ws in ("ws_a", "ws_b")
+        }
         unknown = service.decide("not_in_posthog", "user_1", "ws_a")
     assert decisions == {
         "ws_a": {"enabled": True, "variant": None, "source": "posthog"},
@@ -247,13 +305,17 @@ def test_get_flags_lists_every_source(ph: PostHogServer, tmp_path: Path) -> None
     with FlagService(settings_for(ph.url, flags)) as service:
         service.set_flag("db_only_flag", enabled=False)
         decisions = service.get_flags(distinct_id="user_1", workspace_id="ws_b")
-    assert {k: (d.enabled, d.source) for k, d in decisions.items() if k != "versioned_rag_tracking"} == {
+    assert {
+        k: (d.enabled, d.source) for k, d in decisions.items() if k != "versioned_rag_tracking"
+    } == {
         "agent_debugger_ui": (True, "posthog"),
         "db_only_flag": (False, "db"),
         "enable_guardrails_tracing": (False, "posthog"),
         "track_model_costs": (bucket("track_model_costs", "user_1") <= 0.3, "posthog"),
     }
-    assert decisions["versioned_rag_tracking"].variant == expected_variant("versioned_rag_tracking", "user_1", VARIANTS)
+    assert decisions["versioned_rag_tracking"].variant == expected_variant(
+        "versioned_rag_tracking", "user_1", VARIANTS
+    )
 
 
 # -- fallbacks ---------------------------------------------------------------------------
@@ -266,7 +328,9 @@ def test_posthog_down_the_database_decides(store_settings: FlagSettings) -> None
         on = service.decide("enable_guardrails_tracing", "user_1", "ws_a")
         off = service.decide("enable_guardrails_tracing", "user_1", "ws_b")
         elapsed = time.monotonic() - started
-        assert service.posthog is not None and service.posthog.remote_blocked_until > time.monotonic()
+        assert (
+            service.posthog is not None and service.posthog.remote_blocked_until > time.monotonic()
+        )
     assert on.as_context() == {"enabled": True, "variant": None, "source": "db"}
     assert off.as_context() == {"enabled": False, "variant": None, "source": "db"}
     assert elapsed < 2  # a refused connection fails fast and then backs off
@@ -289,9 +353,14 @@ def test_both_down_the_default_decides(caplog: pytest.LogCaptureFixture) -> None
     flags = FlagSettings(database_url=down_db, cache_ttl=1.0, db_timeout=1.0)
     started = time.monotonic()
     with FlagService(settings_for(dead_url(), flags)) as service:
-        decisions = [service.decide(k, "user_1", "ws_a") for k in ("enable_guardrails_tracing", "track_model_costs")]
+        decisions = [
+            service.decide(k, "user_1", "ws_a")
+            for k in ("enable_guardrails_tracing", "track_model_costs")
+        ]
         assert service.is_enabled("versioned_rag_tracking", distinct_id="u9") is True
-    assert [d.as_context() for d in decisions] == [{"enabled": True, "variant": None, "source": "default"}] * 2
+    assert [d.as_context() for d in decisions] == [
+        {"enabled": True, "variant": None, "source": "default"}
+    ] * 2
     assert time.monotonic() - started < 10
     # The store's URL is logged masked; no key or password reaches the logs.
     assert mask_url(down_db) in caplog.text
@@ -304,7 +373,9 @@ def test_no_source_configured_every_gate_is_open(tmp_path: Path) -> None:
     with FlagService(settings_for(None, FlagSettings(embedded_path=store))) as service:
         assert service.posthog is None
         assert service.decide("enable_guardrails_tracing", "u", "ws").as_context() == {
-            "enabled": True, "variant": None, "source": "default"
+            "enabled": True,
+            "variant": None,
+            "source": "default",
         }
         assert service.get_flag_variant("versioned_rag_tracking", distinct_id="u") is None
     assert not store.exists()  # reading never creates the store
@@ -316,24 +387,49 @@ def test_no_source_configured_every_gate_is_open(tmp_path: Path) -> None:
 def test_posthog_change_takes_effect_within_ttl(ph: PostHogServer, tmp_path: Path) -> None:
     flags = FlagSettings(embedded_path=tmp_path / "none.sqlite3", cache_ttl=1.0)
     with FlagService(settings_for(ph.url, flags)) as service:
-        assert service.is_enabled("enable_guardrails_tracing", distinct_id="u", workspace_id="ws_b") is False
+        assert (
+            service.is_enabled("enable_guardrails_tracing", distinct_id="u", workspace_id="ws_b")
+            is False
+        )
         turned_on = json.loads(json.dumps(WORKSPACE_FLAG))
         turned_on["filters"]["groups"][0]["properties"][0]["value"] = ["ws_a", "ws_b"]
         ph.set_flags([turned_on, ROLLOUT_FLAG, MULTIVARIATE_FLAG, STICKY_FLAG])
-        took = wait_until(lambda: service.is_enabled("enable_guardrails_tracing", distinct_id="u", workspace_id="ws_b"), 3)
+        took = wait_until(
+            lambda: service.is_enabled(
+                "enable_guardrails_tracing", distinct_id="u", workspace_id="ws_b"
+            ),
+            3,
+        )
     assert took <= 1.0 + 0.5  # within the TTL (plus scheduling slack on a loaded machine)
 
 
-def test_database_change_by_another_writer_takes_effect_within_ttl(store_settings: FlagSettings) -> None:
+def test_database_change_by_another_writer_takes_effect_within_ttl(
+    store_settings: FlagSettings,
+) -> None:
     writer = FlagStore.from_settings(store_settings)
     writer.upsert(StoredFlag("enable_guardrails_tracing", target_workspaces=("ws_a",)))
     with FlagService(settings_for(None, store_settings)) as service:
-        assert service.decide("enable_guardrails_tracing", "u", "ws_b").as_context()["enabled"] is False
+        assert (
+            service.decide("enable_guardrails_tracing", "u", "ws_b").as_context()["enabled"]
+            is False
+        )
         # Another process (e.g. `etl flags set`) changes the row.
         writer.upsert(StoredFlag("enable_guardrails_tracing", target_workspaces=("ws_a", "ws_b")))
-        took = wait_until(lambda: service.is_enabled("enable_guardrails_tracing", distinct_id="u", workspace_id="ws_b"), 3)
+        took = wait_until(
+            lambda: service.is_enabled(
+                "enable_guardrails_tracing", distinct_id="u", workspace_id="ws_b"
+            ),
+            3,
+        )
         writer.upsert(StoredFlag("enable_guardrails_tracing", enabled=False))
-        took_off = wait_until(lambda: not service.is_enabled("enable_guardrails_tracing", distinct_id="u", workspace_id="ws_a"), 3)
+        took_off = wait_until(
+            lambda: (
+                not service.is_enabled(
+                    "enable_guardrails_tracing", distinct_id="u", workspace_id="ws_a"
+                )
+            ),
+            3,
+        )
     assert took <= 1.0 + 0.5 and took_off <= 1.0 + 0.5
 
 
@@ -342,10 +438,16 @@ def test_database_down_keeps_the_last_snapshot(pg_url: str) -> None:
     with FlagService(settings_for(None, flags)) as service:
         service.set_flag("track_model_costs", target_workspaces=["ws_a"])
         assert service.decide("track_model_costs", "u", "ws_b").source == "db"
-        service.store.database_url = f"postgresql://postgres@127.0.0.1:{free_port()}/gone"  # the database vanishes
+        service.store.database_url = (
+            f"postgresql://postgres@127.0.0.1:{free_port()}/gone"  # the database vanishes
+        )
         assert service.refresh() is False
         time.sleep(0.6)
-        assert service.decide("track_model_costs", "u", "ws_b").as_context() == {"enabled": False, "variant": None, "source": "db"}
+        assert service.decide("track_model_costs", "u", "ws_b").as_context() == {
+            "enabled": False,
+            "variant": None,
+            "source": "db",
+        }
 
 
 # -- the store -----------------------------------------------------------------------------
@@ -361,7 +463,10 @@ def test_migrations_are_versioned_and_idempotent(store_settings: FlagSettings) -
         StoredFlag(
             "versioned_rag_tracking",
             rollout_percentage=50,
-            variants=({"key": "a", "rollout_percentage": 40, "payload": {"x": 1}}, {"key": "b", "rollout_percentage": 60}),
+            variants=(
+                {"key": "a", "rollout_percentage": 40, "payload": {"x": 1}},
+                {"key": "b", "rollout_percentage": 60},
+            ),
             target_users=("u1",),
             bucket_by="workspace",
             description="RAG v2",
@@ -382,15 +487,30 @@ def test_etl_flags_cli_set_get_list(tmp_path: Path) -> None:
 
     def etl(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "streams.cli", "flags", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "ops.cli", "flags", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
-    done = etl("set", "versioned_rag_tracking", "--variants", "v1:25,v2:25,v3:50", "--workspaces", "ws_a", "--json")
+    done = etl(
+        "set",
+        "versioned_rag_tracking",
+        "--variants",
+        "v1:25,v2:25,v3:50",
+        "--workspaces",
+        "ws_a",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["variants"] == [
         {"key": k, "rollout_percentage": float(p)} for k, p in VARIANTS
     ]
-    got = etl("get", "versioned_rag_tracking", "--distinct-id", "user_5", "--workspace", "ws_a", "--json")
+    got = etl(
+        "get", "versioned_rag_tracking", "--distinct-id", "user_5", "--workspace", "ws_a", "--json"
+    )
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout.strip().splitlines()[-1])["decision"] == {
         "key": "versioned_rag_tracking",
@@ -403,8 +523,9 @@ def test_etl_flags_cli_set_get_list(tmp_path: Path) -> None:
 
 
 def test_gating_policy_and_redaction_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    from etl.config import ConfigError, load_settings
+    from etl.config import ConfigError
     from mappers.governance import flags_by_event
+    from sinks.settings import load_settings
 
     default = load_settings()
     assert default.flags.gates["posthog"] == {
@@ -412,21 +533,32 @@ def test_gating_policy_and_redaction_from_env(monkeypatch: pytest.MonkeyPatch) -
         "prompt_blocked": "enable_guardrails_tracing",
         "rag_query_triggered": "versioned_rag_tracking",
     }
-    assert default.flags.gates["rudderstack"] == default.flags.gates["posthog"] and "duckdb" not in default.flags.gates
+    assert (
+        default.flags.gates["rudderstack"] == default.flags.gates["posthog"]
+        and "duckdb" not in default.flags.gates
+    )
     assert flags_by_event(default) == {}  # only the warehouse is enabled: nothing to decide
 
     monkeypatch.setenv("ETL_SINKS", "duckdb,posthog")
     monkeypatch.setenv("POSTHOG_API_KEY", PROJECT_KEY)
-    monkeypatch.setenv("ETL_FLAGS__GATES", '{"posthog": {"prompt_blocked": "enable_guardrails_tracing"}, "duckdb": {"tool_used": "warehouse_tools"}}')
+    monkeypatch.setenv(
+        "ETL_FLAGS__GATES",
+        '{"posthog": {"prompt_blocked": "enable_guardrails_tracing"}, "duckdb": {"tool_used": "warehouse_tools"}}',
+    )
     monkeypatch.setenv("ETL_REDACTION__PATHS", "user_note,context.page.search")
     monkeypatch.setenv("ETL_REDACTION__HMAC_SECRET", "from-env")
     settings = load_settings()
-    assert flags_by_event(settings) == {"prompt_blocked": ("enable_guardrails_tracing",), "tool_used": ("warehouse_tools",)}
+    assert flags_by_event(settings) == {
+        "prompt_blocked": ("enable_guardrails_tracing",),
+        "tool_used": ("warehouse_tools",),
+    }
     assert settings.redaction.paths == ["user_note", "context.page.search"]
     assert settings.redaction.hmac_secret.get_secret_value() == "from-env"
 
     monkeypatch.setenv("ETL_FLAGS__GATES", '{"mixpanel": {"x": "y"}}')
-    with pytest.raises(ConfigError, match=r"flags.gates: gates: unknown sink 'mixpanel'.*ETL_FLAGS__GATES"):
+    with pytest.raises(
+        ConfigError, match=r"flags: gates: unknown sink 'mixpanel'.*ETL_FLAGS__GATES"
+    ):
         load_settings()
 
 
@@ -442,6 +574,6 @@ def test_slow_remote_flags_are_bounded_per_batch(ph: PostHogServer, tmp_path: Pa
         later = service.decide("agent_debugger_ui", "user_19", "ws_a")
     remote = [d for d in decisions if d.source == "posthog"]
     assert 1 <= len(remote) <= 3 and elapsed < 1.5  # the batch spent about its budget, no more
-    assert {d.source for d in decisions[len(remote):]} == {"default"}
+    assert {d.source for d in decisions[len(remote) :]} == {"default"}
     assert later.source == "posthog"  # out-of-budget fallbacks were not cached
     assert len(ph.requests_to("/flags")) == len(remote) + 1

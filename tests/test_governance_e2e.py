@@ -20,7 +20,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from etl.demo import metric_sum, scrape
+from ops.status import metric_sum
+from ops.status import read_samples as scrape
 from tests.conftest import warehouse_rows
 from tests.servers import PostHogServer, RudderStackServer
 from tests.test_redaction import CORPUS, SECRETS
@@ -45,7 +46,13 @@ def guardrails_flag(workspaces: list[str]) -> dict:
             "groups": [
                 {
                     "properties": [
-                        {"key": "$group_key", "type": "group", "value": workspaces, "operator": "exact", "group_type_index": 0}
+                        {
+                            "key": "$group_key",
+                            "type": "group",
+                            "value": workspaces,
+                            "operator": "exact",
+                            "group_type_index": 0,
+                        }
                     ],
                     "rollout_percentage": 100,
                 }
@@ -59,25 +66,68 @@ def batch(phase: int) -> list[bytes]:
     out = []
     for ws in ("ws_a", "ws_b"):
         for i, prompt in enumerate(CORPUS):
-            out.append({
-                "event": "prompt_blocked", "distinct_id": f"{ws}_p{phase}_user_{i}", "uuid": f"0000000{phase}-0000-4000-8000-{ws[-1] * 4}{i:08d}",
+            out.append(
+                {
+                    "event": "prompt_blocked",
+                    "distinct_id": f"{ws}_p{phase}_user_{i}",
+                    "uuid": f"0000000{phase}-0000-4000-8000-{ws[-1] * 4}{i:08d}",
+                    "timestamp": TS,
+                    "properties": {
+                        "workspace_id": ws,
+                        "match_score": 0.97,
+                        "source": "input",
+                        "reason": "pii",
+                        "prompt_preview": prompt,
+                    },
+                }
+            )
+        out.append(
+            {
+                "event": "$ai_generation",
+                "distinct_id": f"{ws}_p{phase}_user_ai",
+                "uuid": f"0000000{phase}-1111-4000-8000-{ws[-1] * 12}",
                 "timestamp": TS,
-                "properties": {"workspace_id": ws, "match_score": 0.97, "source": "input", "reason": "pii", "prompt_preview": prompt},
-            })
-        out.append({
-            "event": "$ai_generation", "distinct_id": f"{ws}_p{phase}_user_ai", "uuid": f"0000000{phase}-1111-4000-8000-{ws[-1] * 12}",
-            "timestamp": TS, "properties": {"workspace_id": ws, "$ai_model": "m", "$ai_total_cost_usd": 0.01},
-        })
-        out.append({
-            "type": "track", "event": "tool_used", "userId": f"{ws}_p{phase}_user_tool", "messageId": f"tool-{phase}-{ws}",
-            "timestamp": TS, "properties": {"tool_id": "search", "latency_ms": 12}, "context": {"groupId": ws},
-        })
+                "properties": {"workspace_id": ws, "$ai_model": "m", "$ai_total_cost_usd": 0.01},
+            }
+        )
+        out.append(
+            {
+                "type": "track",
+                "event": "tool_used",
+                "userId": f"{ws}_p{phase}_user_tool",
+                "messageId": f"tool-{phase}-{ws}",
+                "timestamp": TS,
+                "properties": {"tool_id": "search", "latency_ms": 12},
+                "context": {"groupId": ws},
+            }
+        )
     return [orjson.dumps(e) for e in out]
 
 
-def forwarded(ph: PostHogServer, rs: RudderStackServer) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
-    to_ph = sorted({(e["event"], e["distinct_id"], e["properties"].get("workspace_id") or e["properties"].get("$groups", {}).get("workspace")) for e in ph.events})
-    to_rs = sorted({(e["event"], e["userId"], e["properties"].get("workspace_id") or e.get("context", {}).get("groupId")) for e in rs.events})
+def forwarded(
+    ph: PostHogServer, rs: RudderStackServer
+) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    to_ph = sorted(
+        {
+            (
+                e["event"],
+                e["distinct_id"],
+                e["properties"].get("workspace_id")
+                or e["properties"].get("$groups", {}).get("workspace"),
+            )
+            for e in ph.events
+        }
+    )
+    to_rs = sorted(
+        {
+            (
+                e["event"],
+                e["userId"],
+                e["properties"].get("workspace_id") or e.get("context", {}).get("groupId"),
+            )
+            for e in rs.events
+        }
+    )
     return to_ph, to_rs
 
 
@@ -92,7 +142,9 @@ def expected(phase_events: list[bytes], *, ws_b_prompts: bool) -> list[tuple[str
     return rows
 
 
-def test_flag_gates_third_parties_per_workspace_and_nothing_sensitive_leaks(make_pipeline, tmp_path: Path) -> None:
+def test_flag_gates_third_parties_per_workspace_and_nothing_sensitive_leaks(
+    make_pipeline, tmp_path: Path
+) -> None:
     with PostHogServer(PH_KEY, PERSONAL_KEY) as ph, RudderStackServer(WRITE_KEY) as rs:
         ph.set_flags([guardrails_flag(["ws_a"])], group_type_mapping={"0": "workspace"})
         pipeline = make_pipeline(
@@ -117,10 +169,19 @@ def test_flag_gates_third_parties_per_workspace_and_nothing_sensitive_leaks(make
         # Phase 1: the flag is off for ws_b.
         first = batch(1)
         # Rejected (match_score out of range): its prompt goes to the dead letters.
-        rejected = orjson.dumps({
-            "event": "prompt_blocked", "distinct_id": "ws_a_p1_rejected", "uuid": "00000001-2222-4000-8000-000000000000",
-            "timestamp": TS, "properties": {"workspace_id": "ws_a", "match_score": 7, "prompt_preview": CORPUS[4]},
-        })
+        rejected = orjson.dumps(
+            {
+                "event": "prompt_blocked",
+                "distinct_id": "ws_a_p1_rejected",
+                "uuid": "00000001-2222-4000-8000-000000000000",
+                "timestamp": TS,
+                "properties": {
+                    "workspace_id": "ws_a",
+                    "match_score": 7,
+                    "prompt_preview": CORPUS[4],
+                },
+            }
+        )
         pipeline.produce([*first, rejected])
         pipeline.wait_drained(timeout=60)
         to_ph, to_rs = forwarded(ph, rs)
@@ -134,13 +195,23 @@ def test_flag_gates_third_parties_per_workspace_and_nothing_sensitive_leaks(make
         # normalizer with its next definitions poll (within the 1 s TTL).
         polls = len([r for r in ph.requests_to("/flags/definitions") if r.status == 200])
         ph.set_flags([guardrails_flag(["ws_a", "ws_b"])])
-        ph.wait_for(lambda server: len([r for r in server.requests_to("/flags/definitions") if r.status == 200]) > polls, timeout=5)
+        ph.wait_for(
+            lambda server: (
+                len([r for r in server.requests_to("/flags/definitions") if r.status == 200])
+                > polls
+            ),
+            timeout=5,
+        )
         second = batch(2)
         pipeline.produce(second)
         pipeline.wait_drained(timeout=60)
         to_ph, to_rs = forwarded(ph, rs)
-        assert to_ph == sorted(expected(first, ws_b_prompts=False) + expected(second, ws_b_prompts=True))
-        assert to_rs == sorted(expected(first, ws_b_prompts=False) + expected(second, ws_b_prompts=True))
+        assert to_ph == sorted(
+            expected(first, ws_b_prompts=False) + expected(second, ws_b_prompts=True)
+        )
+        assert to_rs == sorted(
+            expected(first, ws_b_prompts=False) + expected(second, ws_b_prompts=True)
+        )
 
         # The warehouse got everything, each gated event with its decision.
         db = pipeline.settings.duckdb.path
@@ -149,10 +220,14 @@ def test_flag_gates_third_parties_per_workspace_and_nothing_sensitive_leaks(make
             "SELECT message_id, workspace_id, json_extract(context, '$.flags') FROM events WHERE event = 'prompt_blocked' ORDER BY message_id",
         )
         assert len(rows) == 4 * len(CORPUS)
-        decisions = {(mid[:8], ws, json.dumps(json.loads(flags), sort_keys=True)) for mid, ws, flags in rows}
+        decisions = {
+            (mid[:8], ws, json.dumps(json.loads(flags), sort_keys=True)) for mid, ws, flags in rows
+        }
 
         def recorded(enabled: bool) -> str:
-            return json.dumps({FLAG: {"enabled": enabled, "variant": None, "source": "posthog"}}, sort_keys=True)
+            return json.dumps(
+                {FLAG: {"enabled": enabled, "variant": None, "source": "posthog"}}, sort_keys=True
+            )
 
         assert decisions == {
             ("00000001", "ws_a", recorded(True)),
@@ -160,11 +235,20 @@ def test_flag_gates_third_parties_per_workspace_and_nothing_sensitive_leaks(make
             ("00000002", "ws_a", recorded(True)),
             ("00000002", "ws_b", recorded(True)),
         }
-        assert warehouse_rows(db, "SELECT count(*) FROM events WHERE event <> 'prompt_blocked'") == [(8,)]
-        assert warehouse_rows(db, "SELECT stage, reason, event FROM rejected_events") == [("normalize", "out_of_range", "prompt_blocked")]
+        assert warehouse_rows(
+            db, "SELECT count(*) FROM events WHERE event <> 'prompt_blocked'"
+        ) == [(8,)]
+        assert warehouse_rows(db, "SELECT stage, reason, event FROM rejected_events") == [
+            ("normalize", "out_of_range", "prompt_blocked")
+        ]
         # Flags PostHog does not define decide by default: open.
-        assert {json.loads(r[0])["track_model_costs"]["source"] for r in warehouse_rows(
-            db, "SELECT json_extract(context, '$.flags') FROM events WHERE event = '$ai_generation'")} == {"default"}
+        assert {
+            json.loads(r[0])["track_model_costs"]["source"]
+            for r in warehouse_rows(
+                db,
+                "SELECT json_extract(context, '$.flags') FROM events WHERE event = '$ai_generation'",
+            )
+        } == {"default"}
 
         # Redacted everywhere; the keyed hash lets analysts count repeats.
         hashes = warehouse_rows(db, "SELECT DISTINCT prompt_preview_hash FROM prompt_blocked")
@@ -176,11 +260,19 @@ def test_flag_gates_third_parties_per_workspace_and_nothing_sensitive_leaks(make
             for table in ("events", "prompt_blocked", "rejected_events")
             for row in warehouse_rows(db, f"SELECT * FROM {table}")
         )
-        payloads = "\n".join(r.body.decode("utf-8", "replace") for r in [*ph.requests, *rs.requests])
+        payloads = "\n".join(
+            r.body.decode("utf-8", "replace") for r in [*ph.requests, *rs.requests]
+        )
         pipeline.stop()
-        logs = "\n".join(p.read_text(errors="replace") for p in (pipeline.work_dir / "logs").glob("*.log"))
+        logs = "\n".join(
+            p.read_text(errors="replace") for p in (pipeline.work_dir / "logs").glob("*.log")
+        )
         assert "[email]" in dumped and "[secret]" in payloads
-        for text, where in ((dumped, "warehouse"), (payloads, "sink payloads"), (logs, "worker logs")):
+        for text, where in (
+            (dumped, "warehouse"),
+            (payloads, "sink payloads"),
+            (logs, "worker logs"),
+        ):
             for secret in SECRETS:
                 assert secret not in text, f"{secret!r} found verbatim in {where}"
         for secret in (HMAC_SECRET, PERSONAL_KEY, PH_KEY, WRITE_KEY):

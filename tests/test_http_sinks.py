@@ -21,13 +21,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from etl.config import ConfigError, Settings, load_settings
+from etl.config import ConfigError
 from mappers.errors import Reason
 from mappers.normalize import TRUNCATION_MARKER, Normalizer
-from sinks.base import BatchRejectedError, RetryableSinkError, SinkAuthError, SinkRejection, sink_class
+from sinks.base import BatchRejectedError, RetryableSinkError, SinkAuthError, SinkRejection
 from sinks.http import parse_retry_after
 from sinks.posthog import MESSAGE_ID_NAMESPACE, PostHogSink, posthog_uuid
+from sinks.registry import sink_class
 from sinks.rudderstack import RudderStackSink
+from sinks.settings import Settings, load_settings
 from streams.delivery import Deliverer
 from tests.servers import PostHogServer, RudderStackServer
 
@@ -53,15 +55,29 @@ def rs():
 
 
 def settings_for(ph=None, rs=None, **overrides) -> Settings:
-    posthog = {"api_key": PH_KEY, "host": ph.url if ph else "http://127.0.0.1:9", **overrides.pop("posthog", {})}
-    rudder = {"write_key": WRITE_KEY, "data_plane_url": rs.url if rs else "http://127.0.0.1:9", **overrides.pop("rudderstack", {})}
-    return Settings(sinks=["posthog", "rudderstack"], posthog=posthog, rudderstack=rudder, **overrides)
+    posthog = {
+        "api_key": PH_KEY,
+        "host": ph.url if ph else "http://127.0.0.1:9",
+        **overrides.pop("posthog", {}),
+    }
+    rudder = {
+        "write_key": WRITE_KEY,
+        "data_plane_url": rs.url if rs else "http://127.0.0.1:9",
+        **overrides.pop("rudderstack", {}),
+    }
+    return Settings(
+        sinks=["posthog", "rudderstack"], posthog=posthog, rudderstack=rudder, **overrides
+    )
 
 
 def unified(raw: dict, offset: int = 0) -> dict:
     """Raw event -> unified event exactly as a delivering agent decodes it from the topic."""
     events, rejections = Normalizer().normalize(
-        orjson.dumps(raw), topic="events.raw", partition=0, offset=offset, timestamp_ms=1_714_557_600_000
+        orjson.dumps(raw),
+        topic="events.raw",
+        partition=0,
+        offset=offset,
+        timestamp_ms=1_714_557_600_000,
     )
     assert rejections == []
     return orjson.loads(orjson.dumps(events[0], option=orjson.OPT_UTC_Z))
@@ -75,7 +91,12 @@ RAW_EVENTS = {
         "distinct_id": "user_1",
         "uuid": PH_UUID,
         "timestamp": TS,
-        "properties": {"tool_id": "t-1", "tool_type": "http", "latency_ms": "12", "$groups": {"workspace": "ws_1"}},
+        "properties": {
+            "tool_id": "t-1",
+            "tool_type": "http",
+            "latency_ms": "12",
+            "$groups": {"workspace": "ws_1"},
+        },
     },
     "segment_track": {
         "type": "track",
@@ -129,7 +150,12 @@ def test_posthog_payloads_exact(ph):
             "event": "tool_used",
             "distinct_id": "user_1",
             "timestamp": TS,
-            "properties": {"tool_id": "t-1", "tool_type": "http", "latency_ms": 12.0, "$groups": {"workspace": "ws_1"}},
+            "properties": {
+                "tool_id": "t-1",
+                "tool_type": "http",
+                "latency_ms": 12.0,
+                "$groups": {"workspace": "ws_1"},
+            },
             "historical_migration": False,
         },
         {
@@ -202,7 +228,12 @@ def test_rudderstack_payloads_exact(rs):
             "type": "track",
             "event": "tool_used",
             "userId": "user_1",
-            "properties": {"tool_id": "t-1", "tool_type": "http", "latency_ms": 12.0, "$groups": {"workspace": "ws_1"}},
+            "properties": {
+                "tool_id": "t-1",
+                "tool_type": "http",
+                "latency_ms": 12.0,
+                "$groups": {"workspace": "ws_1"},
+            },
             "context": {"groupId": "ws_1"},
             "timestamp": TS,
             "originalTimestamp": TS,
@@ -213,7 +244,12 @@ def test_rudderstack_payloads_exact(rs):
             "type": "track",
             "event": "flow_executed",
             "userId": "user_2",
-            "properties": {"flow_id": "f-1", "tools_used": ["a", "b"], "time_ms": 40.0, "success": True},
+            "properties": {
+                "flow_id": "f-1",
+                "tools_used": ["a", "b"],
+                "time_ms": 40.0,
+                "success": True,
+            },
             "context": {"groupId": "ws_2", "library": {"name": "analytics-node", "version": "1.0"}},
             "timestamp": "2024-05-01T09:59:55Z",
             "originalTimestamp": TS,
@@ -245,13 +281,18 @@ def test_rudderstack_payloads_exact(rs):
     ]
     (req,) = rs.requests
     assert (req.path, req.status, req.header("content-encoding")) == ("/v1/batch", 200, "gzip")
-    assert req.header("authorization") == "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
+    assert (
+        req.header("authorization")
+        == "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
+    )
     assert sorted(req.json) == ["batch", "sentAt"]
     # Body = envelope + events joined by ","; each event's size is its exact bytes.
     overhead = len(b'{"batch":[') + len(b'],"sentAt":"') + len(req.json["sentAt"]) + len(b'"}')
     assert len(req.body) == overhead + sum(sink.event_size(ev) for ev in events) - 1
     for ev, sent in zip(events, req.json["batch"]):
-        assert sink.payload_size(ev) == len(json.dumps(sent, separators=(",", ":"), ensure_ascii=False).encode())
+        assert sink.payload_size(ev) == len(
+            json.dumps(sent, separators=(",", ":"), ensure_ascii=False).encode()
+        )
 
 
 def test_replay_sends_historical_migration(ph):
@@ -274,11 +315,30 @@ def test_posthog_uuid_rule():
 
 def test_page_group_alias_mapping(ph, rs):
     raws = [
-        {"type": "page", "anonymousId": "anon_9", "messageId": "m-page", "timestamp": TS, "name": "Pricing",
-         "properties": {"url": "https://example.com/pricing"}, "context": {"ip": "203.0.113.9"}},
-        {"type": "group", "userId": "user_9", "groupId": "ws_9", "messageId": "m-group", "timestamp": TS,
-         "traits": {"name": "Acme"}},
-        {"type": "alias", "userId": "user_9", "previousId": "anon_9", "messageId": "m-alias", "timestamp": TS},
+        {
+            "type": "page",
+            "anonymousId": "anon_9",
+            "messageId": "m-page",
+            "timestamp": TS,
+            "name": "Pricing",
+            "properties": {"url": "https://example.com/pricing"},
+            "context": {"ip": "203.0.113.9"},
+        },
+        {
+            "type": "group",
+            "userId": "user_9",
+            "groupId": "ws_9",
+            "messageId": "m-group",
+            "timestamp": TS,
+            "traits": {"name": "Acme"},
+        },
+        {
+            "type": "alias",
+            "userId": "user_9",
+            "previousId": "anon_9",
+            "messageId": "m-alias",
+            "timestamp": TS,
+        },
     ]
     events = [unified(r, i) for i, r in enumerate(raws)]
     PostHogSink(settings_for(ph)).write(events)
@@ -286,16 +346,34 @@ def test_page_group_alias_mapping(ph, rs):
 
     page, group, alias = ph.events
     assert (page["event"], page["properties"]["$current_url"], page["properties"]["$ip"]) == (
-        "$pageview", "https://example.com/pricing", "203.0.113.9")
+        "$pageview",
+        "https://example.com/pricing",
+        "203.0.113.9",
+    )
     assert group["event"] == "$groupidentify"
     assert {k: group["properties"][k] for k in ("$group_type", "$group_key", "$group_set")} == {
-        "$group_type": "workspace", "$group_key": "ws_9", "$group_set": {"name": "Acme"}}
-    assert (alias["event"], alias["distinct_id"], alias["properties"]["alias"]) == ("$create_alias", "user_9", "anon_9")
+        "$group_type": "workspace",
+        "$group_key": "ws_9",
+        "$group_set": {"name": "Acme"},
+    }
+    assert (alias["event"], alias["distinct_id"], alias["properties"]["alias"]) == (
+        "$create_alias",
+        "user_9",
+        "anon_9",
+    )
 
     rpage, rgroup, ralias = rs.events
     assert (rpage["type"], rpage["name"], rpage["anonymousId"], rpage["properties"]["url"]) == (
-        "page", "Pricing", "anon_9", "https://example.com/pricing")
-    assert (rgroup["type"], rgroup["groupId"], rgroup["traits"]) == ("group", "ws_9", {"name": "Acme"})
+        "page",
+        "Pricing",
+        "anon_9",
+        "https://example.com/pricing",
+    )
+    assert (rgroup["type"], rgroup["groupId"], rgroup["traits"]) == (
+        "group",
+        "ws_9",
+        {"name": "Acme"},
+    )
     assert (ralias["type"], ralias["previousId"], ralias["userId"]) == ("alias", "anon_9", "user_9")
     assert all("event" not in e for e in rs.events)
 
@@ -305,7 +383,15 @@ def test_page_group_alias_mapping(ph, rs):
 
 def sized_event(sink, size: int, blob_char: str = "x") -> dict:
     """A unified event whose encoding for ``sink`` is exactly ``size`` bytes."""
-    ev = unified({"event": "big", "distinct_id": "u1", "uuid": PH_UUID, "timestamp": TS, "properties": {"blob": ""}})
+    ev = unified(
+        {
+            "event": "big",
+            "distinct_id": "u1",
+            "uuid": PH_UUID,
+            "timestamp": TS,
+            "properties": {"blob": ""},
+        }
+    )
     ev["properties"]["blob"] = blob_char * (size - sink.payload_size(ev))
     sink.forget([ev])
     assert sink.payload_size(ev) == size
@@ -326,7 +412,9 @@ def test_fit_at_the_event_limit(ph, rs, sink_cls, delta):
     if delta <= 0:
         assert fitted is ev
     else:
-        assert fitted is not ev and ev["properties"]["blob"] == original_blob  # the input is not modified
+        assert (
+            fitted is not ev and ev["properties"]["blob"] == original_blob
+        )  # the input is not modified
         assert fitted["properties"]["$truncated"] == ["blob"]
         assert fitted["properties"]["blob"].endswith(TRUNCATION_MARKER)
         assert original_blob.startswith(fitted["properties"]["blob"][: -len(TRUNCATION_MARKER)])
@@ -350,11 +438,16 @@ def test_fit_multibyte_strings_stay_under_the_wire_limit(ph):
 
 def test_fit_cuts_largest_strings_first_and_names_them(rs):
     sink = RudderStackSink(settings_for(rs=rs, rudderstack={"max_event_bytes": 4096}))
-    ev = unified({
-        "type": "identify", "userId": "u1", "messageId": "m-big-identify", "timestamp": TS,
-        "traits": {"bio": "b" * 3000, "nick": "short"},
-        "properties": {"notes": {"text": "n" * 2500}, "small": "s" * 100},
-    })
+    ev = unified(
+        {
+            "type": "identify",
+            "userId": "u1",
+            "messageId": "m-big-identify",
+            "timestamp": TS,
+            "traits": {"bio": "b" * 3000, "nick": "short"},
+            "properties": {"notes": {"text": "n" * 2500}, "small": "s" * 100},
+        }
+    )
     fitted = sink.fit(ev)
     assert isinstance(fitted, dict)
     assert sink.payload_size(fitted) <= 4096
@@ -362,7 +455,10 @@ def test_fit_cuts_largest_strings_first_and_names_them(rs):
     assert fitted["properties"]["$truncated"] == ["context.traits.bio"]
     assert fitted["context"]["traits"]["bio"].endswith(TRUNCATION_MARKER)
     assert fitted["properties"]["notes"] == {"text": "n" * 2500}
-    assert fitted["properties"]["small"] == "s" * 100 and fitted["context"]["traits"]["nick"] == "short"
+    assert (
+        fitted["properties"]["small"] == "s" * 100
+        and fitted["context"]["traits"]["nick"] == "short"
+    )
     sink.write([fitted])
     assert rs.events[0]["traits"]["bio"] == fitted["context"]["traits"]["bio"]
     assert rs.events[0]["properties"]["$truncated"] == fitted["properties"]["$truncated"]
@@ -370,9 +466,20 @@ def test_fit_cuts_largest_strings_first_and_names_them(rs):
 
 @pytest.mark.parametrize("sink_cls", [PostHogSink, RudderStackSink])
 def test_unfittable_event_is_refused_not_dropped(ph, rs, sink_cls):
-    sink = sink_cls(settings_for(ph, rs, posthog={"max_event_bytes": 2048}, rudderstack={"max_event_bytes": 2048}))
-    ev = unified({"event": "wide", "distinct_id": "u1", "uuid": PH_UUID, "timestamp": TS,
-                  "properties": {f"k{i:04d}": i for i in range(400)}})
+    sink = sink_cls(
+        settings_for(
+            ph, rs, posthog={"max_event_bytes": 2048}, rudderstack={"max_event_bytes": 2048}
+        )
+    )
+    ev = unified(
+        {
+            "event": "wide",
+            "distinct_id": "u1",
+            "uuid": PH_UUID,
+            "timestamp": TS,
+            "properties": {f"k{i:04d}": i for i in range(400)},
+        }
+    )
     refused = sink.fit(ev)
     assert isinstance(refused, SinkRejection)
     assert refused.event is ev and refused.reason == Reason.EVENT_TOO_LARGE_FOR_SINK
@@ -392,7 +499,9 @@ def two_events():
 
 
 def test_retryable_answers(ph, rs):
-    for sink, server in sinks_and_servers(ph, rs, posthog={"timeout": 0.5}, rudderstack={"timeout": 0.5}):
+    for sink, server in sinks_and_servers(
+        ph, rs, posthog={"timeout": 0.5}, rudderstack={"timeout": 0.5}
+    ):
         events = two_events()
         server.rate_limit_next(retry_after=3)
         with pytest.raises(RetryableSinkError) as limited:
@@ -413,7 +522,9 @@ def test_retryable_answers(ph, rs):
             sink.write(events)
         assert "Timeout" in str(slow.value)
 
-        server.fail_next(status=404)  # a wrong path is a deployment problem: retry, never dead-letter
+        server.fail_next(
+            status=404
+        )  # a wrong path is a deployment problem: retry, never dead-letter
         with pytest.raises(RetryableSinkError):
             sink.write(events)
 
@@ -483,7 +594,12 @@ def run_deliverer(sink, events):
         dead.extend(items)
 
     deliverer = Deliverer(
-        sink, dead_letter, retry_initial=0.01, retry_max=0.05, unexpected_attempts=2, auth_retry_interval=0.1,
+        sink,
+        dead_letter,
+        retry_initial=0.01,
+        retry_max=0.05,
+        unexpected_attempts=2,
+        auth_retry_interval=0.1,
         encode=lambda ev: orjson.dumps(ev),
     )
     asyncio.run(deliverer.deliver(events))
@@ -491,18 +607,44 @@ def run_deliverer(sink, events):
 
 
 def test_runtime_bisects_to_the_poisoned_event_and_splits_by_bytes(rs):
-    sink = RudderStackSink(settings_for(rs=rs, rudderstack={"max_request_bytes": 4096, "max_event_bytes": 1024}))
+    sink = RudderStackSink(
+        settings_for(rs=rs, rudderstack={"max_request_bytes": 4096, "max_event_bytes": 1024})
+    )
     events = [unified({**RAW_EVENTS["segment_track"], "messageId": f"m-{i}"}, i) for i in range(40)]
-    events.append(unified({"type": "track", "event": "oversized", "userId": "u", "messageId": "m-huge",
-                           "timestamp": TS, "properties": {"blob": "z" * 3000}}, 99))
-    events.append(unified({"type": "track", "event": "wide", "userId": "u", "messageId": "m-wide",
-                           "timestamp": TS, "properties": {f"k{i}": i for i in range(200)}}, 100))
+    events.append(
+        unified(
+            {
+                "type": "track",
+                "event": "oversized",
+                "userId": "u",
+                "messageId": "m-huge",
+                "timestamp": TS,
+                "properties": {"blob": "z" * 3000},
+            },
+            99,
+        )
+    )
+    events.append(
+        unified(
+            {
+                "type": "track",
+                "event": "wide",
+                "userId": "u",
+                "messageId": "m-wide",
+                "timestamp": TS,
+                "properties": {f"k{i}": i for i in range(200)},
+            },
+            100,
+        )
+    )
     rs.reject_ids("m-17", status=400)
 
     dead = run_deliverer(sink, events)
 
     assert sorted((r.reason, r.message_id) for r, *_ in dead) == [
-        (Reason.EVENT_TOO_LARGE_FOR_SINK, "m-wide"), (Reason.SINK_REJECTED, "m-17")]
+        (Reason.EVENT_TOO_LARGE_FOR_SINK, "m-wide"),
+        (Reason.SINK_REJECTED, "m-17"),
+    ]
     delivered = rs.message_ids()
     assert sorted(delivered) == sorted([f"m-{i}" for i in range(40) if i != 17] + ["m-huge"])
     assert rs.events_by_message_id()["m-huge"]["properties"]["$truncated"] == ["blob"]
@@ -512,7 +654,9 @@ def test_runtime_bisects_to_the_poisoned_event_and_splits_by_bytes(rs):
 
 def test_posthog_through_runtime_retries_then_delivers(ph):
     sink = PostHogSink(settings_for(ph))
-    events = [unified({**RAW_EVENTS["posthog_track"], "uuid": str(uuid.uuid4())}, i) for i in range(25)]
+    events = [
+        unified({**RAW_EVENTS["posthog_track"], "uuid": str(uuid.uuid4())}, i) for i in range(25)
+    ]
     ph.rate_limit_next(retry_after=0.2)
     ph.fail_next(status=502)
     assert run_deliverer(sink, events) == []
@@ -530,9 +674,15 @@ def test_sink_registry():
 @pytest.mark.parametrize(
     "env,field",
     [
-        ({"ETL_SINKS": "duckdb,posthog"}, "posthog.api_key"),
-        ({"ETL_SINKS": "rudderstack", "RUDDERSTACK_WRITE_KEY": "k"}, "rudderstack.data_plane_url"),
-        ({"ETL_SINKS": "rudderstack", "RUDDERSTACK_DATA_PLANE_URL": "http://x"}, "rudderstack.write_key"),
+        ({"ETL_SINKS": "duckdb,posthog"}, "ETL_POSTHOG__API_KEY (or POSTHOG_API_KEY"),
+        (
+            {"ETL_SINKS": "rudderstack", "RUDDERSTACK_WRITE_KEY": "k"},
+            "ETL_RUDDERSTACK__DATA_PLANE_URL (or RUDDERSTACK_DATA_PLANE_URL)",
+        ),
+        (
+            {"ETL_SINKS": "rudderstack", "RUDDERSTACK_DATA_PLANE_URL": "http://x"},
+            "ETL_RUDDERSTACK__WRITE_KEY (or RUDDERSTACK_WRITE_KEY)",
+        ),
     ],
 )
 def test_enabled_sink_without_its_settings_names_the_field(monkeypatch, env, field):
@@ -556,10 +706,28 @@ def test_vendor_env_names_select_and_configure(monkeypatch):
 
 
 def test_etl_demo_refuses_an_unconfigured_http_sink():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETL_", "POSTHOG_", "RUDDERSTACK_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ETL_", "POSTHOG_", "RUDDERSTACK_"))
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "demo", "--events", "10", "--sinks", "duckdb,rudderstack"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "ops.cli",
+            "demo",
+            "--events",
+            "10",
+            "--sinks",
+            "duckdb,rudderstack",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0
-    assert "rudderstack.write_key" in proc.stderr + proc.stdout
+    assert "ETL_RUDDERSTACK__WRITE_KEY (or RUDDERSTACK_WRITE_KEY)" in proc.stderr
+    assert "Traceback" not in proc.stderr

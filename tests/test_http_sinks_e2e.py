@@ -17,9 +17,10 @@ from typing import Any
 import orjson
 import pytest
 
-from etl.demo import metric_sum, scrape
-from etl.synthetic import Generator
 from mappers.errors import Reason
+from ops.harness.synthetic import Generator
+from ops.status import metric_sum
+from ops.status import read_samples as scrape
 from sinks.posthog import posthog_uuid
 from tests.conftest import warehouse_rows
 from tests.servers import Fault, PostHogServer, RudderStackServer
@@ -63,7 +64,9 @@ def http_pipeline(make_pipeline, ph, rs, **env: str):
 
 
 def warehouse_ids(pipeline) -> set[str]:
-    return {r[0] for r in warehouse_rows(pipeline.settings.duckdb.path, "SELECT message_id FROM events")}
+    return {
+        r[0] for r in warehouse_rows(pipeline.settings.duckdb.path, "SELECT message_id FROM events")
+    }
 
 
 def sink_rejections(pipeline) -> set[tuple[str, str, str]]:
@@ -83,13 +86,19 @@ def counted(ids: list[str]) -> tuple[set[str], int]:
 
 def simple_events(n: int, tag: str) -> list[bytes]:
     return [
-        orjson.dumps({
-            "event": "tool_used",
-            "distinct_id": f"user_{i % 37}",
-            "uuid": str(uuid.uuid4()),
-            "timestamp": TS,
-            "properties": {"tool_id": f"{tag}-{i}", "latency_ms": i % 500, "workspace_id": f"ws_{i % 5}"},
-        })
+        orjson.dumps(
+            {
+                "event": "tool_used",
+                "distinct_id": f"user_{i % 37}",
+                "uuid": str(uuid.uuid4()),
+                "timestamp": TS,
+                "properties": {
+                    "tool_id": f"{tag}-{i}",
+                    "latency_ms": i % 500,
+                    "workspace_id": f"ws_{i % 5}",
+                },
+            }
+        )
         for i in range(n)
     ]
 
@@ -107,47 +116,106 @@ def worker_metric(pipeline, role: str, name: str, **labels: str) -> float:
 
 CRAFTED = {
     "posthog_track": {
-        "event": "rag_query_triggered", "distinct_id": "user_a", "uuid": "7f1e2d3c-4b5a-4968-8776-655443322110",
-        "timestamp": TS, "properties": {"vector_db_used": "qdrant", "latency_ms": "35", "sources_found": 4, "$groups": {"workspace": "ws_a"}},
+        "event": "rag_query_triggered",
+        "distinct_id": "user_a",
+        "uuid": "7f1e2d3c-4b5a-4968-8776-655443322110",
+        "timestamp": TS,
+        "properties": {
+            "vector_db_used": "qdrant",
+            "latency_ms": "35",
+            "sources_found": 4,
+            "$groups": {"workspace": "ws_a"},
+        },
     },
     "segment_track": {
-        "type": "track", "event": "agent_created", "userId": "user_b", "messageId": "seg-msg-0001", "timestamp": TS,
-        "properties": {"agent_id": "ag-1", "framework": "langgraph"}, "context": {"groupId": "ws_b"},
+        "type": "track",
+        "event": "agent_created",
+        "userId": "user_b",
+        "messageId": "seg-msg-0001",
+        "timestamp": TS,
+        "properties": {"agent_id": "ag-1", "framework": "langgraph"},
+        "context": {"groupId": "ws_b"},
     },
     "segment_identify": {
-        "type": "identify", "userId": "user_c", "anonymousId": "anon_c", "messageId": "seg-identify-0001",
-        "timestamp": TS, "traits": {"plan": "team", "seats": 12},
+        "type": "identify",
+        "userId": "user_c",
+        "anonymousId": "anon_c",
+        "messageId": "seg-identify-0001",
+        "timestamp": TS,
+        "traits": {"plan": "team", "seats": 12},
     },
     "posthog_identify": {
-        "event": "$identify", "distinct_id": "user_d", "uuid": "0e9d8c7b-6a59-4847-9362-514030201000",
-        "timestamp": TS, "$set": {"role": "admin"}, "properties": {"$anon_distinct_id": "anon_d"},
+        "event": "$identify",
+        "distinct_id": "user_d",
+        "uuid": "0e9d8c7b-6a59-4847-9362-514030201000",
+        "timestamp": TS,
+        "$set": {"role": "admin"},
+        "properties": {"$anon_distinct_id": "anon_d"},
     },
     "ai_generation": {
-        "event": "$ai_generation", "distinct_id": "user_e", "uuid": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d", "timestamp": TS,
-        "properties": {"$ai_model": "claude-sonnet-4", "$ai_provider": "anthropic", "$ai_input_tokens": 900,
-                       "$ai_output_tokens": 250, "$ai_total_cost_usd": 0.00645, "$ai_latency": 2.5,
-                       "$ai_trace_id": "trace-e", "workspace_id": "ws_e"},
+        "event": "$ai_generation",
+        "distinct_id": "user_e",
+        "uuid": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d",
+        "timestamp": TS,
+        "properties": {
+            "$ai_model": "claude-sonnet-4",
+            "$ai_provider": "anthropic",
+            "$ai_input_tokens": 900,
+            "$ai_output_tokens": 250,
+            "$ai_total_cost_usd": 0.00645,
+            "$ai_latency": 2.5,
+            "$ai_trace_id": "trace-e",
+            "workspace_id": "ws_e",
+        },
     },
 }
 POISON_UUID = "dead0000-0000-4000-8000-000000000001"
 OVERSIZED_UUID = "b16b1600-0000-4000-8000-000000000002"  # fits PostHog, truncated for RudderStack
-WIDE_UUID = "771de000-0000-4000-8000-000000000003"  # too wide for RudderStack (no long string to cut)
+WIDE_UUID = (
+    "771de000-0000-4000-8000-000000000003"  # too wide for RudderStack (no long string to cut)
+)
 HUGE_UUID = "4a9e0000-0000-4000-8000-000000000004"  # too wide for PostHog and RudderStack
 
 
 def special_events() -> list[bytes]:
-    return [orjson.dumps(e) for e in (
-        {"event": "tool_used", "distinct_id": "user_p", "uuid": POISON_UUID, "timestamp": TS, "properties": {"tool_id": "poison"}},
-        {"event": "doc_uploaded", "distinct_id": "user_o", "uuid": OVERSIZED_UUID, "timestamp": TS,
-         "properties": {"body": "lorem ipsum " * 4000, "title": "big"}},
-        {"event": "wide_event", "distinct_id": "user_w", "uuid": WIDE_UUID, "timestamp": TS,
-         "properties": {f"k{i:05d}": i for i in range(3000)}},
-        {"event": "huge_event", "distinct_id": "user_h", "uuid": HUGE_UUID, "timestamp": TS,
-         "properties": {f"k{i:05d}": i for i in range(60000)}},
-    )]
+    return [
+        orjson.dumps(e)
+        for e in (
+            {
+                "event": "tool_used",
+                "distinct_id": "user_p",
+                "uuid": POISON_UUID,
+                "timestamp": TS,
+                "properties": {"tool_id": "poison"},
+            },
+            {
+                "event": "doc_uploaded",
+                "distinct_id": "user_o",
+                "uuid": OVERSIZED_UUID,
+                "timestamp": TS,
+                "properties": {"body": "lorem ipsum " * 4000, "title": "big"},
+            },
+            {
+                "event": "wide_event",
+                "distinct_id": "user_w",
+                "uuid": WIDE_UUID,
+                "timestamp": TS,
+                "properties": {f"k{i:05d}": i for i in range(3000)},
+            },
+            {
+                "event": "huge_event",
+                "distinct_id": "user_h",
+                "uuid": HUGE_UUID,
+                "timestamp": TS,
+                "properties": {f"k{i:05d}": i for i in range(60000)},
+            },
+        )
+    ]
 
 
-def test_every_event_reaches_both_http_sinks_through_faults_auth_loss_and_a_crash(make_pipeline, servers):
+def test_every_event_reaches_both_http_sinks_through_faults_auth_loss_and_a_crash(
+    make_pipeline, servers
+):
     ph, rs = servers
     pipeline = http_pipeline(make_pipeline, ph, rs, ETL_POSTHOG__MAX_BATCH_EVENTS="50")
     # First in the queue, so a request carrying the poison event always gets the 400.
@@ -177,7 +245,9 @@ def test_every_event_reaches_both_http_sinks_through_faults_auth_loss_and_a_cras
     rs_unique, rs_dups = counted(rs.message_ids())
     assert ph_unique == ph_expected
     assert rs_unique == rs_expected
-    print(f"\nphase A: posthog {len(ph_unique)} unique, {ph_dups} duplicates; rudderstack {len(rs_unique)} unique, {rs_dups} duplicates")
+    print(
+        f"\nphase A: posthog {len(ph_unique)} unique, {ph_dups} duplicates; rudderstack {len(rs_unique)} unique, {rs_dups} duplicates"
+    )
     for server in (ph, rs):
         statuses = [r.status for r in server.requests]
         assert {429, 503, None} <= set(statuses) and statuses.count(200) >= 2
@@ -188,15 +258,24 @@ def test_every_event_reaches_both_http_sinks_through_faults_auth_loss_and_a_cras
         ("sink:rudderstack", Reason.EVENT_TOO_LARGE_FOR_SINK, WIDE_UUID),
         ("sink:rudderstack", Reason.EVENT_TOO_LARGE_FOR_SINK, HUGE_UUID),
     }
-    (error,) = warehouse_rows(pipeline.settings.duckdb.path, "SELECT error FROM rejected_events WHERE message_id = ? AND stage = 'sink:posthog'", [POISON_UUID])[0]
+    (error,) = warehouse_rows(
+        pipeline.settings.duckdb.path,
+        "SELECT error FROM rejected_events WHERE message_id = ? AND stage = 'sink:posthog'",
+        [POISON_UUID],
+    )[0]
     assert "HTTP 400" in error
 
     ph_by_uuid, rs_by_id = ph.events_by_uuid(), rs.events_by_message_id()
     oversized = rs_by_id[OVERSIZED_UUID]
     assert oversized["properties"]["$truncated"] == ["body"]
-    assert oversized["properties"]["body"].endswith("…[truncated]") and oversized["properties"]["title"] == "big"
+    assert (
+        oversized["properties"]["body"].endswith("…[truncated]")
+        and oversized["properties"]["title"] == "big"
+    )
     assert len(orjson.dumps(oversized)) <= 32 * 1024
-    assert ph_by_uuid[OVERSIZED_UUID]["properties"]["body"] == "lorem ipsum " * 4000  # PostHog's limit is larger
+    assert (
+        ph_by_uuid[OVERSIZED_UUID]["properties"]["body"] == "lorem ipsum " * 4000
+    )  # PostHog's limit is larger
     assert rs_by_id[POISON_UUID]["properties"] == {"tool_id": "poison"}  # only PostHog refused it
     assert len(ph_by_uuid[WIDE_UUID]["properties"]) == 3000
 
@@ -209,8 +288,12 @@ def test_every_event_reaches_both_http_sinks_through_faults_auth_loss_and_a_cras
     ph.wait_for(lambda s: any(r.status == 401 for r in s.requests), timeout=30)
     rs.wait_for(lambda s: len(set(s.message_ids())) >= len(rs_expected) + 200, timeout=30)
     # The server records a request before answering it: give the worker a moment to react.
-    eventually(lambda: worker_metric(pipeline, "sink:posthog", "etl_sink_stopped", sink="posthog") == 1)
-    eventually(lambda: "sink posthog STOPPED" in pipeline.worker("sink:posthog").log_path.read_text())
+    eventually(
+        lambda: worker_metric(pipeline, "sink:posthog", "etl_sink_stopped", sink="posthog") == 1
+    )
+    eventually(
+        lambda: "sink posthog STOPPED" in pipeline.worker("sink:posthog").log_path.read_text()
+    )
     assert PH_KEY not in pipeline.worker("sink:posthog").log_path.read_text()
     # It re-probes (every ETL_DELIVERY__AUTH_RETRY_INTERVAL s) and is still refused.
     ph.wait_for(lambda s: sum(r.status == 401 for r in s.requests) >= 2, timeout=15)
@@ -248,8 +331,10 @@ def test_every_event_reaches_both_http_sinks_through_faults_auth_loss_and_a_cras
     assert ph_unique == ph_expected | b_ids | c_ids
     assert rs_unique == rs_expected | b_ids | c_ids
     assert len(sink_rejections(pipeline)) == 4
-    print(f"phase C: {partially} of {len(c_ids)} delivered before SIGKILL; totals posthog {len(ph_unique)} unique + {ph_dups} duplicates, "
-          f"rudderstack {len(rs_unique)} unique + {rs_dups} duplicates")
+    print(
+        f"phase C: {partially} of {len(c_ids)} delivered before SIGKILL; totals posthog {len(ph_unique)} unique + {ph_dups} duplicates, "
+        f"rudderstack {len(rs_unique)} unique + {rs_dups} duplicates"
+    )
 
 
 def assert_crafted_payloads(ph_by_uuid: dict[str, dict], rs_by_id: dict[str, dict]) -> None:
@@ -259,28 +344,54 @@ def assert_crafted_payloads(ph_by_uuid: dict[str, dict], rs_by_id: dict[str, dic
         return ev
 
     assert ph_event("7f1e2d3c-4b5a-4968-8776-655443322110") == {
-        "uuid": "7f1e2d3c-4b5a-4968-8776-655443322110", "event": "rag_query_triggered", "distinct_id": "user_a",
+        "uuid": "7f1e2d3c-4b5a-4968-8776-655443322110",
+        "event": "rag_query_triggered",
+        "distinct_id": "user_a",
         "timestamp": TS,
-        "properties": {"vector_db_used": "qdrant", "latency_ms": 35.0, "sources_found": 4, "$groups": {"workspace": "ws_a"}},
+        "properties": {
+            "vector_db_used": "qdrant",
+            "latency_ms": 35.0,
+            "sources_found": 4,
+            "$groups": {"workspace": "ws_a"},
+        },
     }
     seg_uuid = posthog_uuid("seg-msg-0001")
     assert ph_event(seg_uuid) == {
-        "uuid": seg_uuid, "event": "agent_created", "distinct_id": "user_b", "timestamp": TS,
-        "properties": {"agent_id": "ag-1", "framework": "langgraph", "$etl_message_id": "seg-msg-0001",
-                       "$groups": {"workspace": "ws_b"}},
+        "uuid": seg_uuid,
+        "event": "agent_created",
+        "distinct_id": "user_b",
+        "timestamp": TS,
+        "properties": {
+            "agent_id": "ag-1",
+            "framework": "langgraph",
+            "$etl_message_id": "seg-msg-0001",
+            "$groups": {"workspace": "ws_b"},
+        },
     }
     identify_uuid = posthog_uuid("seg-identify-0001")
     assert ph_event(identify_uuid) == {
-        "uuid": identify_uuid, "event": "$identify", "distinct_id": "user_c", "timestamp": TS,
-        "properties": {"$etl_message_id": "seg-identify-0001", "$set": {"plan": "team", "seats": 12},
-                       "$anon_distinct_id": "anon_c"},
+        "uuid": identify_uuid,
+        "event": "$identify",
+        "distinct_id": "user_c",
+        "timestamp": TS,
+        "properties": {
+            "$etl_message_id": "seg-identify-0001",
+            "$set": {"plan": "team", "seats": 12},
+            "$anon_distinct_id": "anon_c",
+        },
     }
     assert ph_event("0e9d8c7b-6a59-4847-9362-514030201000") == {
-        "uuid": "0e9d8c7b-6a59-4847-9362-514030201000", "event": "$identify", "distinct_id": "user_d", "timestamp": TS,
+        "uuid": "0e9d8c7b-6a59-4847-9362-514030201000",
+        "event": "$identify",
+        "distinct_id": "user_d",
+        "timestamp": TS,
         "properties": {"$anon_distinct_id": "anon_d", "$set": {"role": "admin"}},
     }
     assert ph_event("a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d") == {
-        "uuid": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d", "event": "$ai_generation", "distinct_id": "user_e", "timestamp": TS,
+        "uuid": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d",
+        "event": "$ai_generation",
+        "distinct_id": "user_e",
+        "timestamp": TS,
         "properties": {**CRAFTED["ai_generation"]["properties"], "$groups": {"workspace": "ws_e"}},
     }
 
@@ -293,30 +404,60 @@ def assert_crafted_payloads(ph_by_uuid: dict[str, dict], rs_by_id: dict[str, dic
         return ev
 
     assert rs_event("7f1e2d3c-4b5a-4968-8776-655443322110") == {
-        "messageId": "7f1e2d3c-4b5a-4968-8776-655443322110", "type": "track", "event": "rag_query_triggered",
+        "messageId": "7f1e2d3c-4b5a-4968-8776-655443322110",
+        "type": "track",
+        "event": "rag_query_triggered",
         "userId": "user_a",
-        "properties": {"vector_db_used": "qdrant", "latency_ms": 35.0, "sources_found": 4, "$groups": {"workspace": "ws_a"}},
-        "context": {"groupId": "ws_a"}, "timestamp": TS, "originalTimestamp": TS,
+        "properties": {
+            "vector_db_used": "qdrant",
+            "latency_ms": 35.0,
+            "sources_found": 4,
+            "$groups": {"workspace": "ws_a"},
+        },
+        "context": {"groupId": "ws_a"},
+        "timestamp": TS,
+        "originalTimestamp": TS,
     }
     assert rs_event("seg-msg-0001") == {
-        "messageId": "seg-msg-0001", "type": "track", "event": "agent_created", "userId": "user_b",
-        "properties": {"agent_id": "ag-1", "framework": "langgraph"}, "context": {"groupId": "ws_b"},
-        "timestamp": TS, "originalTimestamp": TS,
+        "messageId": "seg-msg-0001",
+        "type": "track",
+        "event": "agent_created",
+        "userId": "user_b",
+        "properties": {"agent_id": "ag-1", "framework": "langgraph"},
+        "context": {"groupId": "ws_b"},
+        "timestamp": TS,
+        "originalTimestamp": TS,
     }
     assert rs_event("seg-identify-0001") == {
-        "messageId": "seg-identify-0001", "type": "identify", "userId": "user_c", "anonymousId": "anon_c",
-        "traits": {"plan": "team", "seats": 12}, "context": {}, "timestamp": TS, "originalTimestamp": TS,
+        "messageId": "seg-identify-0001",
+        "type": "identify",
+        "userId": "user_c",
+        "anonymousId": "anon_c",
+        "traits": {"plan": "team", "seats": 12},
+        "context": {},
+        "timestamp": TS,
+        "originalTimestamp": TS,
     }
     assert rs_event("0e9d8c7b-6a59-4847-9362-514030201000") == {
-        "messageId": "0e9d8c7b-6a59-4847-9362-514030201000", "type": "identify", "userId": "user_d",
-        "anonymousId": "anon_d", "traits": {"role": "admin"},
+        "messageId": "0e9d8c7b-6a59-4847-9362-514030201000",
+        "type": "identify",
+        "userId": "user_d",
+        "anonymousId": "anon_d",
+        "traits": {"role": "admin"},
         "properties": {"$anon_distinct_id": "anon_d", "$set": {"role": "admin"}},
-        "context": {}, "timestamp": TS, "originalTimestamp": TS,
+        "context": {},
+        "timestamp": TS,
+        "originalTimestamp": TS,
     }
     assert rs_event("a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d") == {
-        "messageId": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d", "type": "track", "event": "$ai_generation",
-        "userId": "user_e", "properties": CRAFTED["ai_generation"]["properties"], "context": {"groupId": "ws_e"},
-        "timestamp": TS, "originalTimestamp": TS,
+        "messageId": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d",
+        "type": "track",
+        "event": "$ai_generation",
+        "userId": "user_e",
+        "properties": CRAFTED["ai_generation"]["properties"],
+        "context": {"groupId": "ws_e"},
+        "timestamp": TS,
+        "originalTimestamp": TS,
     }
 
 
@@ -344,7 +485,11 @@ class SteadyProducer(threading.Thread):
 
 
 def accepted_between(server, start: float, end: float) -> int:
-    return sum(len(r.json["batch"]) for r in server.requests if r.status == 200 and start <= r.received_at < end)
+    return sum(
+        len(r.json["batch"])
+        for r in server.requests
+        if r.status == 200 and start <= r.received_at < end
+    )
 
 
 def test_one_destination_down_does_not_hold_back_the_others(make_pipeline, servers):
@@ -374,12 +519,21 @@ def test_one_destination_down_does_not_hold_back_the_others(make_pipeline, serve
     assert producer.error is None
 
     rates = {
-        "rudderstack": (accepted_between(rs, t0, t1) / (t1 - t0), accepted_between(rs, t1, t2) / (t2 - t1)),
+        "rudderstack": (
+            accepted_between(rs, t0, t1) / (t1 - t0),
+            accepted_between(rs, t1, t2) / (t2 - t1),
+        ),
         "duckdb": ((duck1 - duck0) / (t1 - t0), (duck2 - duck1) / (t2 - t1)),
-        "posthog": (accepted_between(ph, t0, t1) / (t1 - t0), accepted_between(ph, t1, t2) / (t2 - t1)),
+        "posthog": (
+            accepted_between(ph, t0, t1) / (t1 - t0),
+            accepted_between(ph, t1, t2) / (t2 - t1),
+        ),
     }
     produced_rate = producer.per_tick / producer.tick
-    print("\nevents/s baseline -> during PostHog outage: " + ", ".join(f"{k} {a:.0f} -> {b:.0f}" for k, (a, b) in rates.items()))
+    print(
+        "\nevents/s baseline -> during PostHog outage: "
+        + ", ".join(f"{k} {a:.0f} -> {b:.0f}" for k, (a, b) in rates.items())
+    )
     for name in ("rudderstack", "duckdb"):
         baseline, during = rates[name]
         assert baseline > 0.5 * produced_rate
@@ -393,4 +547,6 @@ def test_one_destination_down_does_not_hold_back_the_others(make_pipeline, serve
     rs_unique, rs_dups = counted(rs.message_ids())
     assert ph_unique == expected and rs_unique == expected
     assert warehouse_ids(pipeline) == expected
-    print(f"after recovery: {len(expected)} events; posthog duplicates {ph_dups}, rudderstack duplicates {rs_dups}")
+    print(
+        f"after recovery: {len(expected)} events; posthog duplicates {ph_dups}, rudderstack duplicates {rs_dups}"
+    )

@@ -9,9 +9,9 @@ import pytest
 
 from etl.config import NormalizeSettings
 from mappers.errors import Reason
-from mappers.identifiers import normalize_identifier
+from mappers.identifiers import content_message_id, normalize_identifier
 from mappers.models import UnifiedEvent
-from mappers.normalize import TRUNCATION_MARKER, Normalizer, content_message_id, dumps_event
+from mappers.normalize import TRUNCATION_MARKER, Normalizer, dumps_event
 
 KAFKA_TS = 1_795_000_000_000  # 2026-11-18T11:06:40Z
 KAFKA_DT = datetime(2026, 11, 18, 11, 6, 40, tzinfo=UTC)
@@ -23,7 +23,9 @@ def run(value: bytes | str | object, **settings: object) -> tuple[list[dict], li
     if isinstance(value, str):
         value = value.encode()
     n = Normalizer(NormalizeSettings(**settings))
-    events, rejections = n.normalize(value, topic="events.raw", partition=3, offset=42, timestamp_ms=KAFKA_TS)
+    events, rejections = n.normalize(
+        value, topic="events.raw", partition=3, offset=42, timestamp_ms=KAFKA_TS
+    )
     for ev in events:  # every produced dict honours the published contract
         UnifiedEvent.model_validate(orjson.loads(dumps_event(ev)))
     return events, rejections
@@ -51,18 +53,33 @@ def test_posthog_style_event_is_normalized() -> None:
             "distinct_id": "user_1",
             "uuid": "0190a0e8-7f8a-7cc0-9c62-5b1f9b0c1d2e",
             "timestamp": "2026-11-19T09:00:00Z",
-            "properties": {"tool_id": "t1", "tool_type": "http", "status": "success", "latency_ms": 120,
-                           "$groups": {"workspace": "ws_9"}, "trace_id": "tr_1"},
+            "properties": {
+                "tool_id": "t1",
+                "tool_type": "http",
+                "status": "success",
+                "latency_ms": 120,
+                "$groups": {"workspace": "ws_9"},
+                "trace_id": "tr_1",
+            },
         }
     )
     assert ev["message_id"] == "0190a0e8-7f8a-7cc0-9c62-5b1f9b0c1d2e"
-    assert (ev["type"], ev["event"], ev["distinct_id"], ev["user_id"]) == ("track", "tool_used", "user_1", "user_1")
+    assert (ev["type"], ev["event"], ev["distinct_id"], ev["user_id"]) == (
+        "track",
+        "tool_used",
+        "user_1",
+        "user_1",
+    )
     assert ev["workspace_id"] == "ws_9"
     assert ev["trace_id"] == "tr_1"
     assert ev["timestamp"] == datetime(2026, 11, 19, 9, 0, tzinfo=UTC)
     assert ev["received_at"] == KAFKA_DT
     assert ev["properties"]["latency_ms"] == 120.0
-    assert (ev["source_topic"], ev["source_partition"], ev["source_offset"]) == ("events.raw", 3, 42)
+    assert (ev["source_topic"], ev["source_partition"], ev["source_offset"]) == (
+        "events.raw",
+        3,
+        42,
+    )
 
 
 def test_segment_style_event_is_normalized() -> None:
@@ -74,11 +91,18 @@ def test_segment_style_event_is_normalized() -> None:
             "messageId": "ajs-next-1",
             "originalTimestamp": "2026-11-19T08:00:00.000Z",
             "context": {"groupId": "ws_2", "library": {"name": "analytics.js"}},
-            "properties": {"flow_id": "f1", "tools_used": ["a", "b"], "time_ms": "1500", "success": "true"},
+            "properties": {
+                "flow_id": "f1",
+                "tools_used": ["a", "b"],
+                "time_ms": "1500",
+                "success": "true",
+            },
         }
     )
     assert ev["message_id"] == "ajs-next-1"
-    assert ev["distinct_id"] == "anon-7" and ev["anonymous_id"] == "anon-7" and ev["user_id"] is None
+    assert (
+        ev["distinct_id"] == "anon-7" and ev["anonymous_id"] == "anon-7" and ev["user_id"] is None
+    )
     assert ev["workspace_id"] == "ws_2"
     assert ev["properties"]["time_ms"] == 1500.0 and ev["properties"]["success"] is True
     assert ev["context"]["library"] == {"name": "analytics.js"}
@@ -86,26 +110,50 @@ def test_segment_style_event_is_normalized() -> None:
 
 @pytest.mark.parametrize(
     ("envelope", "key"),
-    [({"batch": [], "sent_at": "2026-11-19T09:46:41Z", "api_key": "phc_x"}, "distinct_id"),
-     ({"batch": [], "sentAt": "2026-11-19T09:46:41Z"}, "userId")],
+    [
+        ({"batch": [], "sent_at": "2026-11-19T09:46:41Z", "api_key": "phc_x"}, "distinct_id"),
+        ({"batch": [], "sentAt": "2026-11-19T09:46:41Z"}, "userId"),
+    ],
 )
 def test_batch_envelopes_keep_good_events_and_reject_bad_ones(envelope: dict, key: str) -> None:
-    good = {"event": "agent_created", key: "u1", "properties": {"agent_id": "a1", "framework": "crewai"}}
+    good = {
+        "event": "agent_created",
+        key: "u1",
+        "properties": {"agent_id": "a1", "framework": "crewai"},
+    }
     if key == "userId":
         good["type"] = "track"
-    envelope["batch"] = [good, {**good, "properties": {"agent_id": "a2"}}, "oops", {"event": "agent_created"}]
+    envelope["batch"] = [
+        good,
+        {**good, "properties": {"agent_id": "a2"}},
+        "oops",
+        {"event": "agent_created"},
+    ]
     events, rejections = run(envelope)
     assert [e["properties"]["agent_id"] for e in events] == ["a1", "a2"]
-    assert [(r.reason, r.batch_index) for r in rejections] == [(Reason.NOT_AN_OBJECT, 2), (Reason.MISSING_IDENTITY, 3)]
+    assert [(r.reason, r.batch_index) for r in rejections] == [
+        (Reason.NOT_AN_OBJECT, 2),
+        (Reason.MISSING_IDENTITY, 3),
+    ]
     assert orjson.loads(rejections[1].raw) == {"event": "agent_created"}
     assert all(e["sent_at"] == datetime(2026, 11, 19, 9, 46, 41, tzinfo=UTC) for e in events)
 
 
 def test_identify_page_group_and_alias_calls() -> None:
-    ident = one({"type": "identify", "userId": "u1", "traits": {"plan": "team"}, "messageId": "m-i"})
-    assert (ident["type"], ident["event"], ident["context"]["traits"]) == ("identify", "$identify", {"plan": "team"})
+    ident = one(
+        {"type": "identify", "userId": "u1", "traits": {"plan": "team"}, "messageId": "m-i"}
+    )
+    assert (ident["type"], ident["event"], ident["context"]["traits"]) == (
+        "identify",
+        "$identify",
+        {"plan": "team"},
+    )
     ph = one({"event": "$identify", "distinct_id": "u2", "$set": {"plan": "free"}})
-    assert (ph["type"], ph["properties"]["$set"], ph["context"]["traits"]) == ("identify", {"plan": "free"}, {"plan": "free"})
+    assert (ph["type"], ph["properties"]["$set"], ph["context"]["traits"]) == (
+        "identify",
+        {"plan": "free"},
+        {"plan": "free"},
+    )
     page = one({"type": "page", "name": "/flows", "userId": "u1", "messageId": "m-p"})
     assert (page["event"], page["properties"]["name"]) == ("$pageview", "/flows")
     group = one({"type": "group", "groupId": "ws_5", "userId": "u1", "messageId": "m-g"})
@@ -115,17 +163,44 @@ def test_identify_page_group_and_alias_calls() -> None:
 
 
 def test_unknown_events_and_properties_are_kept() -> None:
-    ev = one({"event": "template_viewed", "distinct_id": "u", "properties": {"anything": {"nested": [1, 2]}, "x": None}})
-    assert ev["event"] == "template_viewed" and ev["properties"] == {"anything": {"nested": [1, 2]}, "x": None}
-    typed = one({"event": "tool_used", "distinct_id": "u", "properties": {"latency_ms": 3, "extra_key": "kept"}})
+    ev = one(
+        {
+            "event": "template_viewed",
+            "distinct_id": "u",
+            "properties": {"anything": {"nested": [1, 2]}, "x": None},
+        }
+    )
+    assert ev["event"] == "template_viewed" and ev["properties"] == {
+        "anything": {"nested": [1, 2]},
+        "x": None,
+    }
+    typed = one(
+        {
+            "event": "tool_used",
+            "distinct_id": "u",
+            "properties": {"latency_ms": 3, "extra_key": "kept"},
+        }
+    )
     assert typed["properties"]["extra_key"] == "kept"
 
 
 # ----------------------------------------------------------------- message id
 def test_message_id_is_a_stable_content_hash_without_source_id() -> None:
-    raw = {"event": "tool_used", "distinct_id": "u", "timestamp": "2026-11-19T09:00:00Z", "properties": {"b": 1, "a": 2}}
+    raw = {
+        "event": "tool_used",
+        "distinct_id": "u",
+        "timestamp": "2026-11-19T09:00:00Z",
+        "properties": {"b": 1, "a": 2},
+    }
     first = one(raw)["message_id"]
-    reordered = one({"properties": {"a": 2, "b": 1}, "timestamp": "2026-11-19T09:00:00Z", "distinct_id": "u", "event": "tool_used"})
+    reordered = one(
+        {
+            "properties": {"a": 2, "b": 1},
+            "timestamp": "2026-11-19T09:00:00Z",
+            "distinct_id": "u",
+            "event": "tool_used",
+        }
+    )
     resent = one({**raw, "sent_at": "2026-11-19T09:30:00Z"})  # a client retry, sent later
     assert first == reordered["message_id"] == resent["message_id"] == content_message_id(raw)
     assert len(first) == 36 and first[14] == "5"  # UUID form, so PostHog accepts it as uuid
@@ -133,15 +208,28 @@ def test_message_id_is_a_stable_content_hash_without_source_id() -> None:
 
 
 def test_source_ids_are_kept_exactly() -> None:
-    assert one({"event": "e", "distinct_id": "u", "uuid": "Not-A-UUID  "})["message_id"] == "Not-A-UUID  "
-    assert one({"type": "track", "event": "e", "userId": "u", "messageId": 12345})["message_id"] == "12345"
+    assert (
+        one({"event": "e", "distinct_id": "u", "uuid": "Not-A-UUID  "})["message_id"]
+        == "Not-A-UUID  "
+    )
+    assert (
+        one({"type": "track", "event": "e", "userId": "u", "messageId": 12345})["message_id"]
+        == "12345"
+    )
 
 
 # ----------------------------------------------------------------- timestamps
 def test_client_clock_skew_is_corrected_like_segment() -> None:
     # The client's clock runs 1 h behind; it sent the event 2 s after creating it.
-    ev = one({"type": "track", "event": "e", "userId": "u", "originalTimestamp": "2026-11-19T08:46:36Z",
-              "sentAt": "2026-11-19T08:46:38Z"})
+    ev = one(
+        {
+            "type": "track",
+            "event": "e",
+            "userId": "u",
+            "originalTimestamp": "2026-11-19T08:46:36Z",
+            "sentAt": "2026-11-19T08:46:38Z",
+        }
+    )
     assert ev["timestamp"] == datetime(2026, 11, 18, 11, 6, 38, tzinfo=UTC)  # received_at - 2 s
     assert ev["original_timestamp"] == datetime(2026, 11, 19, 8, 46, 36, tzinfo=UTC)
     assert ev["sent_at"] == datetime(2026, 11, 19, 8, 46, 38, tzinfo=UTC)
@@ -149,10 +237,16 @@ def test_client_clock_skew_is_corrected_like_segment() -> None:
 
 
 def test_timestamp_forms() -> None:
-    assert one({"event": "e", "distinct_id": "u", "timestamp": "2026-11-19T10:00:00+01:00"})["timestamp"] == datetime(2026, 11, 19, 9, tzinfo=UTC)
+    assert one({"event": "e", "distinct_id": "u", "timestamp": "2026-11-19T10:00:00+01:00"})[
+        "timestamp"
+    ] == datetime(2026, 11, 19, 9, tzinfo=UTC)
     assert one({"event": "e", "distinct_id": "u", "timestamp": 1795000000})["timestamp"] == KAFKA_DT
-    assert one({"event": "e", "distinct_id": "u", "timestamp": 1795000000000})["timestamp"] == KAFKA_DT
-    assert one({"event": "e", "distinct_id": "u", "offset": 1000})["timestamp"] == datetime(2026, 11, 18, 11, 6, 39, tzinfo=UTC)
+    assert (
+        one({"event": "e", "distinct_id": "u", "timestamp": 1795000000000})["timestamp"] == KAFKA_DT
+    )
+    assert one({"event": "e", "distinct_id": "u", "offset": 1000})["timestamp"] == datetime(
+        2026, 11, 18, 11, 6, 39, tzinfo=UTC
+    )
     no_time = one({"event": "e", "distinct_id": "u"})
     assert no_time["timestamp"] == KAFKA_DT and no_time["original_timestamp"] is None
 
@@ -167,36 +261,102 @@ def test_timestamp_forms() -> None:
         (b"[1, 2]", Reason.NOT_AN_OBJECT, None),
         (b"42", Reason.NOT_AN_OBJECT, None),
         (b'"just a string"', Reason.NOT_AN_OBJECT, None),
-        (b'{"event": "tool_used", "distinct_id": "u", "properties": {"a": 1', Reason.INVALID_JSON, None),
+        (
+            b'{"event": "tool_used", "distinct_id": "u", "properties": {"a": 1',
+            Reason.INVALID_JSON,
+            None,
+        ),
         (b'{"type": "track", "userId": "u"}', Reason.MISSING_EVENT_NAME, "event"),
         (b'{"event": "", "distinct_id": "u"}', Reason.MISSING_EVENT_NAME, "event"),
         (b'{"event": 17, "distinct_id": "u"}', Reason.INVALID_EVENT_NAME, "event"),
         (b'{"event": ["a"], "distinct_id": "u"}', Reason.INVALID_EVENT_NAME, "event"),
-        (b'{"event": "tool_used", "distinct_id": "u", "properties": {"latency_ms": "fast"}}', Reason.INVALID_PROPERTY, "properties.latency_ms"),
-        (b'{"event": "flow_executed", "distinct_id": "u", "properties": {"success": "maybe"}}', Reason.INVALID_PROPERTY, "properties.success"),
-        (b'{"event": "flow_executed", "distinct_id": "u", "properties": {"tools_used": "a,b"}}', Reason.INVALID_PROPERTY, "properties.tools_used"),
-        (b'{"event": "prompt_blocked", "distinct_id": "u", "properties": {"match_score": 1.5}}', Reason.OUT_OF_RANGE, "properties.match_score"),
-        (b'{"event": "prompt_blocked", "distinct_id": "u", "properties": {"match_score": -0.1}}', Reason.OUT_OF_RANGE, "properties.match_score"),
-        (b'{"event": "rag_query_triggered", "distinct_id": "u", "properties": {"sources_found": -1}}', Reason.OUT_OF_RANGE, "properties.sources_found"),
-        (b'{"event": "$ai_generation", "distinct_id": "u", "properties": {"$ai_input_tokens": -5}}', Reason.OUT_OF_RANGE, "properties.$ai_input_tokens"),
-        (b'{"event": "$ai_generation", "distinct_id": "u", "properties": {"$ai_total_cost_usd": "Infinity"}}', Reason.INVALID_PROPERTY, "properties.$ai_total_cost_usd"),
-        (b'{"event": "e", "distinct_id": "u", "timestamp": "yesterday"}', Reason.INVALID_TIMESTAMP, "timestamp"),
-        (b'{"event": "e", "distinct_id": "u", "timestamp": "2026-13-45T99:00:00Z"}', Reason.INVALID_TIMESTAMP, "timestamp"),
-        (b'{"event": "e", "distinct_id": "u", "timestamp": true}', Reason.INVALID_TIMESTAMP, "timestamp"),
-        (b'{"type": "track", "event": "e", "userId": "u", "sentAt": "soon"}', Reason.INVALID_TIMESTAMP, "sentAt"),
+        (
+            b'{"event": "tool_used", "distinct_id": "u", "properties": {"latency_ms": "fast"}}',
+            Reason.INVALID_PROPERTY,
+            "properties.latency_ms",
+        ),
+        (
+            b'{"event": "flow_executed", "distinct_id": "u", "properties": {"success": "maybe"}}',
+            Reason.INVALID_PROPERTY,
+            "properties.success",
+        ),
+        (
+            b'{"event": "flow_executed", "distinct_id": "u", "properties": {"tools_used": "a,b"}}',
+            Reason.INVALID_PROPERTY,
+            "properties.tools_used",
+        ),
+        (
+            b'{"event": "prompt_blocked", "distinct_id": "u", "properties": {"match_score": 1.5}}',
+            Reason.OUT_OF_RANGE,
+            "properties.match_score",
+        ),
+        (
+            b'{"event": "prompt_blocked", "distinct_id": "u", "properties": {"match_score": -0.1}}',
+            Reason.OUT_OF_RANGE,
+            "properties.match_score",
+        ),
+        (
+            b'{"event": "rag_query_triggered", "distinct_id": "u", "properties": {"sources_found": -1}}',
+            Reason.OUT_OF_RANGE,
+            "properties.sources_found",
+        ),
+        (
+            b'{"event": "$ai_generation", "distinct_id": "u", "properties": {"$ai_input_tokens": -5}}',
+            Reason.OUT_OF_RANGE,
+            "properties.$ai_input_tokens",
+        ),
+        (
+            b'{"event": "$ai_generation", "distinct_id": "u", "properties": {"$ai_total_cost_usd": "Infinity"}}',
+            Reason.INVALID_PROPERTY,
+            "properties.$ai_total_cost_usd",
+        ),
+        (
+            b'{"event": "e", "distinct_id": "u", "timestamp": "yesterday"}',
+            Reason.INVALID_TIMESTAMP,
+            "timestamp",
+        ),
+        (
+            b'{"event": "e", "distinct_id": "u", "timestamp": "2026-13-45T99:00:00Z"}',
+            Reason.INVALID_TIMESTAMP,
+            "timestamp",
+        ),
+        (
+            b'{"event": "e", "distinct_id": "u", "timestamp": true}',
+            Reason.INVALID_TIMESTAMP,
+            "timestamp",
+        ),
+        (
+            b'{"type": "track", "event": "e", "userId": "u", "sentAt": "soon"}',
+            Reason.INVALID_TIMESTAMP,
+            "sentAt",
+        ),
         (b'{"event": "e"}', Reason.MISSING_IDENTITY, "distinct_id"),
         (b'{"event": "e", "distinct_id": ""}', Reason.MISSING_IDENTITY, "distinct_id"),
         (b'{"type": "track", "event": "e"}', Reason.MISSING_IDENTITY, "userId"),
-        (b'{"type": "track", "event": "e", "userId": null, "anonymousId": "  "}', Reason.MISSING_IDENTITY, "userId"),
+        (
+            b'{"type": "track", "event": "e", "userId": null, "anonymousId": "  "}',
+            Reason.MISSING_IDENTITY,
+            "userId",
+        ),
         (b'{"event": "e", "distinct_id": {"id": 1}}', Reason.INVALID_IDENTITY, "distinct_id"),
         (b'{"type": "launch", "event": "e", "userId": "u"}', Reason.INVALID_TYPE, "type"),
-        (b'{"event": "e", "distinct_id": "u", "properties": [1, 2]}', Reason.INVALID_FIELD, "properties"),
+        (
+            b'{"event": "e", "distinct_id": "u", "properties": [1, 2]}',
+            Reason.INVALID_FIELD,
+            "properties",
+        ),
         (b'{"batch": "nope"}', Reason.INVALID_BATCH, "batch"),
         (b'{"batch": []}', Reason.INVALID_BATCH, "batch"),
-        (b'{"event": "e", "distinct_id": "u", "uuid": {"x": 1}}', Reason.INVALID_MESSAGE_ID, "messageId"),
+        (
+            b'{"event": "e", "distinct_id": "u", "uuid": {"x": 1}}',
+            Reason.INVALID_MESSAGE_ID,
+            "messageId",
+        ),
     ],
 )
-def test_bad_input_is_rejected_with_a_specific_reason(raw: bytes, reason: str, field: str | None) -> None:
+def test_bad_input_is_rejected_with_a_specific_reason(
+    raw: bytes, reason: str, field: str | None
+) -> None:
     r = rejected(raw)
     assert (r.reason, r.field) == (reason, field)
     assert r.error  # a sentence an operator can act on
@@ -206,7 +366,13 @@ def test_bad_input_is_rejected_with_a_specific_reason(raw: bytes, reason: str, f
 def test_error_names_field_and_value_but_never_sensitive_text() -> None:
     r = rejected({"event": "tool_used", "distinct_id": "u", "properties": {"latency_ms": "fast"}})
     assert "properties.latency_ms" in r.error and "'fast'" in r.error
-    secret = rejected({"event": "prompt_blocked", "distinct_id": "u", "properties": {"prompt_preview": {"text": "my password is hunter2"}}})
+    secret = rejected(
+        {
+            "event": "prompt_blocked",
+            "distinct_id": "u",
+            "properties": {"prompt_preview": {"text": "my password is hunter2"}},
+        }
+    )
     assert secret.field == "properties.prompt_preview" and "hunter2" not in secret.error
 
 
@@ -232,7 +398,9 @@ def test_deep_nesting_is_rejected_with_its_own_reason() -> None:
 
 
 def test_nul_characters_are_stripped_and_marked() -> None:
-    ev = one('{"event": "tool_used\\u0000", "distinct_id": "u\\u0000", "properties": {"k\\u0000ey": "va\\u0000lue"}}')
+    ev = one(
+        '{"event": "tool_used\\u0000", "distinct_id": "u\\u0000", "properties": {"k\\u0000ey": "va\\u0000lue"}}'
+    )
     assert ev["event"] == "tool_used" and ev["distinct_id"] == "u"
     assert ev["properties"] == {"key": "value"}
     assert ev["context"]["etl"]["sanitised"] is True
@@ -245,29 +413,54 @@ def test_non_utf8_bytes_land_with_replacement_characters() -> None:
 
 
 def test_oversized_strings_are_truncated_with_a_marker() -> None:
-    ev = one({"event": "e", "distinct_id": "u", "properties": {"long": "y" * 70_000, "short": "ok"}})
+    ev = one(
+        {"event": "e", "distinct_id": "u", "properties": {"long": "y" * 70_000, "short": "ok"}}
+    )
     assert ev["properties"]["long"] == "y" * 65536 + TRUNCATION_MARKER
     assert ev["properties"]["short"] == "ok"
     assert ev["context"]["etl"]["truncated"] == ["properties.long"]
 
 
 def test_hostile_keys_and_unicode_values_are_kept_in_properties() -> None:
-    props = {"select": 1, "my key": 2, "a.b": 3, 'quo"te': 4, "emoji 🚀": "✨ naïve 日本語", "DROP TABLE events;--": 5}
+    props = {
+        "select": 1,
+        "my key": 2,
+        "a.b": 3,
+        'quo"te': 4,
+        "emoji 🚀": "✨ naïve 日本語",
+        "DROP TABLE events;--": 5,
+    }
     ev = one({"event": "template_viewed", "distinct_id": "ユーザー🙂", "properties": props})
     assert ev["properties"] == props
     assert ev["distinct_id"] == "ユーザー🙂"
 
 
 def test_safe_coercions() -> None:
-    ev = one({"event": "$ai_generation", "distinct_id": 12345,
-              "properties": {"$ai_input_tokens": "12", "$ai_output_tokens": 7.0, "$ai_input_cost_usd": "0.5",
-                             "$ai_output_cost_usd": 0.25, "$ai_http_status": "200", "$ai_model": 4}})
+    ev = one(
+        {
+            "event": "$ai_generation",
+            "distinct_id": 12345,
+            "properties": {
+                "$ai_input_tokens": "12",
+                "$ai_output_tokens": 7.0,
+                "$ai_input_cost_usd": "0.5",
+                "$ai_output_cost_usd": 0.25,
+                "$ai_http_status": "200",
+                "$ai_model": 4,
+            },
+        }
+    )
     p = ev["properties"]
     assert ev["distinct_id"] == "12345"
     assert (p["$ai_input_tokens"], p["$ai_output_tokens"], p["$ai_http_status"]) == (12, 7, 200)
     assert p["$ai_model"] == "4"
     assert p["$ai_total_cost_usd"] == pytest.approx(0.75)  # derived when only the parts are sent
-    assert rejected({"event": "$ai_generation", "distinct_id": "u", "properties": {"$ai_input_tokens": 1.5}}).reason == Reason.INVALID_PROPERTY
+    assert (
+        rejected(
+            {"event": "$ai_generation", "distinct_id": "u", "properties": {"$ai_input_tokens": 1.5}}
+        ).reason
+        == Reason.INVALID_PROPERTY
+    )
 
 
 # ---------------------------------------------------------------- identifiers
@@ -302,4 +495,6 @@ def test_long_identifiers_are_cut_with_a_hash() -> None:
     assert len(ca) == len(cb) == 255 and ca != cb
     assert all(c.isalnum() or c == "_" for c in ca)
     assert len(normalize_identifier(a, 300)) == 300
-    assert normalize_identifier("🚀🚀") == normalize_identifier("🚀🚀") and normalize_identifier("🚀🚀").startswith("_")
+    assert normalize_identifier("🚀🚀") == normalize_identifier("🚀🚀") and normalize_identifier(
+        "🚀🚀"
+    ).startswith("_")

@@ -388,7 +388,11 @@ def test_stop_is_prompt_with_idle_keepalive_and_slow_request():
 
     def slow_call():
         try:
-            requests.post(server.url + "/batch/", json={"api_key": PROJECT_KEY, "batch": [make_event()]}, timeout=10)
+            requests.post(
+                server.url + "/batch/",
+                json={"api_key": PROJECT_KEY, "batch": [make_event()]},
+                timeout=10,
+            )
             outcome.append("answered")
         except requests.exceptions.ConnectionError:
             outcome.append("dropped")
@@ -425,8 +429,13 @@ GROUP_FLAG = {
         "groups": [
             {
                 "properties": [
-                    {"key": "$group_key", "type": "group", "value": ["ws_a"],
-                     "operator": "exact", "group_type_index": 0}
+                    {
+                        "key": "$group_key",
+                        "type": "group",
+                        "value": ["ws_a"],
+                        "operator": "exact",
+                        "group_type_index": 0,
+                    }
                 ],
                 "rollout_percentage": 100,
             }
@@ -446,9 +455,13 @@ MULTIVARIATE_FLAG = {
     "active": True,
     "filters": {
         "groups": [
-            {"properties": [{"key": "email", "type": "person", "value": "vip@acme.com",
-                             "operator": "exact"}],
-             "rollout_percentage": 100, "variant": "wide"},
+            {
+                "properties": [
+                    {"key": "email", "type": "person", "value": "vip@acme.com", "operator": "exact"}
+                ],
+                "rollout_percentage": 100,
+                "variant": "wide",
+            },
             {"properties": [], "rollout_percentage": 100},
         ],
         "multivariate": {"variants": [{"key": k, "rollout_percentage": p} for k, p in VARIANTS]},
@@ -486,7 +499,9 @@ def test_flag_definitions_auth_body_and_etag(ph):
     assert changed.etag != first.etag
 
     legacy = posthog_get(
-        PERSONAL_KEY, f"/api/feature_flag/local_evaluation/?token={PROJECT_KEY}&send_cohorts", host=ph.url
+        PERSONAL_KEY,
+        f"/api/feature_flag/local_evaluation/?token={PROJECT_KEY}&send_cohorts",
+        host=ph.url,
     )
     assert legacy.data == changed.data
 
@@ -509,22 +524,36 @@ def test_local_evaluation_group_flag_per_workspace(ph, ph_client):
     ph.set_flags(ALL_FLAGS, group_type_mapping=GROUP_TYPES)
     ph_client.load_feature_flags()
 
-    assert ph_client.feature_enabled("workspace-beta", "user_1", groups={"workspace": "ws_a"}) is True
-    assert ph_client.feature_enabled("workspace-beta", "user_1", groups={"workspace": "ws_b"}) is False
-    assert ph_client.get_feature_flag("workspace-beta", "user_2", groups={"workspace": "ws_a"}) is True
+    assert (
+        ph_client.feature_enabled("workspace-beta", "user_1", groups={"workspace": "ws_a"}) is True
+    )
+    assert (
+        ph_client.feature_enabled("workspace-beta", "user_1", groups={"workspace": "ws_b"}) is False
+    )
+    assert (
+        ph_client.get_feature_flag("workspace-beta", "user_2", groups={"workspace": "ws_a"}) is True
+    )
     assert ph_client.feature_enabled("workspace-beta", "user_3") is False  # no group given
 
     # Decided locally: one definitions fetch, no /flags call.
     assert [r.path for r in ph.requests if r.path != "/batch/"] == ["/flags/definitions"]
     called = {
-        (e["distinct_id"], e["properties"]["$feature_flag_response"], e["properties"]["locally_evaluated"])
+        (
+            e["distinct_id"],
+            e["properties"]["$feature_flag_response"],
+            e["properties"]["locally_evaluated"],
+        )
         for e in ph.events
         if e["event"] == "$feature_flag_called"
     }
     assert {("user_1", True, True), ("user_1", False, True), ("user_2", True, True)} <= called
     # The server's own evaluation agrees.
-    assert ph.evaluate_flag("workspace-beta", "user_1", groups={"workspace": "ws_a"}).enabled is True
-    assert ph.evaluate_flag("workspace-beta", "user_1", groups={"workspace": "ws_b"}).enabled is False
+    assert (
+        ph.evaluate_flag("workspace-beta", "user_1", groups={"workspace": "ws_a"}).enabled is True
+    )
+    assert (
+        ph.evaluate_flag("workspace-beta", "user_1", groups={"workspace": "ws_b"}).enabled is False
+    )
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -554,16 +583,22 @@ def test_multivariate_variant_and_override(ph, ph_client):
     assert set(expected.values()) == {"control", "compact", "wide"}
 
     local = {
-        i: ph_client.get_feature_flag("checkout-layout", i, send_feature_flag_events=False) for i in ids
+        i: ph_client.get_feature_flag("checkout-layout", i, send_feature_flag_events=False)
+        for i in ids
     }
     assert local == expected
     assert {i: ph.evaluate_flag("checkout-layout", i).variant for i in ids} == expected
 
     control_user = next(i for i in ids if expected[i] == "control")
-    assert ph_client.get_feature_flag(
-        "checkout-layout", control_user, person_properties={"email": "VIP@acme.com"},
-        send_feature_flag_events=False,
-    ) == "wide"
+    assert (
+        ph_client.get_feature_flag(
+            "checkout-layout",
+            control_user,
+            person_properties={"email": "VIP@acme.com"},
+            send_feature_flag_events=False,
+        )
+        == "wide"
+    )
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -598,7 +633,8 @@ def _post_flags(ph, version, **body):
 def test_flags_endpoint_response_shapes(ph):
     ph.set_flags([GROUP_FLAG, MULTIVARIATE_FLAG], group_type_mapping=GROUP_TYPES)
     compact_user = next(
-        f"user_{i}" for i in range(100)
+        f"user_{i}"
+        for i in range(100)
         if expected_variant("checkout-layout", f"user_{i}", VARIANTS) == "compact"
     )
     request = {"distinct_id": compact_user, "groups": {"workspace": "ws_b"}}
@@ -609,19 +645,41 @@ def test_flags_endpoint_response_shapes(ph):
         "errorsWhileComputingFlags": False,
         "flags": {
             "workspace-beta": {
-                "key": "workspace-beta", "enabled": False, "variant": None, "value": False,
-                "reason": {"code": "no_condition_match", "condition_index": None,
-                           "description": "No matching condition set"},
-                "metadata": {"id": 1, "version": None, "description": "Beta for chosen workspaces",
-                             "payload": None, "config_version": 1},
+                "key": "workspace-beta",
+                "enabled": False,
+                "variant": None,
+                "value": False,
+                "reason": {
+                    "code": "no_condition_match",
+                    "condition_index": None,
+                    "description": "No matching condition set",
+                },
+                "metadata": {
+                    "id": 1,
+                    "version": None,
+                    "description": "Beta for chosen workspaces",
+                    "payload": None,
+                    "config_version": 1,
+                },
             },
             "checkout-layout": {
-                "key": "checkout-layout", "enabled": True, "variant": "compact", "value": "compact",
-                "reason": {"code": "condition_match", "condition_index": 1,
-                           "description": "Matched condition set 2"},
-                "metadata": {"id": 3, "version": None, "description": None,
-                             "payload": '{"columns": 1}', "config_version": 1,
-                             "variant_key": "compact"},
+                "key": "checkout-layout",
+                "enabled": True,
+                "variant": "compact",
+                "value": "compact",
+                "reason": {
+                    "code": "condition_match",
+                    "condition_index": 1,
+                    "description": "Matched condition set 2",
+                },
+                "metadata": {
+                    "id": 3,
+                    "version": None,
+                    "description": None,
+                    "payload": '{"columns": 1}',
+                    "config_version": 1,
+                    "variant_key": "compact",
+                },
             },
         },
     }
@@ -629,9 +687,14 @@ def test_flags_endpoint_response_shapes(ph):
     status, v2 = _post_flags(ph, 2, **request)
     assert status == 200
     assert v2["flags"]["checkout-layout"] == {
-        "key": "checkout-layout", "enabled": True, "variant": "compact",
-        "reason": {"code": "condition_match", "condition_index": 1,
-                   "description": "Matched condition set 2"},
+        "key": "checkout-layout",
+        "enabled": True,
+        "variant": "compact",
+        "reason": {
+            "code": "condition_match",
+            "condition_index": 1,
+            "description": "Matched condition set 2",
+        },
         "metadata": {"id": 3, "version": None, "description": None, "payload": '{"columns": 1}'},
     }
 
@@ -643,7 +706,9 @@ def test_flags_endpoint_response_shapes(ph):
         "featureFlagPayloads": {"checkout-layout": '{"columns": 1}'},
     }
 
-    res = requests.post(ph.url + "/flags/?v=4", json={"api_key": "phc_wrong", "distinct_id": "x"}, timeout=5)
+    res = requests.post(
+        ph.url + "/flags/?v=4", json={"api_key": "phc_wrong", "distinct_id": "x"}, timeout=5
+    )
     assert res.status_code == 401
     assert res.json()["detail"].startswith("Project API key invalid")
 
@@ -657,10 +722,16 @@ def test_definitions_fault_then_recovery_and_304(ph, ph_client):
     assert ph_client.feature_flags is None  # nothing published after the 500
 
     # The SDK refetches lazily when definitions are missing.
-    assert ph_client.feature_enabled(
-        "workspace-beta", "user_1", groups={"workspace": "ws_a"},
-        only_evaluate_locally=True, send_feature_flag_events=False,
-    ) is True
+    assert (
+        ph_client.feature_enabled(
+            "workspace-beta",
+            "user_1",
+            groups={"workspace": "ws_a"},
+            only_evaluate_locally=True,
+            send_feature_flag_events=False,
+        )
+        is True
+    )
     ph_client.load_feature_flags()  # unchanged definitions: 304
 
     defs = ph.requests_to("/flags/definitions")
@@ -711,10 +782,18 @@ def test_rudder_auth_failures(rudder):
 @pytest.mark.parametrize("delta,status", [(-1, 200), (0, 200), (1, 413)])
 def test_rudder_per_event_size_limit(rudder, delta, status):
     assert rudder.max_event_bytes == 32 * 1024
-    event = {"type": "track", "event": "big", "userId": "u1", "messageId": "m-big", "properties": {"blob": ""}}
+    event = {
+        "type": "track",
+        "event": "big",
+        "userId": "u1",
+        "messageId": "m-big",
+        "properties": {"blob": ""},
+    }
     event["properties"]["blob"] = "x" * (rudder.max_event_bytes + delta - compact_size(event))
 
-    res = requests.post(rudder.url + "/v1/batch", json={"batch": [event]}, auth=(WRITE_KEY, ""), timeout=5)
+    res = requests.post(
+        rudder.url + "/v1/batch", json={"batch": [event]}, auth=(WRITE_KEY, ""), timeout=5
+    )
 
     assert res.status_code == status
     assert res.text == ("OK" if status == 200 else "Request size exceeds max limit")
@@ -724,13 +803,18 @@ def test_rudder_per_event_size_limit(rudder, delta, status):
 def test_rudder_request_size_limit_after_gunzip(rudder):
     assert rudder.max_request_bytes == 4000 * 1024
     rudder.max_request_bytes = 2048
-    batch = [{"type": "track", "event": "e", "userId": "u1", "messageId": f"m-{i}"} for i in range(40)]
+    batch = [
+        {"type": "track", "event": "e", "userId": "u1", "messageId": f"m-{i}"} for i in range(40)
+    ]
     body = json.dumps({"batch": batch}).encode()
     assert len(body) > 2048
 
     res = requests.post(
-        rudder.url + "/v1/batch", data=gzip.compress(body), auth=(WRITE_KEY, ""),
-        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}, timeout=5,
+        rudder.url + "/v1/batch",
+        data=gzip.compress(body),
+        auth=(WRITE_KEY, ""),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        timeout=5,
     )
 
     assert (res.status_code, res.text) == (413, "Request size exceeds max limit")
@@ -745,7 +829,9 @@ def test_rudder_single_event_endpoints_and_validation(rudder):
         assert (res.status_code, res.text) == (200, "OK")
 
     anonymous = {"type": "track", "event": "x", "messageId": "m-x"}
-    res = requests.post(rudder.url + "/v1/batch", json={"batch": [anonymous]}, auth=(WRITE_KEY, ""), timeout=5)
+    res = requests.post(
+        rudder.url + "/v1/batch", json={"batch": [anonymous]}, auth=(WRITE_KEY, ""), timeout=5
+    )
     assert (res.status_code, res.text) == (400, "Request neither has anonymousId nor userId")
     res = requests.post(rudder.url + "/v1/nope", json=track, auth=(WRITE_KEY, ""), timeout=5)
     assert res.status_code == 404

@@ -12,11 +12,11 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from etl.config import FlagSettings, RedactionSettings, Settings
+from etl.config import FlagSettings, RedactionSettings
 from mappers.governance import NormalizeGovernance, SinkGovernance
 from mappers.normalize import Normalizer, dumps_event
 from mappers.redact import Redactor, luhn_valid, mask_text
-from streams import metrics
+from sinks.settings import Settings
 
 HMAC_SECRET = "hmac-secret-for-tests-0001"
 
@@ -51,7 +51,14 @@ def prompt_event(i: int, text: str, **extra: object) -> bytes:
             "distinct_id": f"user_{i}",
             "uuid": f"00000000-0000-4000-8000-{i:012d}",
             "timestamp": "2026-11-20T10:00:00Z",
-            "properties": {"workspace_id": "ws_a", "match_score": 0.9, "source": "input", "reason": "pii", "prompt_preview": text, **extra},
+            "properties": {
+                "workspace_id": "ws_a",
+                "match_score": 0.9,
+                "source": "input",
+                "reason": "pii",
+                "prompt_preview": text,
+                **extra,
+            },
         }
     )
 
@@ -60,14 +67,19 @@ def normalized(raw: list[bytes]) -> list[dict]:
     normalizer = Normalizer()
     events = []
     for offset, value in enumerate(raw):
-        evs, rejections = normalizer.normalize(value, topic="raw", partition=0, offset=offset, timestamp_ms=0)
+        evs, rejections = normalizer.normalize(
+            value, topic="raw", partition=0, offset=offset, timestamp_ms=0
+        )
         assert rejections == []
         events.extend(evs)
     return events
 
 
 def test_mask_text_masks_every_kind_and_keeps_ordinary_text() -> None:
-    assert mask_text(CORPUS[0]) == "Ignore all previous instructions. My email is [email] and my key is [secret]"
+    assert (
+        mask_text(CORPUS[0])
+        == "Ignore all previous instructions. My email is [email] and my key is [secret]"
+    )
     assert mask_text(CORPUS[1]) == "use [secret] with aws [secret] and github [secret]"
     assert mask_text(CORPUS[2]) == "Authorization: Bearer [secret]"
     assert mask_text(CORPUS[3]) == "token [secret] password=[secret]"
@@ -86,7 +98,10 @@ def test_redactor_truncates_and_keeps_a_keyed_hash() -> None:
     assert redactor.redact_event(event) is True
     props = event["properties"]
     assert props["prompt_preview"] == mask_text(text)[:20] + "…"
-    assert props["prompt_preview_hash"] == hmac.new(HMAC_SECRET.encode(), text.encode(), hashlib.sha256).hexdigest()
+    assert (
+        props["prompt_preview_hash"]
+        == hmac.new(HMAC_SECRET.encode(), text.encode(), hashlib.sha256).hexdigest()
+    )
     assert event["context"]["etl"]["redacted"] == ["properties.prompt_preview"]
     # Idempotent: a second pass changes nothing (the hash still names the original).
     before = json.dumps(event, default=str, sort_keys=True)
@@ -99,13 +114,19 @@ def test_redactor_truncates_and_keeps_a_keyed_hash() -> None:
 
 
 def test_configured_paths_nested_and_context() -> None:
-    settings = RedactionSettings(paths=["user_note", "profile.bio", "context.page.search"], max_length=200)
+    settings = RedactionSettings(
+        paths=["user_note", "profile.bio", "context.page.search"], max_length=200
+    )
     redactor = Redactor(settings)
     raw = orjson.dumps(
         {
             "event": "signup",
             "distinct_id": "u1",
-            "properties": {"user_note": f"reach me at {EMAILS[0]}", "profile": {"bio": [f"card {CARDS[0]}", 7]}, "plan": "pro"},
+            "properties": {
+                "user_note": f"reach me at {EMAILS[0]}",
+                "profile": {"bio": [f"card {CARDS[0]}", 7]},
+                "plan": "pro",
+            },
             "context": {"page": {"search": f"key {KEYS[2]}", "path": "/x"}},
         }
     )
@@ -116,7 +137,11 @@ def test_configured_paths_nested_and_context() -> None:
     assert event["properties"]["plan"] == "pro"
     assert event["context"]["page"] == {"search": "key [secret]", "path": "/x"}
     assert "user_note_hash" not in event["properties"]  # no hmac secret configured: no hash
-    assert sorted(event["context"]["etl"]["redacted"]) == ["context.page.search", "properties.profile.bio", "properties.user_note"]
+    assert sorted(event["context"]["etl"]["redacted"]) == [
+        "context.page.search",
+        "properties.profile.bio",
+        "properties.user_note",
+    ]
 
 
 def _settings(**redaction: object) -> Settings:
@@ -141,7 +166,10 @@ def test_default_redacts_at_normalize_for_every_sink(caplog: pytest.LogCaptureFi
         assert secret not in encoded
     # The gating decision for prompt_blocked is recorded once, for all sinks.
     assert {json.dumps(ev["context"]["flags"], sort_keys=True) for ev in events} == {
-        json.dumps({"enable_guardrails_tracing": {"enabled": True, "variant": None, "source": "default"}}, sort_keys=True)
+        json.dumps(
+            {"enable_guardrails_tracing": {"enabled": True, "variant": None, "source": "default"}},
+            sort_keys=True,
+        )
     }
     for secret in [*SECRETS, HMAC_SECRET, *CORPUS]:
         assert secret not in caplog.text
@@ -154,11 +182,17 @@ def test_keep_raw_opt_in_redacts_only_for_third_parties(caplog: pytest.LogCaptur
     NormalizeGovernance(settings).apply(events)
     assert [ev["properties"]["prompt_preview"] for ev in events] == CORPUS  # raw to the warehouse
 
-    warehouse = SinkGovernance(settings, "duckdb", third_party=False).prepare(orjson.loads(orjson.dumps(events)))
+    warehouse, _ = SinkGovernance(settings, "duckdb", third_party=False).prepare(
+        orjson.loads(orjson.dumps(events))
+    )
     assert [ev["properties"]["prompt_preview"] for ev in warehouse] == CORPUS
     for sink in ("posthog", "rudderstack"):
-        sent = SinkGovernance(settings, sink, third_party=True).prepare(orjson.loads(orjson.dumps(events)))
-        assert [ev["properties"]["prompt_preview"] for ev in sent] == [mask_text(t)[:120] for t in CORPUS]
+        sent, _ = SinkGovernance(settings, sink, third_party=True).prepare(
+            orjson.loads(orjson.dumps(events))
+        )
+        assert [ev["properties"]["prompt_preview"] for ev in sent] == [
+            mask_text(t)[:120] for t in CORPUS
+        ]
         payload = orjson.dumps(sent).decode()
         for secret in SECRETS:
             assert secret not in payload
@@ -169,42 +203,79 @@ def test_keep_raw_opt_in_redacts_only_for_third_parties(caplog: pytest.LogCaptur
 def test_sink_gate_drops_off_events_and_counts_them() -> None:
     settings = _settings()
     events = normalized([prompt_event(1, "a"), prompt_event(2, "b")])
-    events.extend(normalized([orjson.dumps({"event": "tool_used", "distinct_id": "u3", "properties": {"workspace_id": "ws_b"}})]))
-    events[0]["context"]["flags"] = {"enable_guardrails_tracing": {"enabled": False, "variant": None, "source": "db"}}
-    events[1]["context"]["flags"] = {"enable_guardrails_tracing": {"enabled": True, "variant": None, "source": "db"}}
-    before = metrics.GATED.labels("rudderstack", "enable_guardrails_tracing")._value.get()
-    kept = SinkGovernance(settings, "rudderstack", third_party=True).prepare(events)
+    events.extend(
+        normalized(
+            [
+                orjson.dumps(
+                    {
+                        "event": "tool_used",
+                        "distinct_id": "u3",
+                        "properties": {"workspace_id": "ws_b"},
+                    }
+                )
+            ]
+        )
+    )
+    events[0]["context"]["flags"] = {
+        "enable_guardrails_tracing": {"enabled": False, "variant": None, "source": "db"}
+    }
+    events[1]["context"]["flags"] = {
+        "enable_guardrails_tracing": {"enabled": True, "variant": None, "source": "db"}
+    }
+    kept, gated = SinkGovernance(settings, "rudderstack", third_party=True).prepare(events)
     assert [ev["distinct_id"] for ev in kept] == ["user_2", "u3"]
-    assert metrics.GATED.labels("rudderstack", "enable_guardrails_tracing")._value.get() == before + 1
+    assert gated == {"enable_guardrails_tracing": 1}
     # The warehouse has no gate by default: it receives everything.
-    assert len(SinkGovernance(settings, "duckdb", third_party=False).prepare(events)) == 3
+    everything, none = SinkGovernance(settings, "duckdb", third_party=False).prepare(events)
+    assert len(everything) == 3 and not none
 
 
 def test_dead_letter_payloads_are_redacted_at_normalize() -> None:
     settings = _settings()
     normalizer = Normalizer()
     out_of_range = orjson.dumps(
-        {"batch": [
-            {"event": "prompt_blocked", "distinct_id": "u1", "properties": {"match_score": 7, "prompt_preview": CORPUS[0]}},
-            {"event": "tool_used", "distinct_id": "u2", "properties": {"tool_id": "t"}},
-        ]}
+        {
+            "batch": [
+                {
+                    "event": "prompt_blocked",
+                    "distinct_id": "u1",
+                    "properties": {"match_score": 7, "prompt_preview": CORPUS[0]},
+                },
+                {"event": "tool_used", "distinct_id": "u2", "properties": {"tool_id": "t"}},
+            ]
+        }
     )
-    not_json = b'{"event": "prompt_blocked", "properties": {"prompt_preview": "' + CORPUS[1].encode() + b'"'
+    not_json = (
+        b'{"event": "prompt_blocked", "properties": {"prompt_preview": "'
+        + CORPUS[1].encode()
+        + b'"'
+    )
     events, rejections = [], []
     for offset, raw in enumerate((out_of_range, not_json)):
-        evs, rejs = normalizer.normalize(raw, topic="raw", partition=0, offset=offset, timestamp_ms=0)
+        evs, rejs = normalizer.normalize(
+            raw, topic="raw", partition=0, offset=offset, timestamp_ms=0
+        )
         events.extend(evs)
         rejections.extend(rejs)
     assert [r.reason for r in rejections] == ["out_of_range", "invalid_json"]
     NormalizeGovernance(settings).apply(events, rejections)
     first = orjson.loads(rejections[0].raw)
-    assert first == {"event": "prompt_blocked", "distinct_id": "u1", "properties": {"match_score": 7, "prompt_preview": mask_text(CORPUS[0])[:120]}}
+    assert first == {
+        "event": "prompt_blocked",
+        "distinct_id": "u1",
+        "properties": {"match_score": 7, "prompt_preview": mask_text(CORPUS[0])[:120]},
+    }
     assert rejections[1].raw.decode() == not_json.decode().replace(CORPUS[1], mask_text(CORPUS[1]))
     for r in rejections:
         for secret in SECRETS:
             assert secret.encode() not in r.raw
     # Nothing sensitive named: the raw payload is kept byte for byte.
-    assert Redactor(settings.redaction).redact_raw(b'{"event": "x", "distinct_id": "jane.doe@example.com"}') is None
+    assert (
+        Redactor(settings.redaction).redact_raw(
+            b'{"event": "x", "distinct_id": "jane.doe@example.com"}'
+        )
+        is None
+    )
     # With the raw opt-in the dead letters keep their bytes too.
     kept = normalizer.normalize(out_of_range, topic="raw", partition=0, offset=9, timestamp_ms=0)[1]
     NormalizeGovernance(_settings(keep_raw_in_warehouse=True)).apply([], kept)

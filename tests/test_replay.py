@@ -21,17 +21,21 @@ COLUMNS = "message_id, type, event, distinct_id, timestamp, properties, source_t
 
 
 def event(i: int, when: datetime, tag: str) -> bytes:
-    return orjson.dumps({
-        "event": f"replay_{tag}",
-        "distinct_id": f"user-{i % 7}",
-        "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tag}-{i}")),
-        "properties": {"n": i, "tag": tag},
-        "timestamp": when.isoformat(),
-    })
+    return orjson.dumps(
+        {
+            "event": f"replay_{tag}",
+            "distinct_id": f"user-{i % 7}",
+            "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tag}-{i}")),
+            "properties": {"n": i, "tag": tag},
+            "timestamp": when.isoformat(),
+        }
+    )
 
 
 def last_json(proc: subprocess.CompletedProcess[str]) -> dict:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:{proc.stdout[-2000:]}\nstderr:{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout:{proc.stdout[-2000:]}\nstderr:{proc.stderr[-4000:]}"
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -39,7 +43,9 @@ def snapshot(path: Path) -> list[tuple]:
     return warehouse_rows(path, f"SELECT {COLUMNS} FROM events ORDER BY message_id")
 
 
-def test_replay_time_window_is_exact_idempotent_and_leaves_live_groups_alone(make_pipeline, tmp_path):
+def test_replay_time_window_is_exact_idempotent_and_leaves_live_groups_alone(
+    make_pipeline, tmp_path
+):
     p = make_pipeline(partitions=2)
     s = p.settings
     now_ms = int(time.time() * 1000)
@@ -57,26 +63,40 @@ def test_replay_time_window_is_exact_idempotent_and_leaves_live_groups_alone(mak
             per_partition_window[i % 2] += tag == "window"
         if tag == "window":  # two dead letters inside the window
             for j in range(2):
-                producer.send(s.kafka.raw_topic, value=b"{not json", partition=j, timestamp_ms=ts + 100 + j)
+                producer.send(
+                    s.kafka.raw_topic, value=b"{not json", partition=j, timestamp_ms=ts + 100 + j
+                )
                 per_partition_window[j] += 1
     producer.flush()
     producer.close()
     p.note_ends()
     p.start()
     p.wait_drained(90)
-    assert {r[0] for r in warehouse_rows(s.duckdb.path, "SELECT message_id FROM events")} == set().union(*expected.values())
+    assert {
+        r[0] for r in warehouse_rows(s.duckdb.path, "SELECT message_id FROM events")
+    } == set().union(*expected.values())
 
     live_groups = [s.normalize_group, s.sink_group("duckdb")]
     offsets_before = {g: kafka_tools.committed_offsets(s, g) for g in live_groups}
     normalized_before = p.note_ends(s.kafka.normalized_topic)
 
-    window = ["--source", "raw", "--sinks", "duckdb",
-              "--from", datetime.fromtimestamp((now_ms - 2.5 * HOUR_MS) / 1000, UTC).isoformat(),
-              "--to", datetime.fromtimestamp((now_ms - 1.5 * HOUR_MS) / 1000, UTC).isoformat()]
+    window = [
+        "--source",
+        "raw",
+        "--sinks",
+        "duckdb",
+        "--from",
+        datetime.fromtimestamp((now_ms - 2.5 * HOUR_MS) / 1000, UTC).isoformat(),
+        "--to",
+        datetime.fromtimestamp((now_ms - 1.5 * HOUR_MS) / 1000, UTC).isoformat(),
+    ]
 
     dry = last_json(p.cli("replay", *window, "--dry-run", "--json"))
     assert dry["records"] == 22 and dry["events"] == 20 and dry["rejected"] == 2
-    assert {k: v["records"] for k, v in dry["partitions"].items()} == {"0": per_partition_window[0], "1": per_partition_window[1]}
+    assert {k: v["records"] for k, v in dry["partitions"].items()} == {
+        "0": per_partition_window[0],
+        "1": per_partition_window[1],
+    }
     assert dry["by_sink"] == {"duckdb": 20}
     assert dry["by_event"] == {"replay_window": 20}
 
@@ -95,27 +115,52 @@ def test_replay_time_window_is_exact_idempotent_and_leaves_live_groups_alone(mak
     second = last_json(p.cli("replay", *window, "--json", env=env))
     assert second["records"] == 22 and second["resumed"] is False
     assert snapshot(fresh) == replayed
-    assert warehouse_rows(fresh, "SELECT count(*) FROM rejected_events") == [(0,)]  # dead letters go to the DLQ topic only
+    assert warehouse_rows(fresh, "SELECT count(*) FROM rejected_events") == [
+        (0,)
+    ]  # dead letters go to the DLQ topic only
 
     # Explicit ranges on the normalized topic, straight to the sink.
     ranges_wh = tmp_path / "ranges.duckdb"
     ends = {tp.partition: e for tp, e in normalized_before.items()}
-    by_range = last_json(p.cli("replay", "--source", "normalized", "--range", f"0:0-{ends[0]}", "--range", "1:0-",
-                               "--sinks", "duckdb", "--json", "--no-progress", env={"ETL_DUCKDB__PATH": str(ranges_wh)}))
+    by_range = last_json(
+        p.cli(
+            "replay",
+            "--source",
+            "normalized",
+            "--range",
+            f"0:0-{ends[0]}",
+            "--range",
+            "1:0-",
+            "--sinks",
+            "duckdb",
+            "--json",
+            "--no-progress",
+            env={"ETL_DUCKDB__PATH": str(ranges_wh)},
+        )
+    )
     assert by_range["events"] == 60
     assert snapshot(ranges_wh) == snapshot(s.duckdb.path)
 
     # Live groups never moved on the replayed topics (the live warehouse sink does consume
     # the replay's dead letters from the DLQ topic), and nothing went to the normalized topic.
     replayed_topics = {s.kafka.raw_topic, s.kafka.normalized_topic}
+
     def on_replayed_topics(offsets: dict) -> dict:
-        return {g: {tp: o for tp, o in per.items() if tp.topic in replayed_topics} for g, per in offsets.items()}
-    assert on_replayed_topics({g: kafka_tools.committed_offsets(s, g) for g in live_groups}) == on_replayed_topics(offsets_before)
+        return {
+            g: {tp: o for tp, o in per.items() if tp.topic in replayed_topics}
+            for g, per in offsets.items()
+        }
+
+    assert on_replayed_topics(
+        {g: kafka_tools.committed_offsets(s, g) for g in live_groups}
+    ) == on_replayed_topics(offsets_before)
     assert p.note_ends(s.kafka.normalized_topic) == normalized_before
     # The replayed dead letters carry the live ones' rejection ids: one row each in the warehouse.
     p.note_ends()
     p.wait_drained(30)
-    rows = warehouse_rows(s.duckdb.path, "SELECT reason, count(*) FROM rejected_events GROUP BY reason")
+    rows = warehouse_rows(
+        s.duckdb.path, "SELECT reason, count(*) FROM rejected_events GROUP BY reason"
+    )
     assert rows == [("invalid_json", 2)]
 
 
@@ -127,10 +172,29 @@ def test_interrupted_replay_resumes_from_its_checkpoint(make_pipeline, tmp_path)
     ids = {orjson.loads(v)["uuid"] for v in values}
     warehouse = tmp_path / "resume.duckdb"
     env = {**p.env, "ETL_DUCKDB__PATH": str(warehouse)}
-    args = [sys.executable, "-m", "streams.cli", "replay", "--source", "raw", "--sinks", "duckdb", "--id", "resume-test", "--json", "--no-progress"]
+    args = [
+        sys.executable,
+        "-m",
+        "ops.cli",
+        "replay",
+        "--source",
+        "raw",
+        "--sinks",
+        "duckdb",
+        "--id",
+        "resume-test",
+        "--json",
+        "--no-progress",
+    ]
     state_file = Path(p.env["ETL_DATA_DIR"]) / "replay" / "resume-test.json"
 
-    slow = subprocess.Popen([*args, "--rate", "40"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    slow = subprocess.Popen(
+        [*args, "--rate", "40"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         done_before_kill = 0

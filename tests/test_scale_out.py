@@ -17,7 +17,9 @@ from tests.conftest import warehouse_rows
 
 def readyz(worker) -> dict:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/readyz", timeout=2) as resp:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{worker.web_port}/readyz", timeout=2
+        ) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:  # 503 while rebalancing: the body still says why
         return json.loads(exc.read())
@@ -30,7 +32,9 @@ def wait_assignment(workers, topic: str, partitions: int, timeout: float = 60.0)
     deadline = time.monotonic() + timeout
     wanted = {f"{topic}:{p}" for p in range(partitions)}
     while True:
-        owned = [{a for a in readyz(w).get("assigned", []) if a.startswith(topic + ":")} for w in workers]
+        owned = [
+            {a for a in readyz(w).get("assigned", []) if a.startswith(topic + ":")} for w in workers
+        ]
         if all(owned) and set().union(*owned) == wanted and sum(map(len, owned)) == partitions:
             return owned
         if time.monotonic() > deadline:
@@ -47,27 +51,45 @@ def drained(p, workers, timeout: float = 90.0) -> None:
     except TimeoutError as exc:
         s = p.settings
         committed = kafka_tools.committed_offsets(s, s.normalize_group)
-        ends = {f"{tp.topic}:{tp.partition}": (committed.get(tp), end) for tp, end in p.produced_ends.items()}
-        owners = {w.web_port: (readyz(w)["assigned"], normalized_count(w)) for w in workers if w.alive()}
+        ends = {
+            f"{tp.topic}:{tp.partition}": (committed.get(tp), end)
+            for tp, end in p.produced_ends.items()
+        }
+        owners = {
+            w.web_port: (readyz(w)["assigned"], normalized_count(w)) for w in workers if w.alive()
+        }
         landed = warehouse_rows(s.duckdb.path, "SELECT count(*) FROM events")[0][0]
-        raise AssertionError(f"stalled: committed/end {ends}; owners (assigned, normalized) {owners}; "
-                             f"events in warehouse {landed}\n{str(exc)[:300]}") from None
+        raise AssertionError(
+            f"stalled: committed/end {ends}; owners (assigned, normalized) {owners}; "
+            f"events in warehouse {landed}\n{str(exc)[:300]}"
+        ) from None
 
 
 def normalized_count(worker) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/metrics", timeout=2) as resp:
         text = resp.read().decode()
     prefix = 'etl_events_out_total{outcome="normalized",stage="normalize"} '
-    return sum(float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix))
+    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
 
 
 class Load:
     """Produces ``total`` events in small bursts from a thread, so workers change under load."""
 
-    def __init__(self, pipeline, tag: str, total: int, burst: int = 100, pause: float = 0.1) -> None:
+    def __init__(
+        self, pipeline, tag: str, total: int, burst: int = 100, pause: float = 0.1
+    ) -> None:
         self.ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tag}-{i}")) for i in range(total)]
-        self.values = [orjson.dumps({"event": "scale_out", "distinct_id": f"user-{i % 97}", "uuid": u, "properties": {"i": i}})
-                       for i, u in enumerate(self.ids)]
+        self.values = [
+            orjson.dumps(
+                {
+                    "event": "scale_out",
+                    "distinct_id": f"user-{i % 97}",
+                    "uuid": u,
+                    "properties": {"i": i},
+                }
+            )
+            for i, u in enumerate(self.ids)
+        ]
         self.pipeline, self.burst, self.pause = pipeline, burst, pause
         self.sent = 0
         self.error: BaseException | None = None
@@ -81,7 +103,7 @@ class Load:
         except BaseException as exc:  # noqa: BLE001 - surfaced by join()
             self.error = exc
 
-    def start(self) -> "Load":
+    def start(self) -> Load:
         self.thread.start()
         return self
 
@@ -114,7 +136,9 @@ def test_workers_share_partitions_and_rebalance_on_crash_and_join(make_pipeline)
     drained(p, [second])
     ids = set(load.ids)
     assert {r[0] for r in warehouse_rows(s.duckdb.path, "SELECT message_id FROM events")} == ids
-    assert warehouse_rows(s.duckdb.path, "SELECT count(*), count(DISTINCT message_id) FROM events") == [(3000, 3000)]
+    assert warehouse_rows(
+        s.duckdb.path, "SELECT count(*), count(DISTINCT message_id) FROM events"
+    ) == [(3000, 3000)]
 
     # A worker added during load gets its share and does work.
     load = Load(p, "join", 3000).start()
@@ -126,5 +150,7 @@ def test_workers_share_partitions_and_rebalance_on_crash_and_join(make_pipeline)
     drained(p, [second, third])
     ids |= set(load.ids)
     assert {r[0] for r in warehouse_rows(s.duckdb.path, "SELECT message_id FROM events")} == ids
-    assert warehouse_rows(s.duckdb.path, "SELECT count(*), count(DISTINCT message_id) FROM events") == [(6000, 6000)]
+    assert warehouse_rows(
+        s.duckdb.path, "SELECT count(*), count(DISTINCT message_id) FROM events"
+    ) == [(6000, 6000)]
     assert normalized_count(third) > 0 and normalized_count(second) > 0

@@ -10,9 +10,9 @@ import uuid
 import orjson
 import pytest
 
-from etl.config import Settings
 from mappers.identifiers import normalize_identifier
 from mappers.normalize import Normalizer, dumps_event
+from sinks.settings import Settings
 from sinks.snowflake import SnowflakeSink
 from tests.conftest import warehouse_rows
 from tests.emulators.fixtures import (  # noqa: F401  (pytest finds fixtures by name)
@@ -39,7 +39,9 @@ def unified(raw: list[bytes]) -> list[dict]:
     normalizer = Normalizer()
     out = []
     for offset, value in enumerate(raw):
-        events, rejections = normalizer.normalize(value, topic="raw", partition=0, offset=offset, timestamp_ms=1_763_600_000_000)
+        events, rejections = normalizer.normalize(
+            value, topic="raw", partition=0, offset=offset, timestamp_ms=1_763_600_000_000
+        )
         assert not rejections, rejections
         out.extend(orjson.loads(dumps_event(e)) for e in events)
     return out
@@ -62,9 +64,27 @@ def rows(sink: SnowflakeSink, sql: str, params=None) -> list[tuple]:
 
 def test_capabilities_and_analyst_friendly_unquoted_names(sink) -> None:
     caps = sink.capabilities
-    assert (caps.max_identifier_length, caps.is_warehouse, caps.stores_rejected) == (255, True, True)
-    tables = {r[0] for r in rows(sink, "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [sink.schema_name])}
-    assert {"EVENTS", "TOOL_USED", "AI_GENERATION", "FLOW_EXECUTED", "REJECTED_EVENTS", "SCHEMA_DISCARDS"} <= tables
+    assert (caps.max_identifier_length, caps.is_warehouse, caps.stores_rejected) == (
+        255,
+        True,
+        True,
+    )
+    tables = {
+        r[0]
+        for r in rows(
+            sink,
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+            [sink.schema_name],
+        )
+    }
+    assert {
+        "EVENTS",
+        "TOOL_USED",
+        "AI_GENERATION",
+        "FLOW_EXECUTED",
+        "REJECTED_EVENTS",
+        "SCHEMA_DISCARDS",
+    } <= tables
     # Upper-case (unquoted) names: analysts query in lower case without quotes.
     assert rows(sink, "select count(*) from tool_used") == [(0,)]
     for view in EXPECTED_VIEWS:
@@ -77,35 +97,75 @@ def test_write_twice_is_idempotent_with_evolution_discards_and_hostile_keys(sink
     assert sink.write(batch).written == len(events)
     assert sink.write(events).written == len(events)  # the same batch redelivered
 
-    assert rows(sink, "SELECT COUNT(*), COUNT(DISTINCT message_id) FROM events") == [(len(events), len(events))]
-    assert rows(sink, "SELECT message_id, ai_model, ai_input_tokens, ai_total_cost_usd, workspace_id FROM ai_generation ORDER BY 1") == [
-        ("ai-0", "gpt-4o", 1000, 0.25, "ws_a"), ("ai-1", "gpt-4o", 500, 0.125, "ws_a"),
-        ("ai-2", "claude-sonnet", 2000, 1.0, "ws_b"), ("ai-3", "gpt-4o", 100, 0.5, "ws_a"),
+    assert rows(sink, "SELECT COUNT(*), COUNT(DISTINCT message_id) FROM events") == [
+        (len(events), len(events))
     ]
-    assert rows(sink, "SELECT message_id, success IS NULL, time_ms, tools_used[0]::string FROM flow_executed ORDER BY 1")[:2] == [
-        ("flow-0", False, 100.0, "http"), ("flow-1", False, 200.0, "http"),
+    assert rows(
+        sink,
+        "SELECT message_id, ai_model, ai_input_tokens, ai_total_cost_usd, workspace_id FROM ai_generation ORDER BY 1",
+    ) == [
+        ("ai-0", "gpt-4o", 1000, 0.25, "ws_a"),
+        ("ai-1", "gpt-4o", 500, 0.125, "ws_a"),
+        ("ai-2", "claude-sonnet", 2000, 1.0, "ws_b"),
+        ("ai-3", "gpt-4o", 100, 0.5, "ws_a"),
+    ]
+    assert rows(
+        sink,
+        "SELECT message_id, success IS NULL, time_ms, tools_used[0]::string FROM flow_executed ORDER BY 1",
+    )[:2] == [
+        ("flow-0", False, 100.0, "http"),
+        ("flow-1", False, 200.0, "http"),
     ]
     # New property -> nullable NUMBER column; the conflicting "many" stays in properties + a discard row.
     long_col = normalize_identifier(LONG_KEY, 255)
     assert len(long_col) == 255
-    got = rows(sink, f"SELECT message_id, retries, select_, my_key, a_b, quo_te, order_, _1st, {long_col} FROM tool_used "
-                     "WHERE workspace_id = 'ws_h' ORDER BY 1")
+    got = rows(
+        sink,
+        f"SELECT message_id, retries, select_, my_key, a_b, quo_te, order_, _1st, {long_col} FROM tool_used "
+        "WHERE workspace_id = 'ws_h' ORDER BY 1",
+    )
     assert got == [
         ("evo-1", 2, None, None, None, None, None, None, None),
         ("evo-2", None, None, None, None, None, None, None, None),
         ("hostile-1", None, 1, "v", 2, "q", "first", 3, "long"),
     ]
-    assert rows(sink, "SELECT properties:retries::string FROM events WHERE message_id = 'evo-2'") == [("many",)]
-    assert rows(sink, "SELECT message_id, table_name, column_name, property_key, reason, value_type, column_type "
-                      "FROM schema_discards ORDER BY 1, 4") == [
+    assert rows(
+        sink, "SELECT properties:retries::string FROM events WHERE message_id = 'evo-2'"
+    ) == [("many",)]
+    assert rows(
+        sink,
+        "SELECT message_id, table_name, column_name, property_key, reason, value_type, column_type "
+        "FROM schema_discards ORDER BY 1, 4",
+    ) == [
         ("evo-2", "tool_used", "retries", "retries", "type_conflict", "string", "integer"),
-        ("hostile-1", "tool_used", "timestamp", "timestamp", "reserved_column", "string", "timestamp"),
+        (
+            "hostile-1",
+            "tool_used",
+            "timestamp",
+            "timestamp",
+            "reserved_column",
+            "string",
+            "timestamp",
+        ),
     ]
-    types = dict(rows(sink, "SELECT column_name, data_type FROM information_schema.columns "
-                            "WHERE table_schema = %s AND table_name = 'TOOL_USED'", [sink.schema_name]))
-    assert (types["RETRIES"], types["SELECT_"], types["A_B"], types[long_col.upper()]) == ("NUMBER", "NUMBER", "NUMBER", "TEXT")
+    types = dict(
+        rows(
+            sink,
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = 'TOOL_USED'",
+            [sink.schema_name],
+        )
+    )
+    assert (types["RETRIES"], types["SELECT_"], types["A_B"], types[long_col.upper()]) == (
+        "NUMBER",
+        "NUMBER",
+        "NUMBER",
+        "TEXT",
+    )
     # NULL timestamps: compared in SQL (the emulator returns NULL TIMESTAMP_NTZ as 1970-01-01).
-    assert rows(sink, "SELECT COUNT(*) FROM events WHERE sent_at IS NULL AND timestamp IS NOT NULL") == [(len(events),)]
+    assert rows(
+        sink, "SELECT COUNT(*) FROM events WHERE sent_at IS NULL AND timestamp IS NOT NULL"
+    ) == [(len(events),)]
 
     # A fresh sink (another worker) learns the evolved columns from information_schema.
     other = SnowflakeSink(Settings(), connect_kwargs=sink._connect_kwargs)
@@ -121,19 +181,36 @@ def test_write_twice_is_idempotent_with_evolution_discards_and_hostile_keys(sink
 def test_views_return_the_expected_numbers(sink) -> None:
     sink.write(unified(KNOWN_RAW))
     for view, expected in EXPECTED_VIEWS.items():
-        assert norm_rows(rows(sink, f"SELECT * FROM {view} ORDER BY {VIEW_ORDER[view]}")) == expected, view
+        assert (
+            norm_rows(rows(sink, f"SELECT * FROM {view} ORDER BY {VIEW_ORDER[view]}")) == expected
+        ), view
 
 
 def test_write_rejected_merges_on_rejection_id(sink) -> None:
     record = {
-        "rejection_id": "rej-1", "reason": "invalid_json", "field": None, "error": "Expecting value", "stage": "normalize",
-        "event": None, "message_id": None, "raw_payload": "not json", "raw_encoding": "utf-8", "raw_size": 8,
-        "raw_sha256": "ab" * 32, "source_topic": "events.raw", "source_partition": 1, "source_offset": 7, "batch_index": None,
+        "rejection_id": "rej-1",
+        "reason": "invalid_json",
+        "field": None,
+        "error": "Expecting value",
+        "stage": "normalize",
+        "event": None,
+        "message_id": None,
+        "raw_payload": "not json",
+        "raw_encoding": "utf-8",
+        "raw_size": 8,
+        "raw_sha256": "ab" * 32,
+        "source_topic": "events.raw",
+        "source_partition": 1,
+        "source_offset": 7,
+        "batch_index": None,
         "rejected_at": "2026-11-19T09:00:00Z",
     }
     sink.write_rejected([record, record])
     sink.write_rejected([{**record, "error": "updated"}])
-    assert rows(sink, "SELECT rejection_id, reason, error, raw_payload, source_offset, rejected_at::string FROM rejected_events") == [
+    assert rows(
+        sink,
+        "SELECT rejection_id, reason, error, raw_payload, source_offset, rejected_at::string FROM rejected_events",
+    ) == [
         ("rej-1", "invalid_json", "updated", "not json", 7, "2026-11-19 09:00:00"),
     ]
 
@@ -144,58 +221,106 @@ def test_key_pair_settings_produce_a_der_private_key(tmp_path) -> None:
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = tmp_path / "rsa_key.p8"
-    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.BestAvailableEncryption(b"s3cret")))
-    settings = Settings(sinks=["snowflake"], snowflake={"account": "acme-xy123", "user": "etl", "private_key_file": pem,
-                                                         "private_key_passphrase": "s3cret", "role": "LOADER",
-                                                         "warehouse": "LOAD_WH", "database": "ANALYTICS_DB"})
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"s3cret"),
+        )
+    )
+    settings = Settings(
+        sinks=["snowflake"],
+        snowflake={
+            "account": "acme-xy123",
+            "user": "etl",
+            "private_key_file": pem,
+            "private_key_passphrase": "s3cret",
+            "role": "LOADER",
+            "warehouse": "LOAD_WH",
+            "database": "ANALYTICS_DB",
+        },
+    )
     kwargs = SnowflakeSink(settings).connection_kwargs()
-    expected_der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    expected_der = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     assert kwargs.pop("private_key") == expected_der
     assert "password" not in kwargs
-    assert {k: kwargs[k] for k in ("account", "user", "role", "warehouse", "database", "schema")} == {
-        "account": "acme-xy123", "user": "etl", "role": "LOADER", "warehouse": "LOAD_WH", "database": "ANALYTICS_DB", "schema": "ANALYTICS",
+    assert {
+        k: kwargs[k] for k in ("account", "user", "role", "warehouse", "database", "schema")
+    } == {
+        "account": "acme-xy123",
+        "user": "etl",
+        "role": "LOADER",
+        "warehouse": "LOAD_WH",
+        "database": "ANALYTICS_DB",
+        "schema": "ANALYTICS",
     }
 
 
 @pytest.mark.slow
-def test_end_to_end_sigkill_and_replay_leave_exact_rows(make_pipeline, snowflake_emulator, snowflake_conn_kwargs) -> None:  # noqa: F811
+def test_end_to_end_sigkill_and_replay_leave_exact_rows(
+    make_pipeline, snowflake_emulator, snowflake_conn_kwargs
+) -> None:  # noqa: F811
     sf_settings, env, schema = snowflake_target(snowflake_conn_kwargs)
 
     def count_events() -> int:
         return snowflake_rows(snowflake_emulator, schema, "SELECT COUNT(*) FROM events")[0][0]
 
     started = time.monotonic()
-    pipeline, at_kill, replay = run_killed_then_replayed(make_pipeline, "snowflake", env, count_events, snowflake=sf_settings)
+    pipeline, at_kill, replay = run_killed_then_replayed(
+        make_pipeline, "snowflake", env, count_events, snowflake=sf_settings
+    )
     duck = pipeline.settings.duckdb.path
 
     def sf(sql: str) -> list[tuple]:
         return snowflake_rows(snowflake_emulator, schema, sql)
 
-    assert sf("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM events") == [(TOTAL_EVENTS, TOTAL_EVENTS)]
+    assert sf("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM events") == [
+        (TOTAL_EVENTS, TOTAL_EVENTS)
+    ]
     ids = "SELECT message_id, event, distinct_id, workspace_id, source_partition, source_offset FROM events ORDER BY 1"
     assert sf(ids) == warehouse_rows(duck, ids)
-    typed = ("SELECT message_id, tool_type, latency_ms, status, workspace_id, retries, select_, my_key, a_b, quo_te, order_, _1st "
-             "FROM tool_used ORDER BY 1")
+    typed = (
+        "SELECT message_id, tool_type, latency_ms, status, workspace_id, retries, select_, my_key, a_b, quo_te, order_, _1st "
+        "FROM tool_used ORDER BY 1"
+    )
     assert sf(typed) == warehouse_rows(duck, typed)
     discards = "SELECT message_id, table_name, column_name, property_key, reason FROM schema_discards ORDER BY 1, 4"
-    assert sf(discards) == warehouse_rows(duck, discards) == [
-        ("evo-2", "tool_used", "retries", "retries", "type_conflict"),
-        ("hostile-1", "tool_used", "timestamp", "timestamp", "reserved_column"),
-    ]
+    assert (
+        sf(discards)
+        == warehouse_rows(duck, discards)
+        == [
+            ("evo-2", "tool_used", "retries", "retries", "type_conflict"),
+            ("hostile-1", "tool_used", "timestamp", "timestamp", "reserved_column"),
+        ]
+    )
     rejected = "SELECT rejection_id, reason, raw_payload FROM rejected_events ORDER BY 1"
     assert len(sf(rejected)) == 2 and sf(rejected) == warehouse_rows(duck, rejected)
     # The replay re-delivered every normalized event; MERGE kept one row each.
-    assert (replay["events"], replay["by_sink"], replay["dead_lettered"]) == (TOTAL_EVENTS, {"snowflake": TOTAL_EVENTS}, 0)
-    assert sf("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM events") == [(TOTAL_EVENTS, TOTAL_EVENTS)]
+    assert (replay["events"], replay["by_sink"], replay["dead_lettered"]) == (
+        TOTAL_EVENTS,
+        {"snowflake": TOTAL_EVENTS},
+        0,
+    )
+    assert sf("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM events") == [
+        (TOTAL_EVENTS, TOTAL_EVENTS)
+    ]
     assert sf("SELECT COUNT(*) FROM tool_used") == [(8,)]
-    print(f"snowflake e2e: kill at {at_kill}/{TOTAL_EVENTS} events, {time.monotonic() - started:.1f}s, replay {replay}")
+    print(
+        f"snowflake e2e: kill at {at_kill}/{TOTAL_EVENTS} events, {time.monotonic() - started:.1f}s, replay {replay}"
+    )
 
 
 def test_a_column_added_between_batches_reaches_the_merge(sink) -> None:
     # The staging table of the first batch lacks the new column; the second batch must still land it.
     sink.write(unified(KNOWN_RAW))
     sink.write(unified([EVOLUTION_RAW]))
-    assert rows(sink, "SELECT message_id, retries, select_ FROM tool_used WHERE workspace_id = 'ws_h' ORDER BY 1") == [
-        ("evo-1", 2, None), ("evo-2", None, None), ("hostile-1", None, 1),
+    assert rows(
+        sink,
+        "SELECT message_id, retries, select_ FROM tool_used WHERE workspace_id = 'ws_h' ORDER BY 1",
+    ) == [
+        ("evo-1", 2, None),
+        ("evo-2", None, None),
+        ("hostile-1", None, 1),
     ]

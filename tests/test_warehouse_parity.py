@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
-from etl.config import BigQuerySettings, SnowflakeSettings
+from sinks.bigquery import BigQuerySettings
+from sinks.snowflake import SnowflakeSettings
 from tests.conftest import warehouse_rows
 from tests.emulators.fixtures import (  # noqa: F401  (pytest finds fixtures by name)
     SNOWFLAKE_TEST_DATABASE,
@@ -29,42 +30,106 @@ from tests.emulators.fixtures import (  # noqa: F401  (pytest finds fixtures by 
 DAY1, DAY2 = "2026-11-19", "2026-11-20"
 
 
-def _ph(event: str, uid: str, ts: str, props: dict[str, Any], distinct_id: str = "user_1") -> dict[str, Any]:
-    return {"event": event, "distinct_id": distinct_id, "uuid": uid, "timestamp": ts, "properties": props}
+def _ph(
+    event: str, uid: str, ts: str, props: dict[str, Any], distinct_id: str = "user_1"
+) -> dict[str, Any]:
+    return {
+        "event": event,
+        "distinct_id": distinct_id,
+        "uuid": uid,
+        "timestamp": ts,
+        "properties": props,
+    }
 
 
 def known_events() -> list[dict[str, Any]]:
     """A small data set whose view results are worked out by hand below."""
     ev = []
-    for i, (day, hour, model, provider, ws, tin, tout, cost) in enumerate([
-        (DAY1, 8, "gpt-4o", "openai", "ws_a", 1000, 200, 0.25),
-        (DAY1, 9, "gpt-4o", "openai", "ws_a", 500, 100, 0.125),
-        (DAY1, 10, "claude-sonnet", "anthropic", "ws_b", 2000, 400, 1.0),
-        (DAY2, 10, "gpt-4o", "openai", "ws_a", 100, 50, 0.5),
-    ]):
-        ev.append(_ph("$ai_generation", f"ai-{i}", f"{day}T{hour:02d}:00:00Z", {
-            "$ai_model": model, "$ai_provider": provider, "$ai_input_tokens": tin, "$ai_output_tokens": tout,
-            "$ai_total_cost_usd": cost, "$groups": {"workspace": ws}}))
-    for i, (day, ws, time_ms, success) in enumerate([
-        (DAY1, "ws_a", 100, True), (DAY1, "ws_a", 200, True), (DAY1, "ws_b", 300, False),
-        (DAY1, "ws_b", 400, None), (DAY2, "ws_a", 50, True),
-    ]):
-        props = {"flow_id": f"f-{i}", "tools_used": ["http", "sql"], "time_ms": time_ms, "workspace_id": ws}
+    for i, (day, hour, model, provider, ws, tin, tout, cost) in enumerate(
+        [
+            (DAY1, 8, "gpt-4o", "openai", "ws_a", 1000, 200, 0.25),
+            (DAY1, 9, "gpt-4o", "openai", "ws_a", 500, 100, 0.125),
+            (DAY1, 10, "claude-sonnet", "anthropic", "ws_b", 2000, 400, 1.0),
+            (DAY2, 10, "gpt-4o", "openai", "ws_a", 100, 50, 0.5),
+        ]
+    ):
+        ev.append(
+            _ph(
+                "$ai_generation",
+                f"ai-{i}",
+                f"{day}T{hour:02d}:00:00Z",
+                {
+                    "$ai_model": model,
+                    "$ai_provider": provider,
+                    "$ai_input_tokens": tin,
+                    "$ai_output_tokens": tout,
+                    "$ai_total_cost_usd": cost,
+                    "$groups": {"workspace": ws},
+                },
+            )
+        )
+    for i, (day, ws, time_ms, success) in enumerate(
+        [
+            (DAY1, "ws_a", 100, True),
+            (DAY1, "ws_a", 200, True),
+            (DAY1, "ws_b", 300, False),
+            (DAY1, "ws_b", 400, None),
+            (DAY2, "ws_a", 50, True),
+        ]
+    ):
+        props = {
+            "flow_id": f"f-{i}",
+            "tools_used": ["http", "sql"],
+            "time_ms": time_ms,
+            "workspace_id": ws,
+        }
         if success is not None:
             props["success"] = success
         ev.append(_ph("flow_executed", f"flow-{i}", f"{day}T0{i + 1}:00:00Z", props))
-    for i, (tool_type, latency, status) in enumerate([
-        ("http", 10, "success"), ("http", 20, "ok"), ("http", 30, "error"), ("http", 40, None), ("sql", 5, "success"),
-    ]):
-        props = {"tool_id": f"t-{i}", "tool_type": tool_type, "latency_ms": latency, "workspace_id": "ws_a"}
+    for i, (tool_type, latency, status) in enumerate(
+        [
+            ("http", 10, "success"),
+            ("http", 20, "ok"),
+            ("http", 30, "error"),
+            ("http", 40, None),
+            ("sql", 5, "success"),
+        ]
+    ):
+        props = {
+            "tool_id": f"t-{i}",
+            "tool_type": tool_type,
+            "latency_ms": latency,
+            "workspace_id": "ws_a",
+        }
         if status:
             props["status"] = status
         ev.append(_ph("tool_used", f"tool-{i}", f"{DAY1}T12:0{i}:00Z", props))
-    for i, (db, latency, sources) in enumerate([("qdrant", 10, 2), ("qdrant", 30, 4), ("pinecone", 7, 1)]):
-        ev.append(_ph("rag_query_triggered", f"rag-{i}", f"{DAY1}T13:0{i}:00Z",
-                      {"vector_db_used": db, "index_name": "docs", "latency_ms": latency, "sources_found": sources, "workspace_id": "ws_b"}))
+    for i, (db, latency, sources) in enumerate(
+        [("qdrant", 10, 2), ("qdrant", 30, 4), ("pinecone", 7, 1)]
+    ):
+        ev.append(
+            _ph(
+                "rag_query_triggered",
+                f"rag-{i}",
+                f"{DAY1}T13:0{i}:00Z",
+                {
+                    "vector_db_used": db,
+                    "index_name": "docs",
+                    "latency_ms": latency,
+                    "sources_found": sources,
+                    "workspace_id": "ws_b",
+                },
+            )
+        )
     for i, (ws, score) in enumerate([("ws_a", 0.9), ("ws_b", 0.8), ("ws_b", 0.95)]):
-        ev.append(_ph("prompt_blocked", f"blocked-{i}", f"{DAY1}T14:0{i}:00Z", {"match_score": score, "source": "guard", "workspace_id": ws}))
+        ev.append(
+            _ph(
+                "prompt_blocked",
+                f"blocked-{i}",
+                f"{DAY1}T14:0{i}:00Z",
+                {"match_score": score, "source": "guard", "workspace_id": ws},
+            )
+        )
     return ev
 
 
@@ -118,20 +183,31 @@ def snowflake_target(kwargs: dict[str, Any]) -> tuple[SnowflakeSettings, dict[st
     """Settings + worker env for a fresh schema on the fakesnow server."""
     schema = f"S_{uuid.uuid4().hex[:10].upper()}"
     settings = SnowflakeSettings(
-        account=kwargs["account"], user=kwargs["user"], password=kwargs["password"],
-        database=SNOWFLAKE_TEST_DATABASE, schema=schema,
-        host=kwargs["host"], port=kwargs["port"], protocol=kwargs["protocol"],
+        account=kwargs["account"],
+        user=kwargs["user"],
+        password=kwargs["password"],
+        database=SNOWFLAKE_TEST_DATABASE,
+        schema=schema,
+        host=kwargs["host"],
+        port=kwargs["port"],
+        protocol=kwargs["protocol"],
     )
     env = {
-        "SNOWFLAKE_ACCOUNT": kwargs["account"], "SNOWFLAKE_USER": kwargs["user"], "SNOWFLAKE_PASSWORD": kwargs["password"],
-        "SNOWFLAKE_DATABASE": SNOWFLAKE_TEST_DATABASE, "SNOWFLAKE_SCHEMA": schema,
-        "ETL_SNOWFLAKE__HOST": kwargs["host"], "ETL_SNOWFLAKE__PORT": str(kwargs["port"]),
+        "SNOWFLAKE_ACCOUNT": kwargs["account"],
+        "SNOWFLAKE_USER": kwargs["user"],
+        "SNOWFLAKE_PASSWORD": kwargs["password"],
+        "SNOWFLAKE_DATABASE": SNOWFLAKE_TEST_DATABASE,
+        "SNOWFLAKE_SCHEMA": schema,
+        "ETL_SNOWFLAKE__HOST": kwargs["host"],
+        "ETL_SNOWFLAKE__PORT": str(kwargs["port"]),
         "ETL_SNOWFLAKE__PROTOCOL": kwargs["protocol"],
     }
     return settings, env, schema
 
 
-def snowflake_rows(emulator: Any, schema: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+def snowflake_rows(
+    emulator: Any, schema: str, sql: str, params: Any = None
+) -> list[tuple[Any, ...]]:
     conn = emulator.connect(database=SNOWFLAKE_TEST_DATABASE, schema=schema)
     try:
         return list(conn.cursor().execute(sql, params).fetchall())
@@ -143,7 +219,11 @@ def snowflake_rows(emulator: Any, schema: str, sql: str, params: Any = None) -> 
 def bigquery_target(emulator: Any, dataset_id: str) -> tuple[BigQuerySettings, dict[str, str]]:
     project, dataset = dataset_id.split(".")
     settings = BigQuerySettings(project=project, dataset=dataset, api_endpoint=emulator.endpoint)
-    env = {"GOOGLE_CLOUD_PROJECT": project, "BIGQUERY_DATASET": dataset, "ETL_BIGQUERY__API_ENDPOINT": emulator.endpoint}
+    env = {
+        "GOOGLE_CLOUD_PROJECT": project,
+        "BIGQUERY_DATASET": dataset,
+        "ETL_BIGQUERY__API_ENDPOINT": emulator.endpoint,
+    }
     return settings, env
 
 
@@ -157,12 +237,20 @@ def bigquery_rows(client: Any, sql: str, params: list[Any] | None = None) -> lis
 # ----------------------------------------------------------------------- test
 @pytest.mark.slow
 def test_same_input_same_views_in_duckdb_snowflake_and_bigquery(
-    make_pipeline, snowflake_emulator, snowflake_conn_kwargs, bigquery_emulator, bigquery_client, bigquery_dataset  # noqa: F811
+    make_pipeline,
+    snowflake_emulator,
+    snowflake_conn_kwargs,
+    bigquery_emulator,
+    bigquery_client,
+    bigquery_dataset,  # noqa: F811
 ) -> None:
     sf_settings, sf_env, schema = snowflake_target(snowflake_conn_kwargs)
     bq_settings, bq_env = bigquery_target(bigquery_emulator, bigquery_dataset)
     pipeline = make_pipeline(
-        sinks=("duckdb", "snowflake", "bigquery"), snowflake=sf_settings, bigquery=bq_settings, extra_env={**sf_env, **bq_env}
+        sinks=("duckdb", "snowflake", "bigquery"),
+        snowflake=sf_settings,
+        bigquery=bq_settings,
+        extra_env={**sf_env, **bq_env},
     )
     pipeline.produce(KNOWN_RAW + list(BAD_RAW))
     pipeline.start()
@@ -171,55 +259,113 @@ def test_same_input_same_views_in_duckdb_snowflake_and_bigquery(
     duck = pipeline.settings.duckdb.path
 
     # The analyst's question from the issue, asked the same way in each warehouse.
-    question = "SELECT day, model, SUM(cost_usd) AS cost FROM {} GROUP BY day, model ORDER BY day, model"
+    question = (
+        "SELECT day, model, SUM(cost_usd) AS cost FROM {} GROUP BY day, model ORDER BY day, model"
+    )
     answers = {
         "duckdb": norm_rows(warehouse_rows(duck, question.format("llm_cost_daily"))),
-        "snowflake": norm_rows(snowflake_rows(snowflake_emulator, schema, question.format("llm_cost_daily"))),
-        "bigquery": norm_rows(bigquery_rows(bigquery_client, question.format(f"`{bigquery_dataset}.llm_cost_daily`"))),
+        "snowflake": norm_rows(
+            snowflake_rows(snowflake_emulator, schema, question.format("llm_cost_daily"))
+        ),
+        "bigquery": norm_rows(
+            bigquery_rows(bigquery_client, question.format(f"`{bigquery_dataset}.llm_cost_daily`"))
+        ),
     }
-    expected = [(date(2026, 11, 19), "claude-sonnet", 1.0), (date(2026, 11, 19), "gpt-4o", 0.375), (date(2026, 11, 20), "gpt-4o", 0.5)]
+    expected = [
+        (date(2026, 11, 19), "claude-sonnet", 1.0),
+        (date(2026, 11, 19), "gpt-4o", 0.375),
+        (date(2026, 11, 20), "gpt-4o", 0.5),
+    ]
     assert answers == {"duckdb": expected, "snowflake": expected, "bigquery": expected}
 
     for view, rows in EXPECTED_VIEWS.items():
         order = VIEW_ORDER[view]
         got = {
             "duckdb": norm_rows(warehouse_rows(duck, f"SELECT * FROM {view} ORDER BY {order}")),
-            "snowflake": norm_rows(snowflake_rows(snowflake_emulator, schema, f"SELECT * FROM {view} ORDER BY {order}")),
-            "bigquery": norm_rows(bigquery_rows(bigquery_client, f"SELECT * FROM `{bigquery_dataset}.{view}` ORDER BY {order}")),
+            "snowflake": norm_rows(
+                snowflake_rows(snowflake_emulator, schema, f"SELECT * FROM {view} ORDER BY {order}")
+            ),
+            "bigquery": norm_rows(
+                bigquery_rows(
+                    bigquery_client, f"SELECT * FROM `{bigquery_dataset}.{view}` ORDER BY {order}"
+                )
+            ),
         }
         assert got == {"duckdb": rows, "snowflake": rows, "bigquery": rows}, view
 
     # Same rows, same keys, and the same dead letters everywhere.
-    count = "SELECT event, COUNT(*), COUNT(DISTINCT message_id) FROM {} GROUP BY event ORDER BY event"
+    count = (
+        "SELECT event, COUNT(*), COUNT(DISTINCT message_id) FROM {} GROUP BY event ORDER BY event"
+    )
     by_event = norm_rows(warehouse_rows(duck, count.format("events")))
     assert sum(r[1] for r in by_event) == len(KNOWN_RAW)
     assert norm_rows(snowflake_rows(snowflake_emulator, schema, count.format("events"))) == by_event
-    assert norm_rows(bigquery_rows(bigquery_client, count.format(f"`{bigquery_dataset}.events`"))) == by_event
+    assert (
+        norm_rows(bigquery_rows(bigquery_client, count.format(f"`{bigquery_dataset}.events`")))
+        == by_event
+    )
     rejected = "SELECT reason, raw_payload FROM {} ORDER BY reason"
     expected_rejected = sorted((reason, raw.decode()) for raw, reason in BAD_RAW.items())
     assert warehouse_rows(duck, rejected.format("rejected_events")) == expected_rejected
-    assert snowflake_rows(snowflake_emulator, schema, rejected.format("rejected_events")) == expected_rejected
-    assert bigquery_rows(bigquery_client, rejected.format(f"`{bigquery_dataset}.rejected_events`")) == expected_rejected
+    assert (
+        snowflake_rows(snowflake_emulator, schema, rejected.format("rejected_events"))
+        == expected_rejected
+    )
+    assert (
+        bigquery_rows(bigquery_client, rejected.format(f"`{bigquery_dataset}.rejected_events`"))
+        == expected_rejected
+    )
 
 
 # ------------------------------------------- shared end-to-end scenario (per warehouse)
 LONG_KEY = "x" * 400
 HOSTILE_PROPS = {
-    "tool_id": "t-hostile", "tool_type": "hostile", "latency_ms": 1, "workspace_id": "ws_h",
-    "select": 1, "my key": "v", "a.b": 2, 'quo"te': "q", "Order": "first", "1st": 3, LONG_KEY: "long", "timestamp": "nope",
+    "tool_id": "t-hostile",
+    "tool_type": "hostile",
+    "latency_ms": 1,
+    "workspace_id": "ws_h",
+    "select": 1,
+    "my key": "v",
+    "a.b": 2,
+    'quo"te': "q",
+    "Order": "first",
+    "1st": 3,
+    LONG_KEY: "long",
+    "timestamp": "nope",
 }
 # One envelope, so the order is fixed: the first sighting types the new column.
-EVOLUTION_RAW = orjson.dumps({"batch": [
-    _ph("tool_used", "evo-1", f"{DAY2}T01:00:00Z", {"tool_type": "evo", "latency_ms": 2, "retries": 2, "workspace_id": "ws_h"}),
-    _ph("tool_used", "evo-2", f"{DAY2}T01:01:00Z", {"tool_type": "evo", "latency_ms": 3, "retries": "many", "workspace_id": "ws_h"}),
-    _ph("tool_used", "hostile-1", f"{DAY2}T01:02:00Z", HOSTILE_PROPS),
-]})
-FILLER_RAW = [orjson.dumps(_ph("page_viewed", f"fill-{i}", f"{DAY2}T02:00:00Z", {"n": i}, distinct_id=f"u{i % 7}")) for i in range(200)]
+EVOLUTION_RAW = orjson.dumps(
+    {
+        "batch": [
+            _ph(
+                "tool_used",
+                "evo-1",
+                f"{DAY2}T01:00:00Z",
+                {"tool_type": "evo", "latency_ms": 2, "retries": 2, "workspace_id": "ws_h"},
+            ),
+            _ph(
+                "tool_used",
+                "evo-2",
+                f"{DAY2}T01:01:00Z",
+                {"tool_type": "evo", "latency_ms": 3, "retries": "many", "workspace_id": "ws_h"},
+            ),
+            _ph("tool_used", "hostile-1", f"{DAY2}T01:02:00Z", HOSTILE_PROPS),
+        ]
+    }
+)
+FILLER_RAW = [
+    orjson.dumps(
+        _ph("page_viewed", f"fill-{i}", f"{DAY2}T02:00:00Z", {"n": i}, distinct_id=f"u{i % 7}")
+    )
+    for i in range(200)
+]
 ALL_RAW = KNOWN_RAW + [EVOLUTION_RAW] + FILLER_RAW + list(BAD_RAW)
 TOTAL_EVENTS = len(KNOWN_RAW) + 3 + len(FILLER_RAW)
 
 
-def run_killed_then_replayed(make_pipeline, target: str, env: dict[str, str], count_events: Any, **settings: Any) -> Any:
+def run_killed_then_replayed(
+    make_pipeline, target: str, env: dict[str, str], count_events: Any, **settings: Any
+) -> Any:
     """Raw events through real workers into DuckDB and ``target``; the target's sink worker is
     SIGKILLed mid-stream and restarted, then the whole normalized range is replayed to it.
 
@@ -228,14 +374,18 @@ def run_killed_then_replayed(make_pipeline, target: str, env: dict[str, str], co
     import json
     import time
 
-    pipeline = make_pipeline(sinks=("duckdb", target), extra_env={
-        **env,
-        "ETL_DELIVERY__BATCH_MAX_EVENTS": "40",
-        # The killed member leaves the group sooner, so its successor starts sooner.
-        "ETL_KAFKA__SESSION_TIMEOUT": "6",
-        "ETL_KAFKA__REBALANCE_TIMEOUT": "6",
-        "ETL_KAFKA__HEARTBEAT_INTERVAL": "0.5",
-    }, **settings)
+    pipeline = make_pipeline(
+        sinks=("duckdb", target),
+        extra_env={
+            **env,
+            "ETL_DELIVERY__BATCH_MAX_EVENTS": "40",
+            # The killed member leaves the group sooner, so its successor starts sooner.
+            "ETL_KAFKA__SESSION_TIMEOUT": "6",
+            "ETL_KAFKA__REBALANCE_TIMEOUT": "6",
+            "ETL_KAFKA__HEARTBEAT_INTERVAL": "0.5",
+        },
+        **settings,
+    )
     pipeline.produce(ALL_RAW)
     pipeline.start()
     deadline = time.monotonic() + 90
@@ -250,18 +400,38 @@ def run_killed_then_replayed(make_pipeline, target: str, env: dict[str, str], co
             break
         time.sleep(0.1)
     pipeline.kill(f"sink:{target}")
-    assert 0 < at_kill < TOTAL_EVENTS, f"the kill must land mid-stream (saw {at_kill} of {TOTAL_EVENTS})"
+    assert 0 < at_kill < TOTAL_EVENTS, (
+        f"the kill must land mid-stream (saw {at_kill} of {TOTAL_EVENTS})"
+    )
     pipeline.start([f"sink:{target}"])
     pipeline.wait_drained(timeout=150)
     pipeline.check_alive()
     landed = count_events()
     if landed != TOTAL_EVENTS:
         log = (pipeline.work_dir / "logs" / f"worker-sink-{target}.log").read_text(errors="replace")
-        problems = [line for line in log.splitlines() if '"level":"warn' in line.lower() or '"level":"error"' in line.lower()]
-        pytest.fail(f"{landed} of {TOTAL_EVENTS} events in {target} after the drain (kill at {at_kill}); "
-                    "sink worker warnings/errors:\n" + "\n".join(problems[-30:]))
+        problems = [
+            line
+            for line in log.splitlines()
+            if '"level":"warn' in line.lower() or '"level":"error"' in line.lower()
+        ]
+        pytest.fail(
+            f"{landed} of {TOTAL_EVENTS} events in {target} after the drain (kill at {at_kill}); "
+            "sink worker warnings/errors:\n" + "\n".join(problems[-30:])
+        )
 
-    done = pipeline.cli("replay", "--source", "normalized", "--range", "0:0-", "--range", "1:0-", "--sinks", target, "--no-progress", "--json")
+    done = pipeline.cli(
+        "replay",
+        "--source",
+        "normalized",
+        "--range",
+        "0:0-",
+        "--range",
+        "1:0-",
+        "--sinks",
+        target,
+        "--no-progress",
+        "--json",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     return pipeline, at_kill, summary

@@ -5,7 +5,12 @@
 * :mod:`.fixtures` - session-scoped pytest fixtures built on both.
 """
 
-from .bigquery import BigQueryEmulator, BigQueryEmulatorError, ensure_bqemulator_venv, install_spatial_extension
+from .bigquery import (
+    BigQueryEmulator,
+    BigQueryEmulatorError,
+    ensure_bqemulator_venv,
+    install_spatial_extension,
+)
 from .snowflake import FakeSnowflakeServer, FakeSnowflakeStartError, fakesnow_server
 
 __all__ = [

@@ -29,11 +29,11 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -83,11 +83,17 @@ def _venv_bin(venv: Path, name: str) -> Path:
     return venv / "bin" / name
 
 
-def _run(cmd: list[str], *, what: str, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+def _run(
+    cmd: list[str], *, what: str, timeout: float, **kwargs: Any
+) -> subprocess.CompletedProcess[bytes]:
     try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, **kwargs)
+        proc = subprocess.run(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, **kwargs
+        )
     except subprocess.TimeoutExpired as exc:
-        raise BigQueryEmulatorError(f"{what} timed out after {timeout:.0f}s: {' '.join(cmd)}\n{_tail(exc.output or b'')}") from exc
+        raise BigQueryEmulatorError(
+            f"{what} timed out after {timeout:.0f}s: {' '.join(cmd)}\n{_tail(exc.output or b'')}"
+        ) from exc
     except OSError as exc:
         raise BigQueryEmulatorError(f"{what} could not run {cmd[0]!r}: {exc}") from exc
     if proc.returncode != 0:
@@ -98,7 +104,9 @@ def _run(cmd: list[str], *, what: str, timeout: float, **kwargs: Any) -> subproc
 
 
 def _requirements_digest(requirements: Path, python: str) -> str:
-    version = _run([python, "-c", "import sys; print(sys.version)"], what="probing the base python", timeout=60)
+    version = _run(
+        [python, "-c", "import sys; print(sys.version)"], what="probing the base python", timeout=60
+    )
     h = hashlib.sha256()
     h.update(requirements.read_bytes())
     h.update(b"\0" + version.stdout.strip())
@@ -139,7 +147,10 @@ def ensure_bqemulator_venv(
         raise BigQueryEmulatorError(f"requirements file not found: {req}")
 
     # the lock lives outside the repo (and outside the venv, which a rebuild deletes)
-    lock = Path(tempfile.gettempdir()) / f"etl-bqemu-{hashlib.sha256(str(venv).encode()).hexdigest()[:16]}.lock"
+    lock = (
+        Path(tempfile.gettempdir())
+        / f"etl-bqemu-{hashlib.sha256(str(venv).encode()).hexdigest()[:16]}.lock"
+    )
     with _file_lock(lock):
         digest = _requirements_digest(req, python)
         stamp = venv / STAMP_NAME
@@ -157,13 +168,29 @@ def ensure_bqemulator_venv(
             venv.rmdir()  # left empty by an interrupted build
         if venv.exists():
             if not (venv / "pyvenv.cfg").is_file():
-                raise BigQueryEmulatorError(f"{venv} exists but is not a virtualenv; refusing to replace it")
+                raise BigQueryEmulatorError(
+                    f"{venv} exists but is not a virtualenv; refusing to replace it"
+                )
             log.info("rebuilding %s: requirements changed", venv)
             shutil.rmtree(venv)
-        _run([python, "-m", "venv", str(venv)], what=f"creating the bqemulator venv at {venv}", timeout=300)
+        _run(
+            [python, "-m", "venv", str(venv)],
+            what=f"creating the bqemulator venv at {venv}",
+            timeout=300,
+        )
         vpy = str(_venv_bin(venv, "python"))
         _run(
-            [vpy, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-q", "-r", str(req)],
+            [
+                vpy,
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "-q",
+                "-r",
+                str(req),
+            ],
             what=f"installing {req.name} into {venv}",
             timeout=timeout,
         )
@@ -194,7 +221,11 @@ def install_spatial_extension(venv: str | os.PathLike[str]) -> Path:
     Returns the installed file.  A no-op when an identical-size file is already there.
     """
     venv = Path(venv)
-    out = _run([str(_venv_bin(venv, "python")), "-c", _SPATIAL_PROBE], what="locating the spatial extension", timeout=120)
+    out = _run(
+        [str(_venv_bin(venv, "python")), "-c", _SPATIAL_PROBE],
+        what="locating the spatial extension",
+        timeout=120,
+    )
     info = json.loads(out.stdout.decode().strip().splitlines()[-1])
     if not info["files"]:
         raise BigQueryEmulatorError(
@@ -202,8 +233,17 @@ def install_spatial_extension(venv: str | os.PathLike[str]) -> Path:
         )
     src = Path(info["files"][0])
     if info["version"] not in src.parts:
-        raise BigQueryEmulatorError(f"spatial extension {src} does not match duckdb {info['version']}")
-    dest = Path.home() / ".duckdb" / "extensions" / info["version"] / info["platform"] / "spatial.duckdb_extension"
+        raise BigQueryEmulatorError(
+            f"spatial extension {src} does not match duckdb {info['version']}"
+        )
+    dest = (
+        Path.home()
+        / ".duckdb"
+        / "extensions"
+        / info["version"]
+        / info["platform"]
+        / "spatial.duckdb_extension"
+    )
     if dest.is_file() and dest.stat().st_size == src.stat().st_size:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -301,7 +341,9 @@ class BigQueryEmulator:
             install_spatial_extension(self.venv)
         exe = _venv_bin(self.venv, "bqemulator")
         if not exe.exists():
-            raise BigQueryEmulatorError(f"{exe} not found; run ensure_bqemulator_venv({str(self.venv)!r}) first")
+            raise BigQueryEmulatorError(
+                f"{exe} not found; run ensure_bqemulator_venv({str(self.venv)!r}) first"
+            )
 
         self.workdir = Path(tempfile.mkdtemp(prefix="bqemulator-"))
         self.log_path = self.workdir / "bqemulator.log"
@@ -351,7 +393,9 @@ class BigQueryEmulator:
             return ""
 
     def _fail(self, reason: str) -> BigQueryEmulatorError:
-        return BigQueryEmulatorError(f"bqemulator did not start: {reason}\n--- tail of {self.log_path} ---\n{_tail(self._log_text())}")
+        return BigQueryEmulatorError(
+            f"bqemulator did not start: {reason}\n--- tail of {self.log_path} ---\n{_tail(self._log_text())}"
+        )
 
     def _ports_from_log(self) -> None:
         for line in self._log_text().splitlines():
@@ -378,7 +422,9 @@ class BigQueryEmulator:
                 self._ports_from_log()
             if self.rest_port:
                 try:
-                    with urllib.request.urlopen(f"http://{self.host}:{self.rest_port}/readyz", timeout=2) as resp:
+                    with urllib.request.urlopen(
+                        f"http://{self.host}:{self.rest_port}/readyz", timeout=2
+                    ) as resp:
                         body = json.loads(resp.read() or b"{}")
                     if body.get("status") == "ok":
                         return

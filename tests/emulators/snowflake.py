@@ -92,7 +92,8 @@ def connection_kwargs(
         "host": host,
         "port": port,
         "protocol": "http",
-        "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False} | (session_parameters or {}),
+        "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False}
+        | (session_parameters or {}),
         "network_timeout": network_timeout,
     }
 
@@ -170,11 +171,15 @@ class FakeSnowflakeServer:
     def _start_thread(self) -> None:
         import fakesnow
 
-        cm = fakesnow.server(port=self.port or None, host=self.host, session_parameters=self.session_parameters)
+        cm = fakesnow.server(
+            port=self.port or None, host=self.host, session_parameters=self.session_parameters
+        )
         try:
             kwargs = cm.__enter__()
         except Exception as exc:  # uvicorn logs the cause (eg: port in use) to stderr
-            raise FakeSnowflakeStartError(f"fakesnow.server() failed to start on {self.host}:{self.port}: {exc}") from exc
+            raise FakeSnowflakeStartError(
+                f"fakesnow.server() failed to start on {self.host}:{self.port}: {exc}"
+            ) from exc
         self._thread_cm = cm
         self.port = int(kwargs["port"])
         kwargs["network_timeout"] = self.network_timeout
@@ -195,7 +200,16 @@ class FakeSnowflakeServer:
             self.log_path = log_dir / f"fakesnow-{port}.log"
             with open(self.log_path, "wb") as log:
                 self.process = subprocess.Popen(
-                    [sys.executable, "-m", "fakesnow", "--server", "--host", self.host, "--port", str(port)],
+                    [
+                        sys.executable,
+                        "-m",
+                        "fakesnow",
+                        "--server",
+                        "--host",
+                        self.host,
+                        "--port",
+                        str(port),
+                    ],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -204,7 +218,9 @@ class FakeSnowflakeServer:
                 )
             if self._wait_until_listening(port):
                 self.port = port
-                self._kwargs = connection_kwargs(self.host, port, self.session_parameters, self.network_timeout)
+                self._kwargs = connection_kwargs(
+                    self.host, port, self.session_parameters, self.network_timeout
+                )
                 return
             last_error = (
                 f"fakesnow server (pid {self.process.pid}, attempt {attempt + 1}/{attempts}) did not listen on "
@@ -287,7 +303,9 @@ class FakeSnowflakeServer:
     def kwargs(self) -> dict[str, Any]:
         return self.connection_kwargs()
 
-    def connect(self, database: str | None = None, schema: str | None = None, **overrides: Any) -> Any:
+    def connect(
+        self, database: str | None = None, schema: str | None = None, **overrides: Any
+    ) -> Any:
         """A real ``SnowflakeConnection`` to this server; closed by :meth:`stop` if still open.
 
         fakesnow creates ``database`` and ``schema`` on login if they do not exist.

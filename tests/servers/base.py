@@ -15,9 +15,10 @@ import threading
 import time
 import traceback
 import zlib
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Set, Union
+from typing import Any, Union
 from urllib.parse import parse_qsl, urlsplit
 
 __all__ = [
@@ -38,9 +39,7 @@ MAX_WIRE_BYTES = 256 * 1024 * 1024
 
 def json_size(obj: Any) -> int:
     """Size in bytes of ``obj`` as compact UTF-8 JSON (how size limits are measured)."""
-    return len(
-        json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    )
+    return len(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
 
 
 def _norm_path(path: str) -> str:
@@ -52,20 +51,20 @@ def _norm_path(path: str) -> str:
 class Response:
     status: int
     body: bytes = b""
-    headers: Dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def json(
-        cls, status: int, payload: Any, headers: Optional[Mapping[str, str]] = None
-    ) -> "Response":
+        cls, status: int, payload: Any, headers: Mapping[str, str] | None = None
+    ) -> Response:
         merged = {"Content-Type": "application/json"}
         merged.update(headers or {})
         return cls(status, json.dumps(payload).encode("utf-8"), merged)
 
     @classmethod
     def text(
-        cls, status: int, text: str, headers: Optional[Mapping[str, str]] = None
-    ) -> "Response":
+        cls, status: int, text: str, headers: Mapping[str, str] | None = None
+    ) -> Response:
         merged = {"Content-Type": "text/plain; charset=utf-8"}
         merged.update(headers or {})
         return cls(status, text.encode("utf-8"), merged)
@@ -77,20 +76,20 @@ class RecordedRequest:
 
     method: str
     path: str
-    query: Dict[str, str]
-    headers: Dict[str, str]
+    query: dict[str, str]
+    headers: dict[str, str]
     raw_body: bytes  # bytes on the wire
     body: bytes  # after Content-Encoding was undone
     json: Any = None  # parsed body, None when empty or not JSON
     received_at: float = 0.0  # server clock
     # Set when the body could not be decoded (bad gzip, unknown encoding).
-    decode_error: Optional[str] = None
+    decode_error: str | None = None
     # True when the decoded body was cut at the server's decompression cap.
     body_truncated: bool = False
-    status: Optional[int] = None  # status sent; None if the connection was dropped
-    fault: Optional["Fault"] = None  # the injected fault that answered, if any
+    status: int | None = None  # status sent; None if the connection was dropped
+    fault: Fault | None = None  # the injected fault that answered, if any
 
-    def header(self, name: str, default: Optional[str] = None) -> Optional[str]:
+    def header(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name.lower(), default)
 
     @property
@@ -109,18 +108,18 @@ class Fault:
     the request) and an arbitrary ``match`` predicate.
     """
 
-    status: Optional[int] = None
-    retry_after: Optional[Union[float, int, str]] = None
+    status: int | None = None
+    retry_after: float | int | str | None = None
     delay: float = 0.0
     drop: bool = False
     body: Any = None  # bytes/str/JSON-able; None = vendor-style error body
-    headers: Dict[str, str] = field(default_factory=dict)
-    times: Optional[int] = 1
-    until: Optional[float] = None
-    path: Optional[PathSpec] = None
-    method: Optional[str] = None
-    contains_id: Optional[Union[str, Collection[str]]] = None
-    match: Optional[Callable[[RecordedRequest], bool]] = None
+    headers: dict[str, str] = field(default_factory=dict)
+    times: int | None = 1
+    until: float | None = None
+    path: PathSpec | None = None
+    method: str | None = None
+    contains_id: str | Collection[str] | None = None
+    match: Callable[[RecordedRequest], bool] | None = None
     hits: int = 0  # how many requests this fault answered
     cancelled: bool = False
 
@@ -134,7 +133,7 @@ class Fault:
             return True
         return self.times is not None and self.hits >= self.times
 
-    def _matches(self, req: RecordedRequest, ids: Set[str]) -> bool:
+    def _matches(self, req: RecordedRequest, ids: set[str]) -> bool:
         if self.method is not None and req.method.upper() != self.method.upper():
             return False
         if self.path is not None:
@@ -143,9 +142,7 @@ class Fault:
                 return False
         if self.contains_id is not None:
             wanted = (
-                {self.contains_id}
-                if isinstance(self.contains_id, str)
-                else set(self.contains_id)
+                {self.contains_id} if isinstance(self.contains_id, str) else set(self.contains_id)
             )
             if not wanted & ids:
                 return False
@@ -160,9 +157,9 @@ class FaultQueue:
     def __init__(self, clock: Callable[[], float]):
         self._clock = clock
         self._lock = threading.Lock()
-        self._faults: List[Fault] = []
+        self._faults: list[Fault] = []
 
-    def push(self, fault: Optional[Fault] = None, **kwargs: Any) -> Fault:
+    def push(self, fault: Fault | None = None, **kwargs: Any) -> Fault:
         """Queue ``fault`` or ``Fault(**kwargs)``; returns it (``.hits``, ``.cancel()``)."""
         if fault is None:
             fault = Fault(**kwargs)
@@ -174,7 +171,7 @@ class FaultQueue:
             self._faults.append(fault)
         return fault
 
-    def take(self, req: RecordedRequest, ids: Set[str]) -> Optional[Fault]:
+    def take(self, req: RecordedRequest, ids: set[str]) -> Fault | None:
         now = self._clock()
         with self._lock:
             self._faults = [f for f in self._faults if not f._expired(now)]
@@ -189,7 +186,7 @@ class FaultQueue:
             self._faults.clear()
 
     @property
-    def pending(self) -> List[Fault]:
+    def pending(self) -> list[Fault]:
         now = self._clock()
         with self._lock:
             return [f for f in self._faults if not f._expired(now)]
@@ -203,7 +200,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Idle keep-alive connections are closed after this, so nothing hangs forever.
     timeout = 15
-    server: "_ThreadingServer"
+    server: _ThreadingServer
 
     def setup(self) -> None:
         super().setup()
@@ -232,7 +229,7 @@ class _ThreadingServer(ThreadingHTTPServer):
     # the handler threads itself (socketserver only joins non-daemon ones).
     daemon_threads = True
 
-    def __init__(self, address: Any, owner: "RecordingHTTPServer"):
+    def __init__(self, address: Any, owner: RecordingHTTPServer):
         self.owner = owner
         super().__init__(address, _Handler)
 
@@ -266,17 +263,17 @@ class RecordingHTTPServer:
         self.faults = FaultQueue(clock)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._requests: List[RecordedRequest] = []
+        self._requests: list[RecordedRequest] = []
         self._generation = 0  # bumped on every recorded request
-        self.errors: List[str] = []  # tracebacks of bugs in handle_request
-        self._conns: Dict[socket.socket, threading.Thread] = {}
+        self.errors: list[str] = []  # tracebacks of bugs in handle_request
+        self._conns: dict[socket.socket, threading.Thread] = {}
         self._stopping = threading.Event()
-        self._httpd: Optional[_ThreadingServer] = None
-        self._thread: Optional[threading.Thread] = None
+        self._httpd: _ThreadingServer | None = None
+        self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def start(self) -> "RecordingHTTPServer":
+    def start(self) -> RecordingHTTPServer:
         if self._httpd is not None:
             raise RuntimeError(f"{self.name} server already started")
         self._stopping.clear()
@@ -311,7 +308,7 @@ class RecordingHTTPServer:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "RecordingHTTPServer":
+    def __enter__(self) -> RecordingHTTPServer:
         if self._httpd is None:
             self.start()
         return self
@@ -336,11 +333,11 @@ class RecordingHTTPServer:
     # -- recording -----------------------------------------------------------------
 
     @property
-    def requests(self) -> List[RecordedRequest]:
+    def requests(self) -> list[RecordedRequest]:
         with self._lock:
             return list(self._requests)
 
-    def requests_to(self, *paths: str) -> List[RecordedRequest]:
+    def requests_to(self, *paths: str) -> list[RecordedRequest]:
         wanted = {_norm_path(p) for p in paths}
         return [r for r in self.requests if _norm_path(r.path) in wanted]
 
@@ -350,7 +347,7 @@ class RecordingHTTPServer:
             self._requests.clear()
 
     def wait_for(
-        self, predicate: Callable[["RecordingHTTPServer"], bool], timeout: float = 5.0
+        self, predicate: Callable[[RecordingHTTPServer], bool], timeout: float = 5.0
     ) -> None:
         """Block until ``predicate(self)`` holds; re-checked after every request."""
         deadline = time.monotonic() + timeout
@@ -373,12 +370,10 @@ class RecordingHTTPServer:
 
     def fail_for(self, seconds: float, status: int = 503, **kwargs: Any) -> Fault:
         """Answer every matching request with ``status`` for ``seconds`` (server clock)."""
-        return self.faults.push(
-            status=status, times=None, until=self.clock() + seconds, **kwargs
-        )
+        return self.faults.push(status=status, times=None, until=self.clock() + seconds, **kwargs)
 
     def rate_limit_next(
-        self, n: int = 1, retry_after: Union[float, int, str] = 1, **kwargs: Any
+        self, n: int = 1, retry_after: float | int | str = 1, **kwargs: Any
     ) -> Fault:
         return self.faults.push(status=429, retry_after=retry_after, times=n, **kwargs)
 
@@ -391,7 +386,7 @@ class RecordingHTTPServer:
         return self.faults.push(drop=True, times=n, **kwargs)
 
     def reject_ids(
-        self, ids: Union[str, Collection[str]], status: int = 400, **kwargs: Any
+        self, ids: str | Collection[str], status: int = 400, **kwargs: Any
     ) -> Fault:
         """Fail every request carrying one of ``ids`` until cancelled (bisection tests)."""
         return self.faults.push(status=status, contains_id=ids, times=None, **kwargs)
@@ -401,11 +396,11 @@ class RecordingHTTPServer:
     def handle_request(self, req: RecordedRequest) -> Response:
         return self.error_response(404, "not found")
 
-    def request_ids(self, req: RecordedRequest) -> Set[str]:
+    def request_ids(self, req: RecordedRequest) -> set[str]:
         """Event ids carried by the request, for ``Fault.contains_id``."""
         return set()
 
-    def error_response(self, status: int, message: Optional[str] = None) -> Response:
+    def error_response(self, status: int, message: str | None = None) -> Response:
         text = message or http.client.responses.get(status, "error")
         return Response.text(status, text)
 
@@ -478,7 +473,7 @@ class RecordingHTTPServer:
         self._record(req)
         self._write(handler, resp)
 
-    def _safe_ids(self, req: RecordedRequest) -> Set[str]:
+    def _safe_ids(self, req: RecordedRequest) -> set[str]:
         try:
             return self.request_ids(req)
         except Exception:
@@ -536,7 +531,7 @@ class RecordingHTTPServer:
         return req
 
     @staticmethod
-    def _read_body(handler: _Handler, headers: Dict[str, str]) -> bytes:
+    def _read_body(handler: _Handler, headers: dict[str, str]) -> bytes:
         if "chunked" in headers.get("transfer-encoding", "").lower():
             chunks = []
             total = 0
@@ -563,7 +558,7 @@ class RecordingHTTPServer:
         return data
 
 
-def _decode(raw: bytes, encoding: str, cap: int) -> "tuple[bytes, bool]":
+def _decode(raw: bytes, encoding: str, cap: int) -> tuple[bytes, bool]:
     """Undo Content-Encoding, inflating at most ``cap`` bytes."""
     if encoding in ("gzip", "x-gzip"):
         wbits = 16 + zlib.MAX_WBITS

@@ -25,8 +25,9 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set
+from typing import Any
 
 from .base import RecordedRequest, RecordingHTTPServer, Response, _norm_path, json_size
 
@@ -44,15 +45,13 @@ _MISSING_KEY_DETAIL = (
 
 def posthog_hash(key: str, bucketing_value: Any, salt: str = "") -> float:
     """PostHog's deterministic bucket in [0, 1) for ``key`` and an id."""
-    digest = hashlib.sha1(f"{key}.{bucketing_value}{salt}".encode("utf-8")).hexdigest()
+    digest = hashlib.sha1(f"{key}.{bucketing_value}{salt}".encode()).hexdigest()
     return int(digest[:15], 16) / LONG_SCALE
 
 
 def _ph_error(status: int, type_: str, code: str, detail: str) -> Response:
     # PostHog's Django-style error body; the SDK surfaces ``detail``.
-    return Response.json(
-        status, {"type": type_, "code": code, "detail": detail, "attr": None}
-    )
+    return Response.json(status, {"type": type_, "code": code, "detail": detail, "attr": None})
 
 
 class _Unsupported(Exception):
@@ -63,10 +62,10 @@ class _Unsupported(Exception):
 class FlagEvaluation:
     key: str
     enabled: bool
-    variant: Optional[str]
+    variant: str | None
     reason_code: str
-    condition_index: Optional[int]
-    payload: Optional[str]
+    condition_index: int | None
+    payload: str | None
     errored: bool = False
 
     @property
@@ -94,11 +93,11 @@ class PostHogServer(RecordingHTTPServer):
     def __init__(
         self,
         project_api_key: str = "phc_test_project_key",
-        personal_api_key: Optional[str] = "phx_test_personal_key",
+        personal_api_key: str | None = "phx_test_personal_key",
         *,
-        flags: Optional[List[dict]] = None,
-        group_type_mapping: Optional[Mapping[str, str]] = None,
-        cohorts: Optional[Mapping[str, Any]] = None,
+        flags: list[dict] | None = None,
+        group_type_mapping: Mapping[str, str] | None = None,
+        cohorts: Mapping[str, Any] | None = None,
         max_body_bytes: int = 20 * 1024 * 1024,
         max_event_bytes: int = 1024 * 1024,
         host: str = "127.0.0.1",
@@ -113,11 +112,11 @@ class PostHogServer(RecordingHTTPServer):
         self.max_event_bytes = max_event_bytes
         # Set to make /flags answer quotaLimited: ["feature_flags"].
         self.flags_quota_limited = False
-        self._events: List[dict] = []
-        self._batches: List[dict] = []
-        self._flags: List[dict] = []
-        self._group_type_mapping: Dict[str, str] = {}
-        self._cohorts: Dict[str, Any] = {}
+        self._events: list[dict] = []
+        self._batches: list[dict] = []
+        self._flags: list[dict] = []
+        self._group_type_mapping: dict[str, str] = {}
+        self._cohorts: dict[str, Any] = {}
         self._etag = ""
         self.set_flags(flags or [], group_type_mapping, cohorts)
 
@@ -128,22 +127,22 @@ class PostHogServer(RecordingHTTPServer):
     # -- recorded data -------------------------------------------------------------
 
     @property
-    def events(self) -> List[dict]:
+    def events(self) -> list[dict]:
         """Accepted events, in arrival order, each with the batch's
         ``historical_migration`` flag added (the only key the server adds)."""
         with self._lock:
             return list(self._events)
 
     @property
-    def batches(self) -> List[dict]:
+    def batches(self) -> list[dict]:
         """Accepted request bodies exactly as decoded, plus ``path``."""
         with self._lock:
             return list(self._batches)
 
-    def uuids(self) -> List[Optional[str]]:
+    def uuids(self) -> list[str | None]:
         return [e.get("uuid") for e in self.events]
 
-    def events_by_uuid(self) -> Dict[str, dict]:
+    def events_by_uuid(self) -> dict[str, dict]:
         return {e["uuid"]: e for e in self.events if e.get("uuid")}
 
     def clear(self) -> None:
@@ -157,17 +156,15 @@ class PostHogServer(RecordingHTTPServer):
     def set_flags(
         self,
         flags: Iterable[dict],
-        group_type_mapping: Optional[Mapping[str, str]] = None,
-        cohorts: Optional[Mapping[str, Any]] = None,
+        group_type_mapping: Mapping[str, str] | None = None,
+        cohorts: Mapping[str, Any] | None = None,
     ) -> None:
         """Replace the definitions (PostHog flag JSON). Mapping/cohorts are kept
         unless given. Changes the definitions ETag."""
         with self._lock:
             self._flags = copy.deepcopy(list(flags))
             if group_type_mapping is not None:
-                self._group_type_mapping = {
-                    str(k): v for k, v in group_type_mapping.items()
-                }
+                self._group_type_mapping = {str(k): v for k, v in group_type_mapping.items()}
             if cohorts is not None:
                 self._cohorts = {str(k): copy.deepcopy(v) for k, v in cohorts.items()}
             body = json.dumps(self._definitions_locked(), sort_keys=True)
@@ -193,14 +190,10 @@ class PostHogServer(RecordingHTTPServer):
 
     # -- routing -------------------------------------------------------------------
 
-    def request_ids(self, req: RecordedRequest) -> Set[str]:
+    def request_ids(self, req: RecordedRequest) -> set[str]:
         body = req.json
         if isinstance(body, dict) and isinstance(body.get("batch"), list):
-            return {
-                str(e["uuid"])
-                for e in body["batch"]
-                if isinstance(e, dict) and e.get("uuid")
-            }
+            return {str(e["uuid"]) for e in body["batch"] if isinstance(e, dict) and e.get("uuid")}
         return set()
 
     def handle_request(self, req: RecordedRequest) -> Response:
@@ -215,31 +208,35 @@ class PostHogServer(RecordingHTTPServer):
             return self._post_only(req) or self._handle_flags(req)
         return self.error_response(404, f"Endpoint {req.path} not found")
 
-    def _post_only(self, req: RecordedRequest) -> Optional[Response]:
+    def _post_only(self, req: RecordedRequest) -> Response | None:
         return None if req.method == "POST" else self.error_response(405)
 
-    def error_response(self, status: int, message: Optional[str] = None) -> Response:
+    def error_response(self, status: int, message: str | None = None) -> Response:
         if status == 401:
             return _ph_error(
-                401, "authentication_error", "invalid_api_key",
+                401,
+                "authentication_error",
+                "invalid_api_key",
                 message or _INVALID_KEY_DETAIL,
             )
         if status == 403:
             return _ph_error(
-                403, "authentication_error", "permission_denied",
+                403,
+                "authentication_error",
+                "permission_denied",
                 message or "You do not have permission to perform this action.",
             )
         if status == 413:
-            return _ph_error(413, "validation_error", "payload_too_large",
-                             message or "Payload too large")
+            return _ph_error(
+                413, "validation_error", "payload_too_large", message or "Payload too large"
+            )
         if status == 429:
-            return _ph_error(429, "throttled_error", "throttled",
-                             message or "Request was throttled.")
+            return _ph_error(
+                429, "throttled_error", "throttled", message or "Request was throttled."
+            )
         if status >= 500:
-            return _ph_error(status, "server_error", "error",
-                             message or "A server error occurred.")
-        return _ph_error(status, "validation_error", "invalid_input",
-                         message or "Invalid request.")
+            return _ph_error(status, "server_error", "error", message or "A server error occurred.")
+        return _ph_error(status, "validation_error", "invalid_input", message or "Invalid request.")
 
     def _bad(self, message: str) -> Response:
         return _ph_error(400, "validation_error", "invalid_payload", message)
@@ -248,9 +245,7 @@ class PostHogServer(RecordingHTTPServer):
 
     def _handle_batch(self, req: RecordedRequest) -> Response:
         if req.body_truncated or len(req.body) > self.max_body_bytes:
-            return self.error_response(
-                413, f"Request body larger than {self.max_body_bytes} bytes"
-            )
+            return self.error_response(413, f"Request body larger than {self.max_body_bytes} bytes")
         if req.decode_error:
             return self._bad(f"Malformed request data: {req.decode_error}")
         body = req.json
@@ -302,12 +297,16 @@ class PostHogServer(RecordingHTTPServer):
         auth = req.header("authorization") or ""
         if not auth.startswith("Bearer ") or not auth[7:].strip():
             return _ph_error(
-                401, "authentication_error", "not_authenticated",
+                401,
+                "authentication_error",
+                "not_authenticated",
                 "Authentication credentials were not provided.",
             )
         if self.personal_api_key is None or auth[7:].strip() != self.personal_api_key:
             return _ph_error(
-                401, "authentication_error", "authentication_failed",
+                401,
+                "authentication_error",
+                "authentication_failed",
                 "Invalid personal API key.",
             )
         if req.query.get("token") != self.project_api_key:
@@ -353,7 +352,7 @@ class PostHogServer(RecordingHTTPServer):
         with self._lock:
             by_key = {f.get("key"): f for f in self._flags}
         errors = any(r.errored for r in results)
-        out: Dict[str, Any] = {
+        out: dict[str, Any] = {
             "errorsWhileComputingFlags": errors,
             "requestId": str(uuid.uuid4()),
         }
@@ -374,13 +373,13 @@ class PostHogServer(RecordingHTTPServer):
 
     @staticmethod
     def _flag_record(result: FlagEvaluation, flag: dict, typed: bool) -> dict:
-        metadata: Dict[str, Any] = {
+        metadata: dict[str, Any] = {
             "id": flag.get("id"),
             "version": flag.get("version"),
             "description": flag.get("name") or None,
             "payload": result.payload if result.enabled else None,
         }
-        record: Dict[str, Any] = {
+        record: dict[str, Any] = {
             "key": result.key,
             "enabled": result.enabled,
             "variant": result.variant,
@@ -405,12 +404,12 @@ class PostHogServer(RecordingHTTPServer):
         self,
         distinct_id: str,
         *,
-        groups: Optional[Mapping[str, Any]] = None,
-        person_properties: Optional[Mapping[str, Any]] = None,
-        group_properties: Optional[Mapping[str, Mapping[str, Any]]] = None,
-        device_id: Optional[str] = None,
-        flag_keys: Optional[List[str]] = None,
-    ) -> List[FlagEvaluation]:
+        groups: Mapping[str, Any] | None = None,
+        person_properties: Mapping[str, Any] | None = None,
+        group_properties: Mapping[str, Mapping[str, Any]] | None = None,
+        device_id: str | None = None,
+        flag_keys: list[str] | None = None,
+    ) -> list[FlagEvaluation]:
         """Evaluate active flags the way ``/flags`` does."""
         with self._lock:
             flags = copy.deepcopy(self._flags)
@@ -424,13 +423,19 @@ class PostHogServer(RecordingHTTPServer):
                 continue
             results.append(
                 self._evaluate(
-                    flag, distinct_id, groups or {}, person_properties or {},
-                    group_properties or {}, device_id, mapping, cohorts,
+                    flag,
+                    distinct_id,
+                    groups or {},
+                    person_properties or {},
+                    group_properties or {},
+                    device_id,
+                    mapping,
+                    cohorts,
                 )
             )
         return results
 
-    def evaluate_flag(self, key: str, distinct_id: str, **kwargs: Any) -> Optional[FlagEvaluation]:
+    def evaluate_flag(self, key: str, distinct_id: str, **kwargs: Any) -> FlagEvaluation | None:
         found = self.evaluate_flags(distinct_id, flag_keys=[key], **kwargs)
         return found[0] if found else None
 
@@ -441,7 +446,7 @@ class PostHogServer(RecordingHTTPServer):
         groups: Mapping[str, Any],
         person_properties: Mapping[str, Any],
         group_properties: Mapping[str, Mapping[str, Any]],
-        device_id: Optional[str],
+        device_id: str | None,
         mapping: Mapping[str, str],
         cohorts: Mapping[str, Any],
     ) -> FlagEvaluation:
@@ -459,9 +464,7 @@ class PostHogServer(RecordingHTTPServer):
                 **(group_properties.get(group_type) or {}),
             }
         else:
-            bucketing_id = flag.get("bucketing_identifier") or filters.get(
-                "bucketing_identifier"
-            )
+            bucketing_id = flag.get("bucketing_identifier") or filters.get("bucketing_identifier")
             bucketing = device_id if bucketing_id == "device_id" and device_id else distinct_id
             properties = {"distinct_id": distinct_id, **person_properties}
 
@@ -487,20 +490,20 @@ class PostHogServer(RecordingHTTPServer):
             variant = None
             if variants:
                 override = condition.get("variant")
-                variant = override if override in variant_keys else self._variant(
-                    key, bucketing, variants
+                variant = (
+                    override
+                    if override in variant_keys
+                    else self._variant(key, bucketing, variants)
                 )
             payloads = filters.get("payloads") or {}
             payload = payloads.get(variant if variant is not None else "true")
             if payload is not None and not isinstance(payload, str):
                 payload = json.dumps(payload)
-            return FlagEvaluation(
-                key, True, variant, "condition_match", index, payload, errored
-            )
+            return FlagEvaluation(key, True, variant, "condition_match", index, payload, errored)
         return FlagEvaluation(key, False, None, miss_code, miss_index, None, errored)
 
     @staticmethod
-    def _variant(key: str, bucketing: str, variants: List[dict]) -> Optional[str]:
+    def _variant(key: str, bucketing: str, variants: list[dict]) -> str | None:
         bucket = posthog_hash(key, bucketing, salt="variant")
         low = 0.0
         for variant in variants:
@@ -510,7 +513,9 @@ class PostHogServer(RecordingHTTPServer):
             low = high
         return None
 
-    def _match_filter(self, prop: dict, values: Mapping[str, Any], cohorts: Mapping[str, Any]) -> bool:
+    def _match_filter(
+        self, prop: dict, values: Mapping[str, Any], cohorts: Mapping[str, Any]
+    ) -> bool:
         kind = prop.get("type")
         if kind == "cohort":
             cohort = cohorts.get(str(prop.get("value")))
@@ -523,7 +528,9 @@ class PostHogServer(RecordingHTTPServer):
         matched = _match_property(prop, values)
         return not matched if prop.get("negation") else matched
 
-    def _match_group(self, group: Any, values: Mapping[str, Any], cohorts: Mapping[str, Any]) -> bool:
+    def _match_group(
+        self, group: Any, values: Mapping[str, Any], cohorts: Mapping[str, Any]
+    ) -> bool:
         # Cohort definitions: {"properties": {"type": "AND"|"OR", "values": [...]}} or
         # the inner group itself; values are nested groups or property filters.
         if isinstance(group, dict) and "properties" in group and "values" not in group:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from typing import Any, Callable, Dict, List, Optional, Set
+from collections.abc import Callable
+from typing import Any
 
 from .base import RecordedRequest, RecordingHTTPServer, Response, _norm_path, json_size
 
@@ -61,8 +62,8 @@ class RudderStackServer(RecordingHTTPServer):
         self.max_request_bytes = max_request_bytes
         self.max_event_bytes = max_event_bytes
         self.require_identity = require_identity
-        self._events: List[dict] = []
-        self._batches: List[dict] = []
+        self._events: list[dict] = []
+        self._batches: list[dict] = []
 
     @property
     def max_decoded_bytes(self) -> int:  # type: ignore[override]
@@ -71,22 +72,22 @@ class RudderStackServer(RecordingHTTPServer):
     # -- recorded data -------------------------------------------------------------
 
     @property
-    def events(self) -> List[dict]:
+    def events(self) -> list[dict]:
         """Accepted events exactly as sent, in arrival order."""
         with self._lock:
             return list(self._events)
 
     @property
-    def batches(self) -> List[dict]:
+    def batches(self) -> list[dict]:
         """Accepted request bodies; single-event calls appear as ``{"batch": [event]}``
         with ``path`` added."""
         with self._lock:
             return list(self._batches)
 
-    def message_ids(self) -> List[Optional[str]]:
+    def message_ids(self) -> list[str | None]:
         return [e.get("messageId") for e in self.events]
 
-    def events_by_message_id(self) -> Dict[str, dict]:
+    def events_by_message_id(self) -> dict[str, dict]:
         return {e["messageId"]: e for e in self.events if e.get("messageId")}
 
     def clear(self) -> None:
@@ -97,10 +98,10 @@ class RudderStackServer(RecordingHTTPServer):
 
     # -- routing -------------------------------------------------------------------
 
-    def error_response(self, status: int, message: Optional[str] = None) -> Response:
+    def error_response(self, status: int, message: str | None = None) -> Response:
         return Response.text(status, message or _MESSAGES.get(status, f"HTTP {status}"))
 
-    def request_ids(self, req: RecordedRequest) -> Set[str]:
+    def request_ids(self, req: RecordedRequest) -> set[str]:
         return {str(e["messageId"]) for e in _events_of(req.json) if e.get("messageId")}
 
     def handle_request(self, req: RecordedRequest) -> Response:
@@ -143,7 +144,7 @@ class RudderStackServer(RecordingHTTPServer):
             self._events.extend(events)
         return Response.text(200, OK)
 
-    def _check_auth(self, req: RecordedRequest) -> Optional[Response]:
+    def _check_auth(self, req: RecordedRequest) -> Response | None:
         header = req.header("authorization") or ""
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic" or not encoded.strip():
@@ -160,7 +161,7 @@ class RudderStackServer(RecordingHTTPServer):
         return None
 
 
-def _events_of(body: Any) -> List[dict]:
+def _events_of(body: Any) -> list[dict]:
     if isinstance(body, dict):
         batch = body.get("batch")
         if isinstance(batch, list):

@@ -20,8 +20,9 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from etl import kafka_tools
-from etl.config import Settings
-from etl.offsets import beginning_offsets, group_for, group_offsets, topic_partitions
+from etl.offsets import beginning_offsets, group_offsets, topic_partitions
+from sinks.settings import Settings
+from streams.roles import consumed_topics
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -95,27 +96,52 @@ def metric_state(samples: Samples) -> dict[str, Any]:
             gated[f"{labels.get('sink')}/{labels.get('flag')}"] = value
         elif name == "etl_dlq_total":
             dlq_metric[labels["reason"]] += value
-    return {"paused_since": paused, "stopped": sorted(stopped), "gated": gated, "dlq_by_reason_since_start": dict(dlq_metric)}
+    return {
+        "paused_since": paused,
+        "stopped": sorted(stopped),
+        "gated": gated,
+        "dlq_by_reason_since_start": dict(dlq_metric),
+    }
 
 
-def collect(settings: Settings, *, metrics_urls: list[str] | None = None, interval: float = 0.0, include_dlq: bool = True) -> dict[str, Any]:
-    names = ["normalize", *settings.sinks]
-    targets = {name: group_for(settings, name) for name in names}
+def collect(
+    settings: Settings,
+    *,
+    metrics_urls: list[str] | None = None,
+    interval: float = 0.0,
+    include_dlq: bool = True,
+) -> dict[str, Any]:
+    targets = {
+        "normalize" if role.kind == "normalize" else str(role.sink): (
+            settings.group(role),
+            consumed_topics(settings, role),
+        )
+        for role in settings.roles()
+    }
     first_scrape: Samples = {}
     unreachable: list[str] = []
     if metrics_urls:
         first_scrape, unreachable = scrape(metrics_urls)
     kc = kafka_tools.consumer(settings)
     try:
-        all_tps = topic_partitions(kc, sorted({t for _, topics in targets.values() for t in topics}))
+        all_tps = topic_partitions(
+            kc, sorted({t for _, topics in targets.values() for t in topics})
+        )
 
         def sample() -> dict[str, list[Any]]:
             # One true-end measurement for all topics, shared by the groups.
             ends: dict[Any, int] = {}
-            for topic in dict.fromkeys(tp.topic for tp in all_tps):  # one topic per request, as beginning_offsets
-                ends.update(kafka_tools.true_end_offsets(kc, [tp for tp in all_tps if tp.topic == topic]))
+            for topic in dict.fromkeys(
+                tp.topic for tp in all_tps
+            ):  # one topic per request, as beginning_offsets
+                ends.update(
+                    kafka_tools.true_end_offsets(kc, [tp for tp in all_tps if tp.topic == topic])
+                )
             known = (ends, beginning_offsets(kc, all_tps))
-            return {name: group_offsets(settings, group, topics, kc, known) for name, (group, topics) in targets.items()}
+            return {
+                name: group_offsets(settings, group, topics, kc, known)
+                for name, (group, topics) in targets.items()
+            }
 
         started = time.monotonic()
         first = sample()
@@ -130,22 +156,36 @@ def collect(settings: Settings, *, metrics_urls: list[str] | None = None, interv
     for name, (group, _) in targets.items():
         rows = second[name]
         before = {(r.topic, r.partition): r.committed or 0 for r in first[name]}
-        committed_rate = sum((r.committed or 0) - before[(r.topic, r.partition)] for r in rows) / elapsed if interval > 0 else None
-        groups.append({
-            "name": name,
-            "group": group,
-            "lag": sum(r.lag for r in rows),
-            "records_per_second": round(committed_rate, 1) if committed_rate is not None else None,
-            "partitions": [asdict(r) for r in rows],
-        })
-    doc: dict[str, Any] = {"at": datetime.now(UTC).isoformat(), "groups": groups, "total_lag": sum(g["lag"] for g in groups)}
+        committed_rate = (
+            sum((r.committed or 0) - before[(r.topic, r.partition)] for r in rows) / elapsed
+            if interval > 0
+            else None
+        )
+        groups.append(
+            {
+                "name": name,
+                "group": group,
+                "lag": sum(r.lag for r in rows),
+                "records_per_second": round(committed_rate, 1)
+                if committed_rate is not None
+                else None,
+                "partitions": [asdict(r) for r in rows],
+            }
+        )
+    doc: dict[str, Any] = {
+        "at": datetime.now(UTC).isoformat(),
+        "groups": groups,
+        "total_lag": sum(g["lag"] for g in groups),
+    }
     if metrics_urls:
-        second_scrape, unreachable = scrape(metrics_urls) if interval > 0 else (first_scrape, unreachable)
+        second_scrape, unreachable = (
+            scrape(metrics_urls) if interval > 0 else (first_scrape, unreachable)
+        )
         doc["metrics"] = {**metric_state(second_scrape), "unreachable": unreachable}
         if interval > 0:
             doc["metrics"].update(metric_rates(first_scrape, second_scrape, elapsed))
     if include_dlq:
-        from etl.dlq import read_dead_letters, summarize
+        from ops.dlq import read_dead_letters, summarize
 
         doc["dlq"] = summarize(read_dead_letters(settings))
     return doc
@@ -158,12 +198,20 @@ def render(doc: dict[str, Any]) -> None:
     console = Console()
     table = Table(title=f"etl status  {doc['at']}  total lag {doc['total_lag']}")
     for col in ("group", "topic", "partition", "committed", "end", "lag"):
-        table.add_column(col, justify="right" if col in ("partition", "committed", "end", "lag") else "left")
+        table.add_column(
+            col, justify="right" if col in ("partition", "committed", "end", "lag") else "left"
+        )
     for g in doc["groups"]:
         rate = f"  {g['records_per_second']} rec/s" if g["records_per_second"] is not None else ""
         for i, p in enumerate(g["partitions"]):
-            table.add_row(f"{g['group']}{rate}" if i == 0 else "", p["topic"], str(p["partition"]),
-                          "-" if p["committed"] is None else str(p["committed"]), str(p["end"]), str(p["lag"]))
+            table.add_row(
+                f"{g['group']}{rate}" if i == 0 else "",
+                p["topic"],
+                str(p["partition"]),
+                "-" if p["committed"] is None else str(p["committed"]),
+                str(p["end"]),
+                str(p["lag"]),
+            )
         table.add_section()
     console.print(table)
     m = doc.get("metrics")
@@ -172,12 +220,19 @@ def render(doc: dict[str, Any]) -> None:
         rates.add_column("stage")
         rates.add_column("in/s", justify="right")
         rates.add_column("out/s by outcome")
-        stages = sorted(set(m.get("events_in_per_second", {})) | set(m.get("events_out_per_second", {})))
+        stages = sorted(
+            set(m.get("events_in_per_second", {})) | set(m.get("events_out_per_second", {}))
+        )
         for stage in stages:
-            outs = ", ".join(f"{k} {v}" for k, v in sorted(m.get("events_out_per_second", {}).get(stage, {}).items()))
+            outs = ", ".join(
+                f"{k} {v}"
+                for k, v in sorted(m.get("events_out_per_second", {}).get(stage, {}).items())
+            )
             rates.add_row(stage, str(m.get("events_in_per_second", {}).get(stage, "-")), outs)
         console.print(rates)
-        console.print(f"paused by backpressure: {m['paused_since'] or 'none'}   stopped (auth): {m['stopped'] or 'none'}")
+        console.print(
+            f"paused by backpressure: {m['paused_since'] or 'none'}   stopped (auth): {m['stopped'] or 'none'}"
+        )
         console.print(f"flag-gated: {m['gated'] or 'none'}")
         if m["unreachable"]:
             console.print(f"[yellow]unreachable: {', '.join(m['unreachable'])}[/yellow]")

@@ -1,9 +1,11 @@
 """Replay and backfill: re-deliver a window of a topic to chosen sinks.
 
-A replay reads ``events.raw`` (through the real mappers again) or
-``events.normalized`` (straight to the sinks) for a window of offsets, and
-hands the events to the real delivery runtime (:class:`streams.delivery.Deliverer`),
-one per target sink, in this process.  Dead letters go to the DLQ topic.
+A replay reads ``events.raw`` (through the normalize stage again) or
+``events.normalized`` (straight to the sink stages) for a window of offsets,
+and runs the worker's own stages in this process
+(:class:`ops.inprocess.InProcessPipeline`): flag decisions, gates, PII
+redaction and delivery are exactly the live worker's.  Dead letters go to the
+DLQ topic.
 
 * **Live groups untouched.** The consumer has no group id and assigns the
   partitions itself, so it never joins or commits for any group.
@@ -42,12 +44,10 @@ import orjson
 from kafka import KafkaConsumer, TopicPartition
 
 from etl import kafka_tools
-from etl.config import Settings
 from etl.offsets import parse_time, to_ms
-from mappers.deadletter import dead_letter, dumps_dead_letter
-from mappers.envelope import decode_unified
-from mappers.errors import Rejection
-from mappers.normalize import Normalizer, dumps_event
+from mappers.envelope import split_unified
+from ops.inprocess import InProcessPipeline
+from sinks.settings import Settings
 
 log = logging.getLogger("etl.replay")
 
@@ -81,7 +81,7 @@ class ReplayPlan:
         }
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> "ReplayPlan":
+    def from_json(cls, doc: dict[str, Any]) -> ReplayPlan:
         return cls(
             replay_id=doc["replay_id"],
             source=doc["source"],
@@ -103,26 +103,41 @@ class ReplayState:
     done: bool = False
 
     @classmethod
-    def load(cls, path: Path) -> "ReplayState | None":
+    def load(cls, path: Path) -> ReplayState | None:
         try:
             doc = orjson.loads(path.read_bytes())
         except FileNotFoundError:
             return None
-        return cls(path, ReplayPlan.from_json(doc["plan"]), {int(p): int(o) for p, o in doc["positions"].items()}, bool(doc["done"]))
+        return cls(
+            path,
+            ReplayPlan.from_json(doc["plan"]),
+            {int(p): int(o) for p, o in doc["positions"].items()},
+            bool(doc["done"]),
+        )
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"plan": self.plan.as_json(), "positions": {str(p): o for p, o in self.positions.items()}, "done": self.done,
-               "updated_at": datetime.now(UTC).isoformat()}
+        doc = {
+            "plan": self.plan.as_json(),
+            "positions": {str(p): o for p, o in self.positions.items()},
+            "done": self.done,
+            "updated_at": datetime.now(UTC).isoformat(),
+        }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
         os.replace(tmp, self.path)  # atomic: a crash leaves the old or the new checkpoint
 
     def remaining(self) -> dict[int, tuple[int, int]]:
-        return {p: (self.positions.get(p, s), e) for p, (s, e) in self.plan.ranges.items() if self.positions.get(p, s) < e}
+        return {
+            p: (self.positions.get(p, s), e)
+            for p, (s, e) in self.plan.ranges.items()
+            if self.positions.get(p, s) < e
+        }
 
 
-def replay_id_for(source: str, sinks: list[str], window_from: str | None, window_to: str | None, ranges: list[str]) -> str:
+def replay_id_for(
+    source: str, sinks: list[str], window_from: str | None, window_to: str | None, ranges: list[str]
+) -> str:
     key = orjson.dumps([source, sorted(sinks), window_from, window_to, sorted(ranges)])
     return hashlib.sha256(key).hexdigest()[:12]
 
@@ -144,7 +159,9 @@ def parse_ranges(specs: list[str]) -> dict[int, tuple[int, int | None]]:
                 start, _, end = span.partition("-")
                 result[int(part)] = (int(start), int(end) if end.strip() else None)
             except ValueError:
-                raise ValueError(f"cannot read range {item!r}: use PARTITION:START-END (END exclusive) or PARTITION:START-") from None
+                raise ValueError(
+                    f"cannot read range {item!r}: use PARTITION:START-END (END exclusive) or PARTITION:START-"
+                ) from None
     return result
 
 
@@ -185,8 +202,16 @@ def make_plan(
             to_dt = parse_time(window_to) if window_to else None
             if from_dt and to_dt and to_dt <= from_dt:
                 raise ValueError("--to must be after --from")
-            starts = kafka_tools.offsets_at_times(kc, {tp: to_ms(from_dt) for tp in tps}, ends) if from_dt else dict(begins)
-            stops = kafka_tools.offsets_at_times(kc, {tp: to_ms(to_dt) for tp in tps}, ends) if to_dt else dict(ends)
+            starts = (
+                kafka_tools.offsets_at_times(kc, {tp: to_ms(from_dt) for tp in tps}, ends)
+                if from_dt
+                else dict(begins)
+            )
+            stops = (
+                kafka_tools.offsets_at_times(kc, {tp: to_ms(to_dt) for tp in tps}, ends)
+                if to_dt
+                else dict(ends)
+            )
             for tp in tps:
                 plan_ranges[tp.partition] = (starts[tp], max(starts[tp], stops[tp]))
             window_from = from_dt.isoformat() if from_dt else None
@@ -204,7 +229,9 @@ def make_plan(
     )
 
 
-def read_window(kc: KafkaConsumer, topic: str, ranges: dict[int, tuple[int, int]], max_records: int) -> Iterator[tuple[int, list[Any]]]:
+def read_window(
+    kc: KafkaConsumer, topic: str, ranges: dict[int, tuple[int, int]], max_records: int
+) -> Iterator[tuple[int, list[Any]]]:
     """Yield (partition, records) chunks covering exactly ``[start, end)`` per partition."""
     todo = {TopicPartition(topic, p): (s, e) for p, (s, e) in ranges.items() if s < e}
     if not todo:
@@ -217,8 +244,12 @@ def read_window(kc: KafkaConsumer, topic: str, ranges: dict[int, tuple[int, int]
         batch = kc.poll(timeout_ms=500, max_records=max_records)
         if not any(batch.values()):
             if time.monotonic() - idle_since > 30:
-                missing = ", ".join(f"{tp.partition}@{kc.position(tp)}<{e}" for tp, (_, e) in todo.items())
-                raise RuntimeError(f"{topic}: records stopped arriving before the window end ({missing})")
+                missing = ", ".join(
+                    f"{tp.partition}@{kc.position(tp)}<{e}" for tp, (_, e) in todo.items()
+                )
+                raise RuntimeError(
+                    f"{topic}: records stopped arriving before the window end ({missing})"
+                )
             continue
         idle_since = time.monotonic()
         for tp, records in batch.items():
@@ -234,28 +265,6 @@ def read_window(kc: KafkaConsumer, topic: str, ranges: dict[int, tuple[int, int]
     kc.unsubscribe()
 
 
-class Converter:
-    """Records of the replayed topic -> (unified events, rejections with source coordinates)."""
-
-    def __init__(self, settings: Settings, source: str) -> None:
-        self.source = source
-        self.normalizer = Normalizer(settings.normalize) if source == "raw" else None
-
-    def __call__(self, records: list[Any]) -> tuple[list[dict[str, Any]], list[tuple[Rejection, str, int, int]]]:
-        if self.normalizer is None:
-            return decode_unified(records), []
-        events: list[dict[str, Any]] = []
-        dead: list[tuple[Rejection, str, int, int]] = []
-        for rec in records:
-            evs, rejections = self.normalizer.normalize(
-                rec.value, topic=rec.topic, partition=rec.partition, offset=rec.offset, timestamp_ms=rec.timestamp
-            )
-            # The same JSON round trip as through events.normalized: sinks take JSON types.
-            events.extend(orjson.loads(dumps_event(ev)) for ev in evs)
-            dead.extend((r, rec.topic, rec.partition, rec.offset) for r in rejections)
-        return events, dead
-
-
 @dataclass
 class PartitionCount:
     records: int = 0
@@ -263,60 +272,61 @@ class PartitionCount:
     rejected: int = 0
 
 
-def dry_run(settings: Settings, plan: ReplayPlan, ranges: dict[int, tuple[int, int]] | None = None) -> dict[str, Any]:
+def dry_run(
+    settings: Settings, plan: ReplayPlan, ranges: dict[int, tuple[int, int]] | None = None
+) -> dict[str, Any]:
     """Read the window and count, per partition and per sink, what a replay would deliver."""
-    convert = Converter(settings, plan.source)
+    return asyncio.run(_dry_run(settings.model_copy(update={"replay": True}), plan, ranges))
+
+
+async def _dry_run(
+    settings: Settings, plan: ReplayPlan, ranges: dict[int, tuple[int, int]] | None
+) -> dict[str, Any]:
+    # The same stages as a replay with the delivery skipped: the normalize
+    # stage (for raw records) and each sink's gates.
+    pipeline = InProcessPipeline(settings, plan.sinks, normalize=plan.source == "raw")
+    normalize = pipeline.normalize_stage
     counts = {p: PartitionCount() for p in plan.ranges}
     by_event: Counter[str] = Counter()
+    by_sink: Counter[str] = Counter()
+    if normalize is not None:
+        await asyncio.to_thread(normalize.start)
     kc = kafka_tools.consumer(settings)
     try:
-        for partition, records in read_window(kc, plan.topic, ranges if ranges is not None else plan.ranges, 5000):
-            events, dead = convert(records)
+        for partition, records in read_window(
+            kc, plan.topic, ranges if ranges is not None else plan.ranges, 5000
+        ):
+            if normalize is not None:
+                batch = await asyncio.to_thread(normalize.process, records)
+                rejected, encoded = len(batch.dead), batch.encoded
+            else:
+                decoded, unreadable = split_unified(records)
+                rejected, encoded = len(unreadable), [orjson.dumps(ev) for ev in decoded]
             c = counts[partition]
             c.records += len(records)
-            c.events += len(events)
-            c.rejected += len(dead)
-            by_event.update(ev["event"] for ev in events)
+            c.events += len(encoded)
+            c.rejected += rejected
+            by_event.update(orjson.loads(raw)["event"] for raw in encoded)
+            for stage in pipeline.sink_stages:
+                by_sink[stage.sink.name] += len(stage.gate([orjson.loads(raw) for raw in encoded]))
     finally:
         kc.close()
-    events_total = sum(c.events for c in counts.values())
+        if normalize is not None:
+            normalize.close()
+        pipeline.output.close()
     return {
         **plan.as_json(),
         "dry_run": True,
-        "partitions": {str(p): {"start": plan.ranges[p][0], "end": plan.ranges[p][1], **c.__dict__} for p, c in sorted(counts.items())},
+        "partitions": {
+            str(p): {"start": plan.ranges[p][0], "end": plan.ranges[p][1], **c.__dict__}
+            for p, c in sorted(counts.items())
+        },
         "records": sum(c.records for c in counts.values()),
-        "events": events_total,
+        "events": sum(c.events for c in counts.values()),
         "rejected": sum(c.rejected for c in counts.values()),
-        "by_sink": {sink: events_total for sink in plan.sinks},
+        "by_sink": {sink: by_sink[sink] for sink in plan.sinks},
         "by_event": dict(sorted(by_event.items())),
     }
-
-
-class DeadLetterProducer:
-    """Sends dead letters to the DLQ topic and waits for the broker's acks."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.producer = kafka_tools.producer(settings)
-        self.count = 0
-
-    async def __call__(self, items: list[tuple[Rejection, str, int, int]], stage: str) -> None:
-        if items:
-            await asyncio.to_thread(self._send, items, stage)
-
-    def _send(self, items: list[tuple[Rejection, str, int, int]], stage: str) -> None:
-        limit = self.settings.normalize.dlq_raw_max_bytes
-        futures = []
-        for rejection, topic, partition, offset in items:
-            record = dead_letter(rejection, stage=stage, topic=topic, partition=partition, offset=offset, raw_limit=limit)
-            futures.append(self.producer.send(self.settings.kafka.dlq_topic, key=record["rejection_id"].encode(), value=dumps_dead_letter(record)))
-        self.producer.flush()
-        for f in futures:
-            f.get(timeout=60)  # raises if the broker refused: the checkpoint must not advance
-        self.count += len(items)
-
-    def close(self) -> None:
-        self.producer.close()
 
 
 def run_replay(
@@ -335,28 +345,28 @@ def run_replay(
         state = ReplayState(path, plan)
         state.save()
     assert state is not None
-    return asyncio.run(_replay(settings.model_copy(update={"replay": True}), state, rate, progress, resumed))
+    return asyncio.run(
+        _replay(settings.model_copy(update={"replay": True}), state, rate, progress, resumed)
+    )
 
 
-async def _replay(settings: Settings, state: ReplayState, rate: float | None, show_progress: bool, resumed: bool) -> dict[str, Any]:
+async def _replay(
+    settings: Settings, state: ReplayState, rate: float | None, show_progress: bool, resumed: bool
+) -> dict[str, Any]:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from sinks.base import sink_class
-    from streams.delivery import Deliverer
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     plan = state.plan
     remaining = state.remaining()
     todo = sum(e - s for s, e in remaining.values())
-    convert = Converter(settings, plan.source)
-    dlq = DeadLetterProducer(settings)
-    sinks = [sink_class(name)(settings) for name in plan.sinks]
-    d = settings.delivery
-    deliverers = [
-        Deliverer(sink, dlq, retry_initial=d.retry_initial, retry_max=d.retry_max, unexpected_attempts=d.unexpected_error_attempts,
-                  auth_retry_interval=d.auth_retry_interval, encode=dumps_event)
-        for sink in sinks
-    ]
+    pipeline = InProcessPipeline(settings, plan.sinks, normalize=plan.source == "raw")
     max_records = 2000 if not rate else int(max(1, min(2000, rate / 5)))
     records_read = events_read = 0
     started = time.monotonic()
@@ -373,21 +383,21 @@ async def _replay(settings: Settings, state: ReplayState, rate: float | None, sh
     )
     kc = kafka_tools.consumer(settings)
     try:
-        for sink in sinks:
-            await asyncio.to_thread(sink.open)
+        await pipeline.open()
         with progress:
             task = progress.add_task("replay", total=todo, eps=0.0)
             for partition, records in read_window(kc, plan.topic, remaining, max_records):
-                events, dead = convert(records)
-                await dlq(dead, "normalize")
-                for deliverer in deliverers:
-                    await deliverer.deliver(events)
+                if plan.source == "raw":
+                    events_read += (await pipeline.raw(records)).normalized
+                else:
+                    events_read += await pipeline.normalized(records)
                 state.positions[partition] = records[-1].offset + 1
                 state.save()
                 records_read += len(records)
-                events_read += len(events)
                 elapsed = time.monotonic() - started
-                progress.update(task, advance=len(records), eps=events_read / elapsed if elapsed > 0 else 0.0)
+                progress.update(
+                    task, advance=len(records), eps=events_read / elapsed if elapsed > 0 else 0.0
+                )
                 if rate:
                     ahead = events_read / rate - (time.monotonic() - started)
                     if ahead > 0:
@@ -396,9 +406,7 @@ async def _replay(settings: Settings, state: ReplayState, rate: float | None, sh
             state.save()
     finally:
         kc.close()
-        dlq.close()
-        for sink in sinks:
-            await asyncio.to_thread(sink.close)
+        await pipeline.close()
     elapsed = time.monotonic() - started
     return {
         **plan.as_json(),
@@ -406,8 +414,9 @@ async def _replay(settings: Settings, state: ReplayState, rate: float | None, sh
         "resumed": resumed,
         "records": records_read,
         "events": events_read,
-        "dead_lettered": dlq.count,
-        "by_sink": {name: events_read for name in plan.sinks},
+        "dead_lettered": pipeline.dead_lettered,
+        "by_sink": pipeline.delivered,
+        "gated": pipeline.gated,
         "seconds": round(elapsed, 3),
         "events_per_second": round(events_read / elapsed, 1) if elapsed > 0 else None,
         "state_file": str(state.path),

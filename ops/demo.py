@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from etl.broker import EmbeddedBroker
-from etl.config import Settings, load_settings
-from etl.pipeline import LocalPipeline
-from etl.status import metric_sum, read_samples as scrape
-from etl.synthetic import Generator
-from etl.workers import WorkerProcess
+
+from ops.harness.broker import EmbeddedBroker
+from ops.harness.local_pipeline import LocalPipeline
+from ops.harness.synthetic import Generator
+from ops.status import metric_sum
+from ops.status import read_samples as scrape
+from sinks.settings import Settings, load_settings
+from streams.supervisor import WorkerProcess
 
 
 @dataclass
@@ -92,7 +94,9 @@ class Progress:
             self._live = Live(refresh_per_second=4, transient=True)
             self._live.start()
 
-    def update(self, produced: int, total: int | None, groups: dict[str, tuple[int, int]], started: float) -> None:
+    def update(
+        self, produced: int, total: int | None, groups: dict[str, tuple[int, int]], started: float
+    ) -> None:
         if self.quiet:
             return
         elapsed = max(time.monotonic() - started, 1e-6)
@@ -119,20 +123,17 @@ class Progress:
 
 
 def run_demo(
+    base: Settings | None = None,
+    *,
     events: int = 20_000,
     input_path: Path | None = None,
     warehouse: Path = Path("warehouse.duckdb"),
-    sinks: list[str] | None = None,
-    json_output: bool = False,
     partitions: int = 4,
     seed: int = 7,
     timeout: float | None = None,
     work_dir: Path | None = None,
 ) -> DemoResult:
-    overrides: dict[str, Any] = {}
-    if sinks:
-        overrides["sinks"] = sinks
-    base = load_settings(**overrides)
+    base = base or load_settings()
     work_dir = work_dir or Path(tempfile.mkdtemp(prefix="etl-demo-"))
     warehouse = warehouse.resolve()
     result = DemoResult()
@@ -142,7 +143,9 @@ def run_demo(
     try:
         settings = base.model_copy(
             update={
-                "kafka": base.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap, "partitions": partitions}),
+                "kafka": base.kafka.model_copy(
+                    update={"bootstrap_servers": broker.bootstrap, "partitions": partitions}
+                ),
                 "duckdb": base.duckdb.model_copy(update={"path": warehouse}),
             }
         )
@@ -154,7 +157,12 @@ def run_demo(
         started = time.monotonic()
         pipeline.produce(_values(events, input_path, seed, result))
         limit = timeout if timeout is not None else 300 + result.produced / 500
-        pipeline.wait_drained(limit, on_progress=lambda st: progress.update(result.produced, result.produced, st.groups, started))
+        pipeline.wait_drained(
+            limit,
+            on_progress=lambda st: progress.update(
+                result.produced, result.produced, st.groups, started
+            ),
+        )
         result.seconds = time.monotonic() - started
         _collect(settings, pipeline.workers, warehouse, result)
     finally:
@@ -174,7 +182,9 @@ def _wait_ready(workers: list[WorkerProcess], timeout: float) -> None:
             if not w.alive():
                 return  # the drain check reports the dead worker with its log
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{w.web_port}/readyz", timeout=1) as resp:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{w.web_port}/readyz", timeout=1
+                ) as resp:
                     if orjson.loads(resp.read()).get("ready"):
                         pending.remove(w)
             except (OSError, ValueError):
@@ -199,11 +209,17 @@ def _values(events: int, input_path: Path | None, seed: int, result: DemoResult)
         yield msg.value
 
 
-def _collect(settings: Settings, workers: list[WorkerProcess], warehouse: Path, result: DemoResult) -> None:
-    normalize = next(w for w in workers if w.role == "normalize")
+def _collect(
+    settings: Settings, workers: list[WorkerProcess], warehouse: Path, result: DemoResult
+) -> None:
+    normalize = next(w for w in workers if w.role.kind == "normalize")
     samples = scrape(normalize.metrics_url)
-    result.normalized = int(metric_sum(samples, "etl_events_out_total", stage="normalize", outcome="normalized"))
-    result.rejected = int(metric_sum(samples, "etl_events_out_total", stage="normalize", outcome="rejected"))
+    result.normalized = int(
+        metric_sum(samples, "etl_events_out_total", stage="normalize", outcome="normalized")
+    )
+    result.rejected = int(
+        metric_sum(samples, "etl_events_out_total", stage="normalize", outcome="rejected")
+    )
     reasons: dict[str, int] = {}
     for (name, labels), value in samples.items():
         lab = dict(labels)
@@ -211,12 +227,16 @@ def _collect(settings: Settings, workers: list[WorkerProcess], warehouse: Path, 
             reasons[lab["reason"]] = reasons.get(lab["reason"], 0) + int(value)
     result.rejected_by_reason = reasons
     for w in workers:
-        if w.role.startswith("sink:"):
+        if w.role.is_sink:
             s = scrape(w.metrics_url)
-            stage = w.role
-            result.sinks[w.role.split(":", 1)[1]] = {
-                "delivered": int(metric_sum(s, "etl_events_out_total", stage=stage, outcome="delivered")),
-                "dead_lettered": int(metric_sum(s, "etl_events_out_total", stage=stage, outcome="dead_lettered")),
+            stage = str(w.role)
+            result.sinks[str(w.role.sink)] = {
+                "delivered": int(
+                    metric_sum(s, "etl_events_out_total", stage=stage, outcome="delivered")
+                ),
+                "dead_lettered": int(
+                    metric_sum(s, "etl_events_out_total", stage=stage, outcome="dead_lettered")
+                ),
                 "retries": int(metric_sum(s, "etl_sink_retries_total")),
             }
     if "duckdb" in settings.sinks:
@@ -224,8 +244,15 @@ def _collect(settings: Settings, workers: list[WorkerProcess], warehouse: Path, 
 
         con = wait_for_lock(warehouse, timeout=60)
         try:
-            result.by_event = dict(con.execute("SELECT event, count(*) FROM events GROUP BY 1 ORDER BY 1").fetchall())
-            tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' ORDER BY 1").fetchall()]
+            result.by_event = dict(
+                con.execute("SELECT event, count(*) FROM events GROUP BY 1 ORDER BY 1").fetchall()
+            )
+            tables = [
+                r[0]
+                for r in con.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' ORDER BY 1"
+                ).fetchall()
+            ]
             counts = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
         finally:
             con.close()
@@ -237,15 +264,17 @@ def _collect(settings: Settings, workers: list[WorkerProcess], warehouse: Path, 
         }
     else:
         result.by_event = {
-            dict(labels)["event"]: int(v) for (name, labels), v in samples.items() if name == "etl_normalized_by_event_total" and v
+            dict(labels)["event"]: int(v)
+            for (name, labels), v in samples.items()
+            if name == "etl_normalized_by_event_total" and v
         }
 
 
-def print_summary(result: DemoResult) -> None:
+def print_summary(result: DemoResult, *, to_stderr: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=False)
+    console = Console(stderr=to_stderr)
     data = result.as_json()
     table = Table(title="etl demo summary", show_header=False)
     table.add_column("metric")
@@ -254,13 +283,18 @@ def print_summary(result: DemoResult) -> None:
     table.add_row("normalized", f"{result.normalized:,}")
     table.add_row("rejected (dead letters)", f"{result.rejected:,}")
     table.add_row("reconciled", "yes" if data["reconciled"] else "NO")
-    table.add_row("throughput", f"{data['events_per_second']:,} events/s over {result.seconds:.1f}s")
+    table.add_row(
+        "throughput", f"{data['events_per_second']:,} events/s over {result.seconds:.1f}s"
+    )
     if result.warehouse:
         table.add_row("warehouse", result.warehouse["path"])
         for name, n in result.warehouse["tables"].items():
             table.add_row(f"  {name}", f"{n:,}")
     for sink, stats in result.sinks.items():
-        table.add_row(f"sink {sink}", f"{stats['delivered']:,} delivered, {stats['dead_lettered']} dead-lettered, {stats['retries']} retries")
+        table.add_row(
+            f"sink {sink}",
+            f"{stats['delivered']:,} delivered, {stats['dead_lettered']} dead-lettered, {stats['retries']} retries",
+        )
     console.print(table)
     if result.rejected_by_reason:
         reasons = Table(title="rejected by reason")

@@ -9,13 +9,11 @@ from pathlib import Path
 import duckdb
 import orjson
 
-from etl.config import get_settings
+from sinks.duckdb import wait_for_lock
 
 
-def run_query(sql: str, warehouse: Path | None, fmt: str = "table") -> None:
-    from sinks.duckdb import wait_for_lock
-
-    path = warehouse or get_settings().duckdb.path
+def run_query(sql: str, warehouse: Path, fmt: str = "table") -> None:
+    path = warehouse
     if not Path(path).exists():
         raise SystemExit(f"etl query: no warehouse at {path} (run `etl demo` or a worker first)")
     con = wait_for_lock(Path(path), timeout=30)

@@ -1,6 +1,7 @@
 """Starting and supervising worker processes (one per role) on this machine.
 
-Used by ``etl worker`` with role ``all`` and by ``etl demo``.  In production
+Used by ``etl worker`` with role ``all``, by the local harness (``etl demo``,
+``etl dev``, the tests) and by the benchmark.  In production
 each role runs as its own deployment (see deploy/); this is the single-host
 equivalent: if any role's process dies, the others are stopped and the
 supervisor exits non-zero so that the service manager restarts the set.
@@ -16,17 +17,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from etl.config import Settings
+from etl.role import Role
 
-
-def roles_for(settings: Settings) -> list[str]:
-    return ["normalize", *(f"sink:{name}" for name in settings.sinks)]
+if TYPE_CHECKING:
+    from sinks.settings import Settings
 
 
 @dataclass
 class WorkerProcess:
-    role: str
+    role: Role
     web_port: int
     log_path: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -39,15 +40,27 @@ class WorkerProcess:
         return self.process is not None and self.process.poll() is None
 
 
-def start_worker(role: str, env: dict[str, str], web_port: int, log_dir: Path, extra_args: list[str] | None = None) -> WorkerProcess:
+def start_worker(
+    role: Role | str,
+    env: dict[str, str],
+    web_port: int,
+    log_dir: Path,
+    extra_args: list[str] | None = None,
+) -> WorkerProcess:
+    role = Role.parse(role)
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"worker-{role.replace(':', '-')}.log"
+    log_path = log_dir / f"worker-{role.slug}.log"
     # Fewer glibc malloc arenas: DuckDB's and Python's threads otherwise each
     # grow their own, and RSS balloons with fragmentation.
-    worker_env = {"MALLOC_ARENA_MAX": "2", **env, "ETL_ROLE": role, "ETL_WEB_PORT": str(web_port)}
+    worker_env = {
+        "MALLOC_ARENA_MAX": "2",
+        **env,
+        "ETL_ROLE": str(role),
+        "ETL_WEB_PORT": str(web_port),
+    }
     log = open(log_path, "ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "worker", *(extra_args or [])],
+        [sys.executable, "-m", "streams.worker", *(extra_args or [])],
         env=worker_env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -86,8 +99,14 @@ def supervise(settings: Settings, extra_args: list[str]) -> int:
     """Run one worker process per role until a signal or a child's death."""
     env = dict(os.environ)
     workers = [
-        start_worker(role, env, settings.web_port + i if settings.web_port else 0, settings.data_dir / "logs", extra_args)
-        for i, role in enumerate(roles_for(settings))
+        start_worker(
+            role,
+            env,
+            settings.web_port + i if settings.web_port else 0,
+            settings.data_dir / "logs",
+            extra_args,
+        )
+        for i, role in enumerate(settings.roles())
     ]
     stopping = False
 
@@ -97,13 +116,23 @@ def supervise(settings: Settings, extra_args: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print("etl: supervising " + ", ".join(f"{w.role} (pid {w.process.pid}, port {w.web_port}, log {w.log_path})" for w in workers), flush=True)  # type: ignore[union-attr]
+    print(
+        "etl: supervising "
+        + ", ".join(
+            f"{w.role} (pid {w.process.pid}, port {w.web_port}, log {w.log_path})" for w in workers
+        ),
+        flush=True,
+    )  # type: ignore[union-attr]
     code = 0
     while not stopping:
         for w in workers:
             if not w.alive():
                 code = w.process.returncode or 1  # type: ignore[union-attr]
-                print(f"etl: worker {w.role} exited with {code}; stopping the others (see {w.log_path})", file=sys.stderr, flush=True)
+                print(
+                    f"etl: worker {w.role} exited with {code}; stopping the others (see {w.log_path})",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 stopping = True
                 break
         time.sleep(0.5)

@@ -1,12 +1,15 @@
 """A whole pipeline on one machine: topics, worker processes, producing, draining.
 
-``etl demo``, the end-to-end tests and the benchmark all drive the real
-workers through this class, so they exercise exactly what is deployed.
+``etl demo``, ``etl dev``, the end-to-end tests and the benchmark all drive
+the real workers through this class, so they exercise exactly what is
+deployed.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,11 +19,11 @@ from typing import Any
 from kafka import TopicPartition
 
 from etl import kafka_tools
-from etl.broker import free_port
-from etl.config import Settings
-from etl.workers import WorkerProcess, kill_worker, roles_for, start_worker, stop_workers
-
-WAREHOUSE_SINKS = ("duckdb", "snowflake", "bigquery")
+from etl.role import Role
+from ops.harness.broker import free_port
+from sinks.settings import Settings
+from streams.roles import consumed_topics
+from streams.supervisor import WorkerProcess, kill_worker, start_worker, stop_workers
 
 
 @dataclass
@@ -40,7 +43,9 @@ class LocalPipeline:
         self.produced_ends: dict[TopicPartition, int] = {}
 
     @classmethod
-    def create(cls, settings: Settings, work_dir: Path, extra_env: dict[str, str] | None = None) -> "LocalPipeline":
+    def create(
+        cls, settings: Settings, work_dir: Path, extra_env: dict[str, str] | None = None
+    ) -> LocalPipeline:
         """Settings -> the ETL_* environment that makes worker processes see the same settings."""
         k = settings.kafka
         env = dict(os.environ)
@@ -63,15 +68,19 @@ class LocalPipeline:
         return cls(settings, env, work_dir)
 
     # --------------------------------------------------------------- workers
-    def start(self, roles: Iterable[str] | None = None) -> list[WorkerProcess]:
-        started = [start_worker(role, self.env, free_port(), self.work_dir / "logs") for role in (roles or roles_for(self.settings))]
+    def start(self, roles: Iterable[Role | str] | None = None) -> list[WorkerProcess]:
+        chosen = [Role.parse(r) for r in roles] if roles is not None else self.settings.roles()
+        started = [
+            start_worker(role, self.env, free_port(), self.work_dir / "logs") for role in chosen
+        ]
         self.workers.extend(started)
         return started
 
-    def worker(self, role: str) -> WorkerProcess:
-        return next(w for w in self.workers if w.role == role and w.alive())
+    def worker(self, role: Role | str) -> WorkerProcess:
+        wanted = Role.parse(role)
+        return next(w for w in self.workers if w.role == wanted and w.alive())
 
-    def kill(self, role: str) -> WorkerProcess:
+    def kill(self, role: Role | str) -> WorkerProcess:
         victim = self.worker(role)
         kill_worker(victim)
         self.workers.remove(victim)
@@ -85,10 +94,14 @@ class LocalPipeline:
         dead = [w for w in self.workers if not w.alive()]
         if dead:
             w = dead[0]
-            raise RuntimeError(f"worker {w.role} died (exit {w.process.returncode}); log {w.log_path}:\n{tail(w.log_path)}")  # type: ignore[union-attr]
+            raise RuntimeError(
+                f"worker {w.role} died (exit {w.process.returncode}); log {w.log_path}:\n{tail(w.log_path)}"
+            )  # type: ignore[union-attr]
 
     # -------------------------------------------------------------- produce
-    def produce(self, values: Iterable[bytes], topic: str | None = None, key: bytes | None = None) -> int:
+    def produce(
+        self, values: Iterable[bytes], topic: str | None = None, key: bytes | None = None
+    ) -> int:
         """Produce raw messages and remember the exact end offsets (from the acks)."""
         producer = kafka_tools.producer(self.settings)
         failures: list[BaseException] = []
@@ -100,7 +113,9 @@ class LocalPipeline:
 
         n = 0
         for value in values:
-            producer.send(topic or self.settings.kafka.raw_topic, value=value, key=key).add_callback(on_sent).add_errback(failures.append)
+            producer.send(
+                topic or self.settings.kafka.raw_topic, value=value, key=key
+            ).add_callback(on_sent).add_errback(failures.append)
             n += 1
         producer.flush()
         producer.close()
@@ -113,20 +128,26 @@ class LocalPipeline:
         another process (``etl dlq requeue``) or a custom producer wrote to it."""
         kc = kafka_tools.consumer(self.settings)
         try:
-            ends = kafka_tools.true_end_offsets(kc, kafka_tools.partitions(kc, topic or self.settings.kafka.raw_topic))
+            ends = kafka_tools.true_end_offsets(
+                kc, kafka_tools.partitions(kc, topic or self.settings.kafka.raw_topic)
+            )
         finally:
             kc.close()
         for tp, end in ends.items():
             self.produced_ends[tp] = max(self.produced_ends.get(tp, 0), end)
         return ends
 
-    def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120.0) -> "subprocess.CompletedProcess[str]":
+    def cli(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
         """Run an ``etl`` command with this pipeline's settings (and ``env`` overrides)."""
-        import subprocess
-        import sys
-
-        return subprocess.run([sys.executable, "-m", "streams.cli", *args], env={**self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "ops.cli", *args],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     # ---------------------------------------------------------------- drain
     def drain_state(self, kc: Any = None) -> DrainState:
@@ -136,7 +157,9 @@ class LocalPipeline:
         try:
             state = DrainState()
             committed = kafka_tools.committed_offsets(s, s.normalize_group)
-            raw = {tp: end for tp, end in self.produced_ends.items() if tp.topic == s.kafka.raw_topic}
+            raw = {
+                tp: end for tp, end in self.produced_ends.items() if tp.topic == s.kafka.raw_topic
+            }
             done = sum(min(committed.get(tp, 0), end) for tp, end in raw.items())
             total = sum(raw.values())
             state.groups[s.normalize_group] = (done, total)
@@ -144,12 +167,16 @@ class LocalPipeline:
             if drained:
                 # The outputs are complete once the normalizer committed all
                 # input: it commits only after the broker acked its output.
-                outputs = kafka_tools.partitions(kc, s.kafka.normalized_topic) + kafka_tools.partitions(kc, s.kafka.dlq_topic)
+                outputs = kafka_tools.partitions(
+                    kc, s.kafka.normalized_topic
+                ) + kafka_tools.partitions(kc, s.kafka.dlq_topic)
                 ends = kafka_tools.true_end_offsets(kc, outputs)
                 for sink in s.sinks:
-                    topics = {s.kafka.normalized_topic} | ({s.kafka.dlq_topic} if sink in WAREHOUSE_SINKS else set())
+                    topics = set(consumed_topics(s, Role.for_sink(sink)))
                     sc = kafka_tools.committed_offsets(s, s.sink_group(sink))
-                    g_done = sum(min(sc.get(tp, 0), e) for tp, e in ends.items() if tp.topic in topics)
+                    g_done = sum(
+                        min(sc.get(tp, 0), e) for tp, e in ends.items() if tp.topic in topics
+                    )
                     g_total = sum(e for tp, e in ends.items() if tp.topic in topics)
                     state.groups[s.sink_group(sink)] = (g_done, g_total)
                     drained = drained and g_done >= g_total
@@ -159,7 +186,9 @@ class LocalPipeline:
             if own:
                 kc.close()
 
-    def wait_drained(self, timeout: float = 120.0, on_progress: Any = None, poll: float = 0.5) -> DrainState:
+    def wait_drained(
+        self, timeout: float = 120.0, on_progress: Any = None, poll: float = 0.5
+    ) -> DrainState:
         kc = kafka_tools.consumer(self.settings)
         started = time.monotonic()
         steady = 0
@@ -173,8 +202,12 @@ class LocalPipeline:
                 if steady >= 2:
                     return state
                 if time.monotonic() - started > timeout:
-                    logs = "\n".join(f"--- {w.role}\n{tail(w.log_path, 1500)}" for w in self.workers)
-                    raise TimeoutError(f"pipeline not drained after {timeout:.0f}s: {state.groups}\n{logs}")
+                    logs = "\n".join(
+                        f"--- {w.role}\n{tail(w.log_path, 1500)}" for w in self.workers
+                    )
+                    raise TimeoutError(
+                        f"pipeline not drained after {timeout:.0f}s: {state.groups}\n{logs}"
+                    )
                 time.sleep(poll)
         finally:
             kc.close()

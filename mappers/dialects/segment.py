@@ -1,0 +1,112 @@
+"""Segment/RudderStack style: ``{"type", "event", "userId", "anonymousId", "messageId", ...}``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from mappers.dialects.reading import (
+    ParsedTimes,
+    Reading,
+    TimeField,
+    Times,
+    event_name,
+    identity,
+    json_object,
+)
+from mappers.errors import EventRejected, Reason
+from mappers.identifiers import message_id
+
+TYPES = {"track", "identify", "group", "page", "screen", "alias"}
+# Non-track calls get PostHog's conventional event names, so that both
+# styles of the same call land under one name.
+EVENT_NAMES = {
+    "identify": "$identify",
+    "group": "$groupidentify",
+    "page": "$pageview",
+    "screen": "$screen",
+    "alias": "$create_alias",
+}
+#: Keys whose presence marks an object as Segment-style.
+MARKERS = ("type", "userId", "anonymousId", "messageId")
+
+
+class SegmentDialect:
+    name = "segment"
+
+    def matches(self, obj: dict[str, Any]) -> bool:
+        return any(key in obj for key in MARKERS)
+
+    def read(self, obj: dict[str, Any], envelope_sent_at: Any) -> Reading:
+        raw_name = obj.get("event")
+        mid = message_id(obj.get("messageId"), obj, raw_name if isinstance(raw_name, str) else None)
+        properties = json_object(obj.get("properties"), "properties")
+        context = json_object(obj.get("context"), "context")
+        traits = json_object(obj.get("traits"), "traits") if "traits" in obj else None
+        etype = obj.get("type", "track")
+        if not isinstance(etype, str) or etype not in TYPES:
+            raise EventRejected(
+                Reason.INVALID_TYPE,
+                f"type must be one of {', '.join(sorted(TYPES))}, got {str(etype)[:40]!r}",
+                "type",
+            )
+        name = event_name(raw_name) if etype == "track" else EVENT_NAMES[etype]
+        if (
+            etype in ("page", "screen")
+            and isinstance(obj.get("name"), str)
+            and "name" not in properties
+        ):
+            properties["name"] = obj["name"]
+        user_id = identity(obj.get("userId"), "userId")
+        anonymous_id = identity(obj.get("anonymousId"), "anonymousId")
+        if user_id is None and anonymous_id is None:
+            raise EventRejected(
+                Reason.MISSING_IDENTITY,
+                "a Segment-style event needs userId or anonymousId",
+                "userId",
+                name,
+            )
+        workspace = properties.get("workspace_id")
+        if workspace is None:
+            workspace = context.get("groupId")
+        if workspace is None and etype == "group":
+            workspace = obj.get("groupId")
+        if workspace is None:
+            groups = properties.get("$groups")
+            if isinstance(groups, dict):
+                workspace = groups.get("workspace")
+        if etype == "alias" and "previousId" in obj and "previous_id" not in properties:
+            properties["previous_id"] = obj["previousId"]
+        has_original = "originalTimestamp" in obj
+        return Reading(
+            type=etype,
+            event=name,
+            message_id=mid,
+            distinct_id=user_id or anonymous_id,  # type: ignore[arg-type]
+            user_id=user_id,
+            anonymous_id=anonymous_id,
+            properties=properties,
+            context=context,
+            traits=traits,
+            workspace=workspace,
+            times=Times(
+                original=TimeField(
+                    "originalTimestamp" if has_original else "timestamp",
+                    obj.get("originalTimestamp", obj.get("timestamp")),
+                ),
+                stated=TimeField("timestamp", obj.get("timestamp") if has_original else None),
+                sent=TimeField("sentAt", obj.get("sentAt", envelope_sent_at)),
+                received=TimeField("receivedAt", obj.get("receivedAt")),
+            ),
+        )
+
+    def event_time(self, times: ParsedTimes) -> datetime:
+        original, sent_at, received_at = times.original, times.sent, times.received
+        # Segment's skew correction: timestamp = receivedAt - (sentAt - originalTimestamp).
+        if original is not None and sent_at is not None:
+            return received_at - (sent_at - original)
+        if times.stated is not None:
+            return times.stated
+        if original is not None:
+            return original
+        return received_at

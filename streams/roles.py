@@ -1,0 +1,138 @@
+"""Building a worker for a role: ``build_worker(settings, role)``.
+
+* ``normalize``: one agent on the raw topic.  A batch of chunks runs through
+  the :class:`~streams.stages.NormalizeStage` off the event loop; its unified
+  events go to the normalized topic and its rejections to the dead letters,
+  and only then are the chunks acked.
+* ``sink:<name>``: one agent on the normalized topic (through the sink's
+  :class:`~streams.stages.SinkStage`) and, for a sink that stores rejected
+  events, one on the dead-letter topic; acked after the sink's durable write.
+
+A crash between processing and the ack leaves the offset uncommitted, so the
+chunk is redelivered: at-least-once, with idempotent sinks making the effect
+exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import faust
+
+from etl.role import Role
+from sinks.registry import build_sink, capabilities
+from streams import web
+from streams.app import EtlApp, create_app
+from streams.batching import chunk_batches, events_in, records_in, records_of
+from streams.lag import LagReporter
+from streams.logs import batch_context
+from streams.outputs import DeadLetters, FaustOutput
+from streams.retry import RetryPolicy
+from streams.stages import NormalizeStage, SinkStage
+
+if TYPE_CHECKING:
+    from sinks.settings import Settings
+
+log = logging.getLogger("etl.roles")
+
+#: Raw records a normalize batch gathers, and how long it waits for them.
+NORMALIZE_BATCH_RECORDS = 5000
+NORMALIZE_BATCH_SECONDS = 0.05
+
+
+def consumed_topics(settings: Settings, role: Role) -> list[str]:
+    """The topics a role's consumer group reads."""
+    k = settings.kafka
+    if role.kind == "normalize":
+        return [k.raw_topic]
+    if role.kind == "sink":
+        stores_rejected = capabilities(settings, str(role.sink)).stores_rejected
+        return [k.normalized_topic] + ([k.dlq_topic] if stores_rejected else [])
+    raise ValueError("role 'all' consumes through its per-role workers")
+
+
+def build_worker(settings: Settings, role: Role) -> EtlApp:
+    """The Faust app for ``role``: its agents, web pages and lag timer."""
+    app = create_app(settings, role)
+    if role.kind == "normalize":
+        _normalize_agents(app)
+    else:
+        _sink_agents(app, str(role.sink))
+    web.install(app)
+    LagReporter(app).install()
+    return app
+
+
+async def _ack_all(stream: faust.StreamT, events: list[Any]) -> None:
+    for event in events:
+        await stream.ack(event)
+
+
+def _normalize_agents(app: EtlApp) -> None:
+    settings = app.settings
+    policy = RetryPolicy.from_settings(settings)
+    output = FaustOutput(app, "normalize", policy)
+    dead_letters = DeadLetters(output, settings)
+    stage = NormalizeStage(settings)
+
+    @app.agent(app.chunk_topic(settings.kafka.raw_topic), name="normalize")
+    async def normalize(stream: faust.StreamT) -> None:
+        # The flag service may wait briefly for PostHog's definitions.
+        await asyncio.to_thread(stage.start)
+        try:
+            async for batch in chunk_batches(
+                stream, NORMALIZE_BATCH_RECORDS, NORMALIZE_BATCH_SECONDS, records_in
+            ):
+                if not batch:
+                    continue
+                records = records_of(batch)
+                with batch_context(stage="normalize", records=len(records)):
+                    normalized = await asyncio.to_thread(stage.process, records)
+                    partitions = await output.partitions(settings.kafka.normalized_topic)
+                    await output.send(stage.envelopes(normalized, partitions))
+                    await dead_letters(normalized.dead, stage.name)
+                await _ack_all(stream, batch)
+        finally:
+            stage.close()
+
+
+def _sink_agents(app: EtlApp, name: str) -> None:
+    settings = app.settings
+    output = FaustOutput(app, f"sink:{name}", RetryPolicy.from_settings(settings))
+    stage = SinkStage(settings, build_sink(settings, name), DeadLetters(output, settings))
+    delivery = settings.delivery
+
+    @app.agent(app.chunk_topic(settings.kafka.normalized_topic), name=f"deliver_{name}")
+    async def deliver(stream: faust.StreamT) -> None:
+        try:
+            async for batch in chunk_batches(
+                stream, delivery.batch_max_events, delivery.flush_interval, events_in
+            ):
+                if not batch:
+                    await stage.idle()
+                    continue
+                with batch_context(stage=stage.name, records=sum(records_in(e) for e in batch)):
+                    await stage.receive(records_of(batch))
+                await _ack_all(stream, batch)
+        finally:
+            stage.sink.close()
+
+    if stage.stores_rejected:
+
+        @app.agent(app.chunk_topic(settings.kafka.dlq_topic), name=f"rejected_{name}")
+        async def store_rejected(stream: faust.StreamT) -> None:
+            async for batch in chunk_batches(
+                stream, delivery.batch_max_events, delivery.flush_interval, records_in
+            ):
+                if not batch:
+                    continue
+                records = records_of(batch)
+                with batch_context(stage=f"dlq:{name}", records=len(records)):
+                    await stage.store_rejected(records)
+                await _ack_all(stream, batch)
+
+    @app.task
+    async def open_sink() -> None:
+        await stage.open()
