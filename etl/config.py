@@ -307,6 +307,63 @@ class RedactionSettings(Section):
         return _split_csv(value)
 
 
+class ContractSettings(Section):
+    """Event contracts: the tracking plan the normalize stage enforces."""
+
+    plan_path: Path | None = Field(
+        None,
+        description="Tracking-plan file (YAML or JSON); unset = the platform events' generated "
+        "contracts only, every other event allowed.",
+    )
+
+
+class ErasureSettings(Section):
+    """Erasure (etl forget) and the suppression list the pipeline checks."""
+
+    state_path: Path = Field(
+        Path(".etl/erasure.sqlite"),
+        description="SQLite file of the suppression list and the erasure audit (shared by "
+        "etl forget and every worker).",
+    )
+    hmac_secret: SecretStr | None = Field(
+        None,
+        description="Key of the HMAC-SHA256 that ids are stored as; unset = redaction.hmac_secret. "
+        "One of them is required by etl forget.",
+    )
+    suppressed_mode: Literal["drop", "anonymise"] = Field(
+        "drop",
+        description="What happens to later events of a forgotten person: drop them, or land them "
+        "with the ids replaced by a hash and traits removed.",
+    )
+    reload_interval: float = Field(
+        2.0, gt=0, description="Seconds between re-reads of the suppression list by a worker."
+    )
+    posthog_project_id: str | None = Field(
+        None,
+        description="PostHog project id for person deletion (with posthog.personal_api_key).",
+    )
+    rudderstack_api_url: str = Field(
+        "https://api.rudderstack.com",
+        description="RudderStack control-plane API (User Suppression API) base URL.",
+    )
+    rudderstack_access_token: SecretStr | None = Field(
+        None, description="RudderStack personal access token for the User Suppression API."
+    )
+    rudderstack_regulation: Literal["suppress", "suppress_with_delete"] = Field(
+        "suppress_with_delete", description="Regulation type sent to RudderStack."
+    )
+    rudderstack_destination_ids: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Destinations a suppress_with_delete regulation names (comma-separated).",
+    )
+    timeout: float = Field(10.0, gt=0, description="Seconds per vendor deletion request.")
+
+    @field_validator("rudderstack_destination_ids", mode="before")
+    @classmethod
+    def _parse_destinations(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+
 def _role(value: Any) -> Role:
     return Role.parse(value)
 
@@ -359,6 +416,8 @@ class CoreSettings(BaseSettings):
     posthog: PostHogSettings = PostHogSettings()
     flags: FlagSettings = FlagSettings()
     redaction: RedactionSettings = RedactionSettings()
+    contracts: ContractSettings = ContractSettings()
+    erasure: ErasureSettings = ErasureSettings()
 
     @field_validator("sinks", mode="before")
     @classmethod

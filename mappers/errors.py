@@ -29,6 +29,8 @@ class Reason:
     OUT_OF_RANGE = "out_of_range"
     #: The mapper itself failed on this input (a bug): dead-lettered, never retried forever.
     INTERNAL_ERROR = "internal_error"
+    #: The event breaks its tracking-plan contract under a dead_letter policy.
+    CONTRACT_VIOLATION = "contract_violation"
     # Raised by delivery, not by the mappers.
     SINK_REJECTED = "sink_rejected"
     UNREADABLE_RECORD = "unreadable_record"

@@ -689,8 +689,123 @@ flags.help = (
 )
 
 
+# -------------------------------------------------------------------- plan
+@cli.group()
+def plan() -> None:
+    """The tracking plan (event contracts): check a file against it, export it as JSON Schema."""
+
+
+@plan.command("check")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Tracking-plan file (default: contracts.plan_path).",
+)
+@click.option("--json", "json_output", is_flag=True, default=False, help="JSON lines + summary.")
+def plan_check(path: Path, plan_path: Path | None, json_output: bool) -> None:
+    """Check each line of a JSON-lines file against the tracking plan (normalize stage, offline).
+
+    Exits 1 when any event violates the plan.
+    """
+    from etl.config import ConfigError
+    from ops.plan import check_file, print_report
+
+    settings = state().settings()
+    if plan_path is not None:
+        if not plan_path.is_file():
+            raise UserError(f"--plan: {plan_path} is not a file")
+        settings = settings.model_copy(
+            update={"contracts": settings.contracts.model_copy(update={"plan_path": plan_path})}
+        )
+    try:
+        report = check_file(settings, path)
+    except ConfigError as exc:
+        message = str(exc)
+        if plan_path is not None:
+            message = message.replace("contracts.plan_path (ETL_CONTRACTS__PLAN_PATH)", "--plan")
+        raise UserError(message) from None
+    print_report(report, json_output=json_output)
+    if report.violations:
+        raise SystemExit(1)
+
+
+plan_check.help = (plan_check.help or "") + EXAMPLE + "etl plan check events.jsonl --plan plan.yaml"
+
+
+@plan.command("export")
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Tracking-plan file (default: contracts.plan_path).",
+)
+def plan_export(plan_path: Path | None) -> None:
+    """Print the tracking plan (platform events included) as JSON Schema."""
+    from mappers.contracts import PlanError
+    from ops.plan import export_schema
+
+    chosen = plan_path if plan_path is not None else state().settings().contracts.plan_path
+    try:
+        click.echo(export_schema(chosen))
+    except PlanError as exc:
+        raise UserError(f"{'--plan' if plan_path else 'contracts.plan_path'}: {exc}") from None
+
+
+# ------------------------------------------------------------------ forget
+@cli.command()
+@click.option(
+    "--distinct-id",
+    "distinct_ids",
+    multiple=True,
+    required=True,
+    help="A person to forget (repeatable); their aliases are followed.",
+)
+@click.option("--yes", is_flag=True, default=False, help="Confirm: this deletes data.")
+@click.option("--json", "json_output", is_flag=True, default=False, help="Print JSON.")
+def forget(distinct_ids: tuple[str, ...], yes: bool, json_output: bool) -> None:
+    """Erase people from every enabled destination and suppress their later events and replays.
+
+    Safe to re-run: a destination already erased for the same ids is skipped.
+    Exits 1 when a destination failed (re-run to finish).
+    """
+    from ops.forget import ForgetError
+    from ops.forget import forget as run_forget
+
+    if not yes:
+        raise UserError("forget deletes data: pass --yes to confirm")
+    try:
+        result = run_forget(state().settings(), list(distinct_ids))
+    except ForgetError as exc:
+        raise UserError(f"forget: {exc}") from None
+    if json_output:
+        emit_json(result)
+    else:
+        for name, outcome in result["destinations"].items():
+            rows = outcome["rows_deleted"]
+            note = " (already done)" if outcome.get("skipped") else ""
+            extra = f", {rows} rows" if rows is not None else ""
+            err = f": {outcome['detail'].get('error')}" if outcome["status"] == "failed" else ""
+            click.echo(f"{name}: {outcome['status']}{extra}{note}{err}")
+        click.echo(
+            f"request {result['request_id']}: {result['status']}; {result['ids']} ids "
+            f"(+{result['linked_ids']} linked) suppressed",
+            err=True,
+        )
+    if result["status"] != "complete":
+        raise SystemExit(1)
+
+
+forget.help = (forget.help or "") + EXAMPLE + "etl forget --distinct-id user_42 --yes --json"
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """Console entry point: click's own handling, plus one line (not a traceback) for bugs."""
+    from etl.config import ConfigError
+
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
@@ -708,6 +823,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         click.echo("etl: interrupted", err=True)
         raise SystemExit(130) from None
+    except ConfigError as exc:  # found after settings loaded, e.g. a bad tracking plan
+        click.echo(f"etl: {exc}", err=True)
+        raise SystemExit(2) from None
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - a bug: one line unless --debug

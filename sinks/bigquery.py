@@ -33,6 +33,7 @@ from pydantic import Field
 
 from etl.config import SinkSection
 from sinks.base import BatchRejectedError, RetryableSinkError, SinkAuthError
+from sinks.erasure import Binder, PeopleErasure
 from sinks.schema import (
     BOOLEAN,
     DISCARD_COLUMNS,
@@ -215,7 +216,7 @@ def ndjson(columns: tuple[Column, ...], rows: list[dict[str, Any]]) -> bytes:
     )
 
 
-class BigQuerySink(MergingWarehouseSink):
+class BigQuerySink(PeopleErasure, MergingWarehouseSink):
     name = "bigquery"
     identifier_limit = 300
 
@@ -429,6 +430,39 @@ class BigQuerySink(MergingWarehouseSink):
                 quote=_quote,
             )
         )
+
+    # -- erasure hooks (sinks.erasure) ----------------------------------------
+    def _erase_binder(self) -> Binder:
+        return Binder(lambda name: f"@{name}")
+
+    def _erase_rows(self, sql: str, binder: Binder) -> list[tuple[Any, ...]]:
+        from google.cloud import bigquery
+
+        config = bigquery.QueryJobConfig(
+            query_parameters=[
+                bigquery.ScalarQueryParameter(name, "STRING", value)
+                for name, value in binder.params.items()
+            ]
+        )
+        job = self.client.query(sql, job_config=config)
+        return [tuple(row.values()) for row in job.result()]
+
+    def _erase_table(self, table: str) -> str:
+        return self.qualified(table)
+
+    def _erase_column(self, column: str) -> str:
+        return _quote(column)
+
+    def _erase_contains(self, column: str, needle: str) -> str:
+        return f"STRPOS({column}, {needle}) > 0"
+
+    def _erase_existing_columns(self, table: str) -> list[str]:
+        from google.api_core import exceptions as gexc
+
+        try:
+            return [f.name.lower() for f in self.client.get_table(self.table_id(table)).schema]
+        except gexc.NotFound:
+            return []
 
 
 def _is_rate_limit(exc: Any) -> bool:

@@ -29,6 +29,7 @@ from pydantic import Field
 
 from etl.config import SinkSection
 from sinks.base import Capabilities, RetryableSinkError, Sink, WriteResult
+from sinks.erasure import PERSON_ID_COLUMNS
 from sinks.schema import (
     BOOLEAN,
     DISCARD_COLUMNS,
@@ -153,6 +154,16 @@ VIEWS: dict[str, str] = {
                quantile_cont(latency_ms, 0.95) AS p95_latency_ms,
                avg(sources_found) AS avg_sources_found
         FROM rag_query_triggered GROUP BY 1""",
+    # One row per tracking-plan violation of a landed event (policies allow and
+    # drop_property); dead-lettered violations are in rejected_events.
+    "contract_violations": """
+        SELECT e.message_id, e.event, e.distinct_id, e.workspace_id, e."timestamp",
+               json_extract_string(e.context, '$.etl.contract') AS plan,
+               json_extract_string(v.value, '$.kind') AS kind,
+               json_extract_string(v.value, '$.property') AS property,
+               json_extract_string(v.value, '$.action') AS action,
+               json_extract_string(v.value, '$.detail') AS detail
+        FROM events e, json_each(e.context, '$.etl.violations') v""",
 }
 
 
@@ -380,6 +391,141 @@ class DuckDBSink(Sink):
                 )
         finally:
             con.unregister("_replaced_keys")
+
+    # --------------------------------------------------------------- erasure
+    def _id_columns(self, con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+        """The person-id columns of ``table``, or none when it does not exist (users, aliases)."""
+        rows = con.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = 'main' AND table_name = ?",
+            [table],
+        ).fetchall()
+        return [r[0] for r in rows if r[0] in PERSON_ID_COLUMNS]
+
+    def person_ids(self, ids: set[str]) -> set[str]:
+        """``ids`` and the ids linked to them: aliases rows, and a user's anonymous ids.
+
+        A row matched only by its anonymous id does not pull in its user id:
+        a shared device must not erase another person.
+        """
+        con = self._connect()
+        try:
+            found = set(ids)
+            alias_cols = self._id_columns(con, "aliases")
+            for _ in range(10):
+                before = len(found)
+                rows = con.execute(
+                    "SELECT distinct_id, anonymous_id FROM events "
+                    "WHERE distinct_id IN (SELECT unnest(?)) OR user_id IN (SELECT unnest(?))",
+                    [sorted(found), sorted(found)],
+                ).fetchall()
+                found.update(v for row in rows for v in row if v)
+                if alias_cols:
+                    where = " OR ".join(f"{quote(c)} IN (SELECT unnest($ids))" for c in alias_cols)
+                    cols = ", ".join(f"CAST({quote(c)} AS VARCHAR)" for c in alias_cols)
+                    rows = con.execute(
+                        f"SELECT {cols} FROM aliases WHERE {where}", {"ids": sorted(found)}
+                    ).fetchall()
+                    found.update(v for row in rows for v in row if v)
+                if len(found) == before:
+                    break
+            return found
+        finally:
+            self.close()
+
+    def delete_people(self, ids: set[str]) -> dict[str, int]:
+        """Delete every row of these people, in one transaction; rows deleted per table."""
+        con = self._connect()
+        wanted = sorted(ids)
+        counts: dict[str, int] = {}
+        try:
+            con.execute("BEGIN")
+            mids = [
+                r[0]
+                for r in con.execute(
+                    "SELECT message_id FROM events WHERE distinct_id IN (SELECT unnest($ids)) "
+                    "OR user_id IN (SELECT unnest($ids)) OR anonymous_id IN (SELECT unnest($ids))",
+                    {"ids": wanted},
+                ).fetchall()
+            ]
+            params = {"ids": wanted, "mids": mids}
+            for table in self.schema.tables:
+                counts[table] = self._count(
+                    con,
+                    f"DELETE FROM {quote(table)} WHERE message_id IN (SELECT unnest($mids)) "
+                    "OR distinct_id IN (SELECT unnest($ids))",
+                    params,
+                )
+            counts["schema_discards"] = self._count(
+                con,
+                "DELETE FROM schema_discards WHERE message_id IN (SELECT unnest($mids))",
+                {"mids": mids},
+            )
+            counts["events"] = self._count(
+                con, "DELETE FROM events WHERE message_id IN (SELECT unnest($mids))", {"mids": mids}
+            )
+            for table in ("users", "aliases"):
+                cols = self._id_columns(con, table)
+                if cols:
+                    where = " OR ".join(f"{quote(c)} IN (SELECT unnest($ids))" for c in cols)
+                    counts[table] = self._count(
+                        con, f"DELETE FROM {quote(table)} WHERE {where}", {"ids": wanted}
+                    )
+            # A dead letter carries the id inside its raw payload, as a JSON string.
+            needles = [orjson.dumps(i).decode() for i in wanted]
+            counts["rejected_events"] = self._count(
+                con,
+                "DELETE FROM rejected_events WHERE message_id IN (SELECT unnest($mids)) "
+                "OR EXISTS (SELECT 1 FROM unnest($needles) AS n(q) "
+                "WHERE strpos(raw_payload, n.q) > 0)",
+                {"mids": mids, "needles": needles},
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            self._rollback(con)
+            raise
+        finally:
+            self.close()
+        return counts
+
+    def count_people(self, ids: set[str]) -> dict[str, int]:
+        """Rows that still name these people, per table (what a forget must bring to 0)."""
+        con = self._connect()
+        try:
+            wanted = {"ids": sorted(ids)}
+            out = {
+                "events": con.execute(
+                    "SELECT count(*) FROM events WHERE distinct_id IN (SELECT unnest($ids)) "
+                    "OR user_id IN (SELECT unnest($ids)) OR anonymous_id IN (SELECT unnest($ids))",
+                    wanted,
+                ).fetchone()[0]
+            }
+            for table in self.schema.tables:
+                out[table] = con.execute(
+                    f"SELECT count(*) FROM {quote(table)} "
+                    "WHERE distinct_id IN (SELECT unnest($ids))",
+                    wanted,
+                ).fetchone()[0]
+            needles = [orjson.dumps(i).decode() for i in sorted(ids)]
+            out["rejected_events"] = con.execute(
+                "SELECT count(*) FROM rejected_events WHERE EXISTS (SELECT 1 FROM unnest($n) "
+                "AS n(q) WHERE strpos(raw_payload, n.q) > 0)",
+                {"n": needles},
+            ).fetchone()[0]
+            for table in ("users", "aliases"):
+                cols = self._id_columns(con, table)
+                if cols:
+                    where = " OR ".join(f"{quote(c)} IN (SELECT unnest($ids))" for c in cols)
+                    out[table] = con.execute(
+                        f"SELECT count(*) FROM {quote(table)} WHERE {where}", wanted
+                    ).fetchone()[0]
+            return out
+        finally:
+            self.close()
+
+    @staticmethod
+    def _count(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> int:
+        return len(con.execute(sql + " RETURNING 1", params).fetchall())
 
 
 def wait_for_lock(path: Path, timeout: float, read_only: bool = True) -> duckdb.DuckDBPyConnection:

@@ -39,6 +39,7 @@ from pydantic import ConfigDict, Field, SecretStr
 
 from etl.config import SinkSection
 from sinks.base import RetryableSinkError, SinkAuthError
+from sinks.erasure import Binder, PeopleErasure
 from sinks.schema import (
     BOOLEAN,
     DISCARD_COLUMNS,
@@ -231,7 +232,7 @@ def parquet_table(columns: tuple[Column, ...], rows: list[dict[str, Any]]) -> pa
     return pa.table(arrays)
 
 
-class SnowflakeSink(MergingWarehouseSink):
+class SnowflakeSink(PeopleErasure, MergingWarehouseSink):
     name = "snowflake"
     identifier_limit = 255
 
@@ -495,6 +496,34 @@ class SnowflakeSink(MergingWarehouseSink):
         self._exec(
             merge_statement(ident(table), source, [c.name for c in columns], keys, quote=ident)
         )
+
+    # -- erasure hooks (sinks.erasure) ----------------------------------------
+    def _erase_binder(self) -> Binder:
+        return Binder(lambda name: f"%({name})s")  # the connector's pyformat binding
+
+    def _erase_rows(self, sql: str, binder: Binder) -> list[tuple[Any, ...]]:
+        cur = self._exec(sql, binder.params)
+        try:
+            return list(cur.fetchall())
+        except Exception:  # noqa: BLE001 - a DELETE may return no result set
+            return []
+
+    def _erase_table(self, table: str) -> str:
+        return ident(table)
+
+    def _erase_column(self, column: str) -> str:
+        return ident(column)
+
+    def _erase_contains(self, column: str, needle: str) -> str:
+        return f"POSITION({needle} IN {column}) > 0"
+
+    def _erase_existing_columns(self, table: str) -> list[str]:
+        rows = self._exec(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = CURRENT_SCHEMA() AND LOWER(table_name) = %(t)s",
+            {"t": table.lower()},
+        ).fetchall()
+        return [str(r[0]).lower() for r in rows]
 
 
 SINK = SnowflakeSink

@@ -88,6 +88,19 @@ PRODUCE_RETRIES = Counter(
     "etl_produce_retries_total", "Retries producing to Kafka.", ["stage"], registry=REGISTRY
 )
 
+CONTRACT_VIOLATIONS = Counter(
+    "etl_contract_violations_total",
+    "Tracking-plan violations, by event (declared name or '(undeclared)'), kind and action.",
+    ["event", "kind", "action"],
+    registry=REGISTRY,
+)
+SUPPRESSED = Counter(
+    "etl_suppressed_total",
+    "Events and dead letters of forgotten people held back (drop) or anonymised, by stage.",
+    ["stage", "mode"],
+    registry=REGISTRY,
+)
+
 
 def render() -> bytes:
     return generate_latest(REGISTRY)

@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiokafka.partitioner import murmur2
 
+from mappers.contracts.step import ContractStep
 from mappers.deadletter import dead_letter, dumps_dead_letter
 from mappers.envelope import EVENTS_HEADER, encode_envelope, split_unified
 from mappers.errors import Reason, Rejection
 from mappers.governance import NormalizeGovernance, SinkGovernance
 from mappers.models import KNOWN_EVENTS
 from mappers.normalize import Normalizer, dumps_event
+from mappers.suppression import SuppressionList, rejection_suppressed
 from streams import metrics
 from streams.delivery import Deliverer
 from streams.outputs import DeadLetterItem, DeadLetters, OutMessage
@@ -87,6 +89,8 @@ class NormalizeStage:
         self.settings = settings
         self.normalizer = Normalizer(settings.normalize)
         self.governance = governance or NormalizeGovernance(settings)
+        self.contracts = ContractStep(settings)
+        self.suppression = SuppressionList(settings)
 
     def start(self) -> NormalizeStage:
         """Start the flag service (it may wait briefly for PostHog's definitions)."""
@@ -124,6 +128,7 @@ class NormalizeStage:
             if hashes is not None:
                 # A requeued dead letter: its payload was redacted before it was stored.
                 self.governance.restore_redaction(events, hashes)
+            events, rejections = self._suppress_and_contract(events, rejections, rec.value or b"")
             unified.extend(events)
             for r in rejections:
                 r.source_timestamp = rec.timestamp
@@ -140,12 +145,32 @@ class NormalizeStage:
                 ev["event"] if ev["event"] in KNOWN_EVENTS else "other" for ev in unified
             ),
         )
+        for (event, kind, action), n in self.contracts.take_counts().items():
+            metrics.CONTRACT_VIOLATIONS.labels(event, kind, action).inc(n)
         metrics.MESSAGES_IN.labels(self.name).inc(batch.records)
         metrics.EVENTS_OUT.labels(self.name, "normalized").inc(batch.normalized)
         metrics.EVENTS_OUT.labels(self.name, "rejected").inc(len(dead))
         for name, n in batch.by_event.items():
             metrics.BY_EVENT.labels(name).inc(n)
         return batch
+
+    def _suppress_and_contract(
+        self, events: list[dict[str, Any]], rejections: list[Rejection], raw: bytes
+    ) -> tuple[list[dict[str, Any]], list[Rejection]]:
+        """Forgotten people's events and dead letters held back; then the tracking plan."""
+        events, suppressed = self.suppression.filter(events)
+        if self.suppression.hashes and rejections:
+            before = len(rejections)
+            rejections = [
+                r for r in rejections if not rejection_suppressed(self.suppression, r.raw)
+            ]
+            suppressed += before - len(rejections)
+        if suppressed:
+            metrics.SUPPRESSED.labels(self.name, self.suppression.mode).inc(suppressed)
+        if not events:
+            return events, rejections
+        events, broken = self.contracts.apply(events, raw, rejections)
+        return events, rejections + broken if broken else rejections
 
     def envelopes(self, batch: NormalizedBatch, partitions: int) -> list[OutMessage]:
         """The normalized topic's messages for ``batch``: keyed events, or envelopes per partition."""
@@ -240,6 +265,8 @@ class SinkStage:
             encode=dumps_event,
         )
         self._lock = asyncio.Lock()
+        # Events normalized before a forget (lagging sinks, normalized-topic replays) stop here.
+        self.suppression = SuppressionList(settings)
         #: Events handed to the deliverer after the gates, and events the gates held back.
         self.forwarded = 0
         self.gated = 0
@@ -287,6 +314,9 @@ class SinkStage:
 
     def gate(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The events this sink may receive (flag gates), redacted for a third party; counts the gated."""
+        events, suppressed = self.suppression.filter(events)
+        if suppressed:
+            metrics.SUPPRESSED.labels(self.name, self.suppression.mode).inc(suppressed)
         prepared, gated = self.governance.prepare(events)
         for flag, n in gated.items():
             metrics.GATED.labels(self.sink.name, flag).inc(n)
@@ -299,6 +329,19 @@ class SinkStage:
         """Dead-letter-topic records -> the warehouse's rejected_events."""
         limit = self.settings.normalize.dlq_raw_max_bytes
         letters = [dead_letter_record(r, limit) for r in records]
+        self.suppression.refresh()
+        if self.suppression.hashes:
+            kept = [
+                letter
+                for letter in letters
+                if letter.get("raw_encoding") != "utf-8"
+                or not rejection_suppressed(
+                    self.suppression, str(letter.get("raw_payload") or "").encode()
+                )
+            ]
+            if len(kept) != len(letters):
+                metrics.SUPPRESSED.labels(self.name, "drop").inc(len(letters) - len(kept))
+            letters = kept
 
         async def store() -> None:
             async with self._lock:

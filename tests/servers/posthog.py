@@ -54,6 +54,9 @@ def _ph_error(status: int, type_: str, code: str, detail: str) -> Response:
     return Response.json(status, {"type": type_, "code": code, "detail": detail, "attr": None})
 
 
+_BULK_DELETE = re.compile(r"/api/projects/([^/]+)/persons/bulk_delete")
+
+
 class _Unsupported(Exception):
     """A filter this fake cannot evaluate (the real server might)."""
 
@@ -114,6 +117,7 @@ class PostHogServer(RecordingHTTPServer):
         self.flags_quota_limited = False
         self._events: list[dict] = []
         self._batches: list[dict] = []
+        self._deletions: list[dict] = []
         self._flags: list[dict] = []
         self._group_type_mapping: dict[str, str] = {}
         self._cohorts: dict[str, Any] = {}
@@ -206,7 +210,56 @@ class PostHogServer(RecordingHTTPServer):
             return self._handle_definitions(req)
         if path in self.FLAGS_PATHS:
             return self._post_only(req) or self._handle_flags(req)
+        match = _BULK_DELETE.fullmatch(path)
+        if match is not None:
+            return self._post_only(req) or self._handle_bulk_delete(req, match.group(1))
         return self.error_response(404, f"Endpoint {req.path} not found")
+
+    # -- person deletion (private API: personal API key as Bearer) ----------------
+
+    #: Project id the private API answers for (others get 404).
+    project_id = "1"
+
+    @property
+    def deletions(self) -> list[dict]:
+        """Accepted bulk-delete requests: ``{"distinct_ids", "ids", "delete_events"}``."""
+        with self._lock:
+            return list(self._deletions)
+
+    def _handle_bulk_delete(self, req: RecordedRequest, project: str) -> Response:
+        auth = req.header("authorization") or ""
+        if not self.personal_api_key or auth != f"Bearer {self.personal_api_key}":
+            return self.error_response(401, "Incorrect authentication credentials.")
+        if project != self.project_id:
+            return self.error_response(404, "Project not found.")
+        body = req.json if isinstance(req.json, dict) else {}
+        distinct_ids = body.get("distinct_ids") or []
+        ids = body.get("ids") or []
+        if not isinstance(distinct_ids, list) or not isinstance(ids, list):
+            return self._bad("ids and distinct_ids must be lists")
+        if not distinct_ids and not ids:
+            return self._bad("Either ids or distinct_ids must be provided")
+        if len(distinct_ids) > 1000 or len(ids) > 1000:
+            return self._bad("You can only pass 1000 ids at a time.")
+        record = {
+            "distinct_ids": [str(d) for d in distinct_ids],
+            "ids": [str(i) for i in ids],
+            "delete_events": bool(body.get("delete_events", False)),
+        }
+        with self._lock:
+            self._deletions.append(record)
+            seen = {str(e.get("distinct_id")) for e in self._events}
+            found = len(seen.intersection(record["distinct_ids"]))
+        return Response.json(
+            200,
+            {
+                "persons_found": found,
+                "persons_deleted": found,
+                "events_queued_for_deletion": record["delete_events"],
+                "recordings_queued_for_deletion": False,
+                "deletion_errors": [],
+            },
+        )
 
     def _post_only(self, req: RecordedRequest) -> Response | None:
         return None if req.method == "POST" else self.error_response(405)

@@ -64,6 +64,7 @@ class RudderStackServer(RecordingHTTPServer):
         self.require_identity = require_identity
         self._events: list[dict] = []
         self._batches: list[dict] = []
+        self._regulations: list[dict] = []
 
     @property
     def max_decoded_bytes(self) -> int:  # type: ignore[override]
@@ -104,8 +105,51 @@ class RudderStackServer(RecordingHTTPServer):
     def request_ids(self, req: RecordedRequest) -> set[str]:
         return {str(e["messageId"]) for e in _events_of(req.json) if e.get("messageId")}
 
+    # -- User Suppression API (control plane: personal access token as Bearer) ----
+
+    #: Personal access token the regulation endpoint accepts.
+    access_token = "rudder_test_access_token"
+    REGULATION_TYPES = ("suppress", "suppress_with_delete")
+
+    @property
+    def regulations(self) -> list[dict]:
+        """Accepted regulations as sent, each with the ``id`` the server gave it."""
+        with self._lock:
+            return list(self._regulations)
+
+    def _handle_regulation(self, req: RecordedRequest) -> Response:
+        if req.method != "POST":
+            return Response.json(405, {"error": "method not allowed"})
+        if (req.header("authorization") or "") != f"Bearer {self.access_token}":
+            return Response.json(401, {"error": "Unauthorized"})
+        body = req.json
+        if not isinstance(body, dict) or body.get("regulationType") not in self.REGULATION_TYPES:
+            return Response.json(
+                400, {"error": "regulationType must be suppress or suppress_with_delete"}
+            )
+        users = body.get("users")
+        if (
+            not isinstance(users, list)
+            or not users
+            or not all(
+                isinstance(u, dict) and isinstance(u.get("userId"), str) and u["userId"]
+                for u in users
+            )
+        ):
+            return Response.json(400, {"error": "users must be a non-empty list of {userId}"})
+        if body["regulationType"] == "suppress_with_delete" and not body.get("destinationIds"):
+            return Response.json(
+                400, {"error": "destinationIds is required for suppress_with_delete"}
+            )
+        with self._lock:
+            regulation = dict(body, id=f"reg_{len(self._regulations) + 1}")
+            self._regulations.append(regulation)
+        return Response.json(201, {"id": regulation["id"]})
+
     def handle_request(self, req: RecordedRequest) -> Response:
         path = _norm_path(req.path)
+        if path == "/v2/regulations":
+            return self._handle_regulation(req)
         if path == "/v1/batch":
             single = None
         elif path.startswith("/v1/") and path[4:] in self.SINGLE_EVENT_TYPES:
