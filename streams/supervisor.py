@@ -129,7 +129,8 @@ def supervise(settings: Settings, extra_args: list[str]) -> int:
             if not w.alive():
                 code = w.process.returncode or 1  # type: ignore[union-attr]
                 print(
-                    f"etl: worker {w.role} exited with {code}; stopping the others (see {w.log_path})",
+                    f"etl: worker {w.role} exited with {code}; "
+                    f"stopping the others (see {w.log_path})",
                     file=sys.stderr,
                     flush=True,
                 )

@@ -19,7 +19,9 @@ log = logging.getLogger("etl.flags")
 
 
 class PostHogFlags:
-    """Decisions from PostHog through the posthog SDK (local evaluation, remote /flags when needed)."""
+    """Decisions from PostHog through the posthog SDK (local evaluation,
+    remote /flags when needed).
+    """
 
     def __init__(self, posthog: PostHogSettings, flags: FlagSettings) -> None:
         from posthog import Posthog
@@ -54,7 +56,9 @@ class PostHogFlags:
         self._loaded = threading.Event()
 
     def start(self, wait: float) -> None:
-        """Load definitions (and start the SDK's poller) in the background; wait at most ``wait`` seconds."""
+        """Load definitions (and start the SDK's poller) in the background;
+        wait at most ``wait`` seconds.
+        """
         if not self.local:
             return
 
