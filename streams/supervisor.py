@@ -116,13 +116,11 @@ def supervise(settings: Settings, extra_args: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(
-        "etl: supervising "
-        + ", ".join(
-            f"{w.role} (pid {w.process.pid}, port {w.web_port}, log {w.log_path})" for w in workers
-        ),
-        flush=True,
-    )  # type: ignore[union-attr]
+    described = ", ".join(
+        f"{w.role} (pid {w.process.pid if w.process else '-'}, port {w.web_port}, log {w.log_path})"
+        for w in workers
+    )
+    print(f"etl: supervising {described}", flush=True)
     code = 0
     while not stopping:
         for w in workers:

@@ -253,7 +253,7 @@ class FlagStore:
                 for r in con.execute(
                     "SELECT version, name, applied_at FROM schema_migrations ORDER BY version"
                 ).fetchall()
-            ]  # type: ignore[misc]
+            ]
         finally:
             con.close()
 
