@@ -72,7 +72,7 @@ class SuppressionList:
         self._seen = -1
         self._next = 0.0
         self._warned = False
-        key = self.key
+        key = self.key or b""  # unused without a key: is_suppressed returns first
         # The same people send event after event: hash each id once.
         self._hashed = lru_cache(maxsize=65536)(lambda value: id_hash(key, value))
 

@@ -16,6 +16,7 @@ their keyed hash.  Values are never put in a violation's text.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,7 +171,7 @@ class ContractChecker:
                 self._protect(ev["properties"], pii)
         return outcome
 
-    def _protect(self, props: dict[str, Any], pii: dict[str, str]) -> None:
+    def _protect(self, props: dict[str, Any], pii: Mapping[str, str]) -> None:
         for key, how in pii.items():
             value = props.get(key)
             if value is None:
