@@ -161,7 +161,15 @@ class NormalizeStage:
     def _suppress_and_contract(
         self, events: list[dict[str, Any]], rejections: list[Rejection], raw: bytes
     ) -> tuple[list[dict[str, Any]], list[Rejection]]:
-        """Forgotten people's events and dead letters held back; then the tracking plan."""
+        """The tracking plan, then forgotten people's events and dead letters held back.
+
+        The plan goes first: its dead letters are matched to their batch items
+        by position among the record's events, before any is held back.
+        """
+        if events:
+            events, broken = self.contracts.apply(events, raw, rejections)
+            if broken:
+                rejections = rejections + broken
         events, suppressed = self.suppression.filter(events)
         if self.suppression.hashes and rejections:
             before = len(rejections)
@@ -171,10 +179,7 @@ class NormalizeStage:
             suppressed += before - len(rejections)
         if suppressed:
             metrics.SUPPRESSED.labels(self.name, self.suppression.mode).inc(suppressed)
-        if not events:
-            return events, rejections
-        events, broken = self.contracts.apply(events, raw, rejections)
-        return events, rejections + broken if broken else rejections
+        return events, rejections
 
     def envelopes(self, batch: NormalizedBatch, partitions: int) -> list[OutMessage]:
         """The normalized topic's messages for ``batch``: keyed events,

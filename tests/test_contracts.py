@@ -280,3 +280,44 @@ def test_plan_check_and_export_cli(tmp_path):
         "maximum": 1,
     }
     assert set(schema["$defs"]) >= {"flow_executed", "$ai_generation", "$feature_flag_called"}
+
+
+def test_suppressed_people_and_contract_dead_letters_in_one_envelope(tmp_path):
+    from mappers.suppression import add, connect, id_hash
+
+    settings = settings_for(tmp_path, write_plan(tmp_path))
+    con = connect(settings.erasure.state_path)
+    add(con, [id_hash(b"test-key", "gone")], "req", "now")
+    con.close()
+    stage = NormalizeStage(settings).start()
+    envelope = orjson.dumps(
+        {
+            "batch": [
+                {"event": "workflow_saved", "distinct_id": "gone", "properties": {}},
+                {"event": "workflow_saved", "distinct_id": "gone", "properties": {"flow_id": "x"}},
+                {"event": "workflow_saved", "distinct_id": "b", "properties": {}},
+                {"event": "workflow_saved", "distinct_id": "c", "properties": {"flow_id": "y"}},
+            ]
+        }
+    )
+    batch = run(stage, envelope)
+    assert [e["distinct_id"] for e in batch.events()] == ["c"]
+    # b's dead letter is b's own item; nothing of the forgotten person is kept, not even
+    # the dead letter of their own broken event.
+    assert [(r.batch_index, orjson.loads(r.raw)["distinct_id"]) for r, *_ in batch.dead] == [
+        (2, "b")
+    ]
+
+    # anonymise: the event lands under a pseudonym, without the person's ids.
+    settings = settings.model_copy(
+        update={"erasure": settings.erasure.model_copy(update={"suppressed_mode": "anonymise"})}
+    )
+    stage = NormalizeStage(settings).start()
+    identify = orjson.dumps(
+        {"type": "identify", "userId": "gone", "anonymousId": "dev", "traits": {"email": "e@x.io"}}
+    )
+    (event,) = run(stage, identify).events()
+    assert event["distinct_id"].startswith("forgotten_") and event["user_id"] is None
+    assert (
+        "gone" not in orjson.dumps(event).decode() and "e@x.io" not in orjson.dumps(event).decode()
+    )
