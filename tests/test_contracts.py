@@ -321,3 +321,29 @@ def test_suppressed_people_and_contract_dead_letters_in_one_envelope(tmp_path):
     assert (
         "gone" not in orjson.dumps(event).decode() and "e@x.io" not in orjson.dumps(event).decode()
     )
+
+
+def test_an_exported_json_schema_plan_checks_the_same(tmp_path):
+    yaml_plan = write_plan(tmp_path, "flag")
+    exported = etl("plan", "export", "--plan", str(yaml_plan))
+    assert exported.returncode == 0, exported.stderr
+    json_plan = tmp_path / "plan.schema.json"
+    json_plan.write_text(exported.stdout)
+    values = [
+        raw(
+            "workflow_saved", {"flow_id": "f1", "mode": "odd", "nodes": "x", "owner_email": "a@b.c"}
+        ),
+        raw("workflow_saved", {"mode": "draft"}),
+        raw("strict_event", {"a": 1, "b": 2}),
+        raw("flow_executed", {"time_ms": 5}),
+        raw("surprise", {}),
+    ]
+
+    def outcome(plan: Path) -> tuple[list, list]:
+        batch = run(NormalizeStage(settings_for(tmp_path, plan)).start(), *values)
+        landed = [(e["event"], violations(e), e["properties"]) for e in batch.events()]
+        dead = sorted((r.event, r.field, r.error.split(" (plan")[0]) for r, *_ in batch.dead)
+        return landed, dead
+
+    assert outcome(json_plan) == outcome(yaml_plan)
+    assert load_plan(json_plan).label == "platform-plan@7"

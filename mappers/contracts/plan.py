@@ -203,6 +203,8 @@ def load_plan(path: Path | None) -> TrackingPlan:
         raise PlanError(f"tracking plan {path}: not valid YAML/JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise PlanError(f"tracking plan {path}: must be a mapping with version and events")
+    if "$defs" in doc or "$schema" in doc:
+        doc = from_json_schema(doc)
     try:
         plan = TrackingPlan.model_validate(doc)
     except ValidationError as exc:
@@ -213,6 +215,60 @@ def load_plan(path: Path | None) -> TrackingPlan:
 
 
 # --------------------------------------------------------------- JSON Schema
+def _schema_type(value: Any) -> str:
+    kinds = [value] if isinstance(value, str) else list(value or [])
+    kinds = [k for k in kinds if k != "null"]
+    return kinds[0] if len(kinds) == 1 and kinds[0] in _JSON_TYPES else "any"
+
+
+def from_json_schema(doc: dict[str, Any]) -> dict[str, Any]:
+    """A plan written as JSON Schema (what ``etl plan export`` prints) -> the plan document.
+
+    One ``$defs`` entry per event; ``required``, ``type``, ``enum``,
+    ``minimum``/``maximum``, ``additionalProperties`` and our ``x-pii``,
+    ``x-plan-version``, ``x-undeclared-events`` and ``x-policy`` are read.
+    """
+    events: dict[str, Any] = {}
+    for name, schema in (doc.get("$defs") or {}).items():
+        if not isinstance(schema, dict):
+            continue
+        required = set(schema.get("required") or ())
+        props: dict[str, Any] = {}
+        for key, spec in (schema.get("properties") or {}).items():
+            spec = spec if isinstance(spec, dict) else {}
+            prop: dict[str, Any] = {
+                "type": _schema_type(spec.get("type")),
+                "required": key in required,
+            }
+            for field in ("enum", "minimum", "maximum", "description"):
+                if field in spec:
+                    prop[field] = spec[field]
+            if "x-pii" in spec:
+                prop["pii"] = spec["x-pii"]
+            props[key] = prop
+        for key in required - set(props):
+            props[key] = {"required": True}
+        event: dict[str, Any] = {
+            "properties": props,
+            "additional_properties": schema.get("additionalProperties", True) is not False,
+        }
+        if "x-policy" in schema:
+            event["policy"] = schema["x-policy"]
+        events[name] = event
+    out: dict[str, Any] = {
+        "version": doc.get("x-plan-version", doc.get("version", doc.get("$id", 0))),
+        "events": events,
+    }
+    title = doc.get("title")
+    if isinstance(title, str):
+        out["name"] = title.rsplit("@", 1)[0]
+    if "x-undeclared-events" in doc:
+        out["undeclared_events"] = doc["x-undeclared-events"]
+    if "x-policy" in doc:
+        out["policy"] = doc["x-policy"]
+    return out
+
+
 _JSON_TYPES = {
     "string": "string",
     "integer": "integer",
@@ -253,12 +309,15 @@ def json_schema(plan: TrackingPlan) -> dict[str, Any]:
             schema["required"] = required
         if contract.description:
             schema["description"] = contract.description
+        if contract.policy:
+            schema["x-policy"] = contract.policy
         defs[name] = schema
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": plan.label,
         "x-plan-version": plan.version,
         "x-undeclared-events": plan.undeclared_events,
+        **({"x-policy": plan.policy} if plan.policy else {}),
         "$defs": defs,
     }
 
