@@ -31,7 +31,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import requests
 
 from mappers.suppression import add as add_suppressed
 from mappers.suppression import connect, erasure_key, id_hash
@@ -117,6 +116,8 @@ def _warehouse_eraser(name: str) -> Callable[[Settings, set[str]], tuple[int, di
 
 
 def _posthog(settings: Settings, ids: set[str]) -> tuple[int, dict[str, Any]]:
+    import requests  # installed with the vendor extras, like the sinks that need it
+
     e = settings.erasure
     host = settings.posthog.host.rstrip("/")
     url = f"{host}/api/projects/{e.posthog_project_id}/persons/bulk_delete/"
@@ -140,6 +141,8 @@ def _posthog(settings: Settings, ids: set[str]) -> tuple[int, dict[str, Any]]:
 
 
 def _rudderstack(settings: Settings, ids: set[str]) -> tuple[int, dict[str, Any]]:
+    import requests
+
     e = settings.erasure
     assert e.rudderstack_access_token is not None
     url = f"{e.rudderstack_api_url.rstrip('/')}/v2/regulations"
