@@ -32,6 +32,8 @@ def machine() -> dict[str, Any]:
         "confluent-kafka",
         "orjson",
         "pydantic",
+        "msgspec",
+        "pyarrow",
     ):
         try:
             versions[dist] = metadata.version(dist)
@@ -46,6 +48,8 @@ def machine() -> dict[str, Any]:
         "confluent_kafka": versions["confluent-kafka"],
         "orjson": versions["orjson"],
         "pydantic": versions["pydantic"],
+        "msgspec": versions["msgspec"],
+        "pyarrow": versions["pyarrow"],
         "cpu": cpu,
         "nproc": os.cpu_count(),
         "platform": platform.platform(),
@@ -279,8 +283,8 @@ def chart_figure(doc: dict[str, Any]) -> Any:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     names, values, colors = [], [], []
     for label, key, field, color in (
-        ("ceiling\n(aiokafka+orjson,\nno output)", "ceiling", "eps", "#bbbbbb"),
-        ("full job\n(aiokafka+msgspec\n+Arrow->DuckDB)", "fulljob", "eps", "#888888"),
+        ("ceiling\n(aiokafka\n+orjson,\nno output)", "ceiling", "eps", "#bbbbbb"),
+        ("full job\n(aiokafka\n+msgspec+Arrow\n->DuckDB)", "fulljob", "eps", "#888888"),
         ("peer single\n(Quix, 1 proc)", "peer_single", "eps", "#d98c3f"),
         ("peer split\n(Quix, 2 procs)", "peer_split", "eps", "#f0b070"),
         ("ours\nend to end", "ours", "eps", "#3f7fd9"),
@@ -364,7 +368,7 @@ def scaling_figure(doc: dict[str, Any]) -> Any:
             ax.grid(alpha=0.3)
         if x_key == "events":
             for ax in (eps_ax, rss_ax):
-                ax.set_xticklabels([f"{x / 1000:,.0f}k" for x in xs])
+                ax.set_xticklabels([_count(x) for x in xs])
     axes[0][0].set_title(f"{doc['events']:,} events, N partitions", fontsize=9)
     axes[0][1].set_title(f"{doc.get('sizes_partitions', 2)} partitions, growing runs", fontsize=9)
     fig.suptitle(
@@ -373,6 +377,10 @@ def scaling_figure(doc: dict[str, Any]) -> Any:
     )
     fig.tight_layout()
     return fig
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
 
 
 def _max_normalize_rss(row: dict[str, Any]) -> float:
