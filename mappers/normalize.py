@@ -15,18 +15,27 @@ event-time rule.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from etl.config import NormalizeSettings
-from mappers.dialects import ParsedTimes, dialect_for
+from mappers.dialects import SEGMENT, ParsedTimes, dialect_for
 from mappers.dialects.reading import optional_text
 from mappers.errors import EventRejected, Reason, Rejection
+from mappers.identifiers import message_id
 from mappers.jsontypes import json_type
 from mappers.models import SCHEMA_VERSION
-from mappers.sanitise import CLEAN, TRUNCATION_MARKER, Sanitised, Sanitiser
+from mappers.sanitise import (
+    CLEAN,
+    TRUNCATION_MARKER,
+    Sanitised,
+    Sanitiser,
+    has_long_number,
+    parse_int,
+)
 from mappers.timestamps import from_epoch_ms, parse_timestamp
 from mappers.typed import coerce_typed
 
@@ -79,7 +88,7 @@ class Normalizer:
         )
         source = (topic, partition, offset, received_default)
 
-        if isinstance(doc, dict) and "batch" in doc and "event" not in doc and "type" not in doc:
+        if is_envelope(doc):
             items = doc["batch"]
             if not isinstance(items, list):
                 reject(
@@ -91,7 +100,8 @@ class Normalizer:
             if not items:
                 reject(Reason.INVALID_BATCH, "batch envelope holds no events", "batch")
                 return events, rejections
-            envelope_sent_at = doc.get("sent_at", doc.get("sentAt"))
+            envelope_sent_at = envelope_sent_time(doc)
+            envelope_fields = {k: v for k, v in doc.items() if k != "batch"}
             for index, item in enumerate(items):
                 item_raw = orjson.dumps(item)
                 if not isinstance(item, dict):
@@ -125,6 +135,7 @@ class Normalizer:
                     sanitised_utf8,
                     events,
                     rejections,
+                    envelope_fields,
                 )
         elif isinstance(doc, dict):
             if len(raw) > self.settings.max_event_bytes:
@@ -141,8 +152,30 @@ class Normalizer:
             )
         return events, rejections
 
+    def outcomes(self, value: bytes | None) -> int:
+        """How many outcomes (events + rejections) :meth:`normalize` gives this message.
+
+        The same steps decide it (size limit, the same parser with its
+        invalid-UTF-8 fallback, the same envelope test), without mapping.
+        """
+        raw = value or b""
+        if not raw.strip() or len(raw) > self.settings.max_message_bytes:
+            return 1
+        doc, _, error = self._loads(raw)
+        if error is None and is_envelope(doc):
+            items = doc["batch"]
+            return len(items) if isinstance(items, list) and items else 1
+        return 1
+
     # ---------------------------------------------------------------- helpers
     def _loads(self, raw: bytes) -> tuple[Any, bool, tuple[str, str] | None]:
+        if has_long_number(raw):
+            # orjson turns integers beyond 64 bits into floats, losing digits;
+            # the standard parser keeps them exactly (rare, so its cost is fine).
+            try:
+                return exact_loads(raw.decode("utf-8")), False, None
+            except (ValueError, RecursionError):
+                pass  # orjson below names the error
         try:
             return orjson.loads(raw), False, None
         except orjson.JSONDecodeError as exc:
@@ -172,6 +205,7 @@ class Normalizer:
         sanitised_utf8: bool,
         events: list[dict[str, Any]],
         rejections: list[Rejection],
+        envelope_fields: dict[str, Any] | None = None,
     ) -> None:
         try:
             events.append(
@@ -185,6 +219,10 @@ class Normalizer:
             )
         except EventRejected as exc:
             name = obj.get("event")
+            if envelope_fields:
+                # The dead letter is a one-item envelope, so the envelope's sent_at
+                # (and api_key...) travel with it and a requeue times it the same.
+                item_raw = orjson.dumps({**envelope_fields, "batch": [obj]})
             rejections.append(
                 Rejection(
                     exc.reason,
@@ -192,6 +230,7 @@ class Normalizer:
                     exc.field,
                     item_raw,
                     batch_index=index,
+                    message_id=known_message_id(obj),
                     event=name if isinstance(name, str) else None,
                 )
             )
@@ -225,9 +264,8 @@ class Normalizer:
         stated = parse_timestamp(t.stated.value, t.stated.field)
         sent_at = parse_timestamp(t.sent.value, t.sent.field)
         received_at = parse_timestamp(t.received.value, t.received.field) or received_default
-        timestamp = dialect.event_time(
-            ParsedTimes(original, stated, sent_at, received_at, t.offset_ms)
-        )
+        parsed = ParsedTimes(original, stated, sent_at, received_at, t.offset_ms, t.ignore_sent_at)
+        timestamp = dialect.event_time(parsed)
 
         trace = properties.get("trace_id")
         if trace is None:
@@ -235,13 +273,18 @@ class Normalizer:
 
         if traits:
             context = {**context, "traits": traits}
-        if state.truncated or state.nul_stripped:
-            etl_meta: dict[str, Any] = {}
+        if state.truncated or state.nul_stripped or state.big_integers or parsed.notes:
+            etl_meta: dict[str, Any] = dict(parsed.notes)
             if state.truncated:
                 etl_meta["truncated"] = state.truncated
             if state.nul_stripped:
                 etl_meta["sanitised"] = True
-            context = {**context, "etl": {**context.get("etl", {}), **etl_meta}}
+            if state.big_integers:
+                etl_meta["big_integers"] = state.big_integers
+            if state.key_collisions:
+                etl_meta["key_collisions"] = state.key_collisions
+            prior = context.get("etl")
+            context = {**context, "etl": {**(prior if isinstance(prior, dict) else {}), **etl_meta}}
 
         return {
             "schema_version": SCHEMA_VERSION,
@@ -255,6 +298,7 @@ class Normalizer:
             "trace_id": optional_text(trace),
             "timestamp": timestamp,
             "original_timestamp": original,
+            "stated_timestamp": stated,
             "sent_at": sent_at,
             "received_at": received_at,
             "properties": properties,
@@ -263,6 +307,39 @@ class Normalizer:
             "source_partition": partition,
             "source_offset": offset,
         }
+
+
+def is_envelope(doc: Any) -> bool:
+    """A batch envelope: an object with ``batch`` that is not itself an event."""
+    return isinstance(doc, dict) and "batch" in doc and "event" not in doc and "type" not in doc
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def exact_loads(text: str) -> Any:
+    """JSON with integers outside int64 kept as their digits (``BigInt``)."""
+    return json.loads(text, parse_int=parse_int, parse_constant=_refuse_constant)
+
+
+def envelope_sent_time(doc: dict[str, Any]) -> Any:
+    """A batch envelope's send time: ``sent_at``/``sentAt``, or posthog-node v1's ``created_at``."""
+    for key in ("sent_at", "sentAt", "created_at"):
+        if doc.get(key) is not None:
+            return doc[key]
+    return None
+
+
+def known_message_id(obj: dict[str, Any]) -> str | None:
+    """The id a rejected event would have landed under, when it can be told."""
+    dialect = dialect_for(obj)
+    source = obj.get("messageId") if dialect is SEGMENT else obj.get("uuid")
+    name = obj.get("event")
+    try:
+        return message_id(source, obj, name if isinstance(name, str) else None)
+    except (EventRejected, TypeError):
+        return None
 
 
 def dumps_event(event: dict[str, Any]) -> bytes:

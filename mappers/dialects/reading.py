@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -32,6 +33,8 @@ class Times:
     received: TimeField
     #: PostHog's ``offset``: milliseconds between the event and the send.
     offset_ms: Any = None
+    #: PostHog's ``$ignore_sent_at``: the client asked that ``sent_at`` not correct its clock.
+    ignore_sent_at: bool = False
 
 
 @dataclass(slots=True)
@@ -41,6 +44,9 @@ class ParsedTimes:
     sent: datetime | None
     received: datetime
     offset_ms: Any = None
+    ignore_sent_at: bool = False
+    #: What the event-time rule did beyond the plain rule (noted in ``context.etl``).
+    notes: dict[str, Any] = dc_field(default_factory=dict)
 
 
 @dataclass(slots=True)
