@@ -1,4 +1,4 @@
-"""PostHog capture style: ``{"event", "distinct_id", "properties", "timestamp", "uuid", "$set"...}``."""
+"""PostHog capture style: ``{"event", "distinct_id", "properties", "timestamp", "uuid"...}``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from mappers.identifiers import message_id
 #: PostHog's names for the non-track calls -> the unified ``type``.
 EVENT_TYPES = {
     "$identify": "identify",
+    "$set": "identify",  # posthog-python's set(): a person update without a new identity
     "$groupidentify": "group",
     "$pageview": "page",
     "$screen": "screen",
