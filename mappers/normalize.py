@@ -48,6 +48,8 @@ class Normalizer:
     def __init__(self, settings: NormalizeSettings | None = None) -> None:
         self.settings = settings or NormalizeSettings()
         self.sanitiser = Sanitiser(self.settings.max_string_length, self.settings.max_depth)
+        #: Whether the message being normalized has a digit run that may not fit int64.
+        self._long_numbers = True
 
     # ------------------------------------------------------------------ entry
     def normalize(
@@ -76,7 +78,8 @@ class Normalizer:
             )
             return events, rejections
 
-        doc, sanitised_utf8, error = self._loads(raw)
+        long_numbers = has_long_number(raw)
+        doc, sanitised_utf8, error = self._loads(raw, long_numbers)
         if error is not None:
             reject(*error)
             return events, rejections
@@ -87,6 +90,7 @@ class Normalizer:
             else datetime.now(UTC)
         )
         source = (topic, partition, offset, received_default)
+        self._long_numbers = long_numbers
 
         if is_envelope(doc):
             items = doc["batch"]
@@ -161,23 +165,21 @@ class Normalizer:
         raw = value or b""
         if not raw.strip() or len(raw) > self.settings.max_message_bytes:
             return 1
-        doc, _, error = self._loads(raw)
+        doc, _, error = self._loads(raw, has_long_number(raw))
         if error is None and is_envelope(doc):
             items = doc["batch"]
             return len(items) if isinstance(items, list) and items else 1
         return 1
 
     # ---------------------------------------------------------------- helpers
-    def _loads(self, raw: bytes) -> tuple[Any, bool, tuple[str, str] | None]:
-        if has_long_number(raw):
-            # orjson turns integers beyond 64 bits into floats, losing digits;
-            # the standard parser keeps them exactly (rare, so its cost is fine).
-            try:
-                return exact_loads(raw.decode("utf-8")), False, None
-            except (ValueError, RecursionError):
-                pass  # orjson below names the error
+    def _loads(
+        self, raw: bytes, long_numbers: bool = True
+    ) -> tuple[Any, bool, tuple[str, str] | None]:
         try:
-            return orjson.loads(raw), False, None
+            doc = orjson.loads(raw)
+            if long_numbers and has_long_number(raw):
+                doc = exact_loads(raw.decode("utf-8"), doc)
+            return doc, False, None
         except orjson.JSONDecodeError as exc:
             message = str(exc)
         if "depth limit" in message or "recursion" in message:
@@ -190,7 +192,9 @@ class Normalizer:
             # Land the event with the undecodable bytes replaced by U+FFFD
             # rather than reject a whole event for one bad byte in a value.
             try:
-                return orjson.loads(raw.decode("utf-8", "replace")), True, None
+                text = raw.decode("utf-8", "replace")
+                doc = orjson.loads(text)
+                return (exact_loads(text, doc) if long_numbers else doc), True, None
             except orjson.JSONDecodeError as exc2:
                 message = str(exc2)
         return None, False, (Reason.INVALID_JSON, f"not valid JSON: {message}")
@@ -214,7 +218,7 @@ class Normalizer:
                     envelope_sent_at,
                     source,
                     sanitised_utf8,
-                    self.sanitiser.needs_cleaning(item_raw),
+                    self.sanitiser.needs_cleaning(item_raw, self._long_numbers),
                 )
             )
         except EventRejected as exc:
@@ -318,9 +322,18 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def exact_loads(text: str) -> Any:
-    """JSON with integers outside int64 kept as their digits (``BigInt``)."""
-    return json.loads(text, parse_int=parse_int, parse_constant=_refuse_constant)
+def exact_loads(text: str, parsed: Any) -> Any:
+    """JSON with integers outside int64 kept as their digits (``BigInt``).
+
+    orjson turns integers beyond 64 bits into floats, losing digits; the
+    standard parser keeps them exactly (rare, so its cost is fine).  ``parsed``
+    is orjson's reading, already vouched for; it stands when the standard
+    parser cannot go as deep (that document is rejected as too deep anyway).
+    """
+    try:
+        return json.loads(text, parse_int=parse_int, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return parsed
 
 
 def envelope_sent_time(doc: dict[str, Any]) -> Any:

@@ -227,9 +227,30 @@ class Redactor:
             root: frozenset(parts[0] for r, parts in parsed.values() if r == root)
             for root in ("properties", "context")
         }
+        #: Keys seen that name no sensitive field in any spelling (a C-speed subset test).
+        self._clean_keys: dict[str, set[str]] = {"properties": set(), "context": set()}
         self.max_length = self.settings.max_length
         secret = self.settings.hmac_secret
         self._key = secret.get_secret_value().encode() if secret is not None else None
+
+    def _touches(self, obj: Any, root: str) -> bool:
+        """Whether ``obj`` has a key naming a sensitive field under ``root``, in any spelling."""
+        heads = self._heads[root]
+        if not isinstance(obj, dict) or not heads:
+            return False
+        clean = self._clean_keys[root]
+        if clean.issuperset(obj):
+            return False
+        if not heads.isdisjoint(obj):
+            return True
+        if len(clean) > 100_000:
+            clean.clear()  # bounded: hostile streams send endless new keys
+        for key in obj:
+            if key not in clean:
+                if normalize_identifier(key.lstrip("$")) in heads:
+                    return True
+                clean.add(key)
+        return False
 
     # ------------------------------------------------------------------ text
     def redact_text(self, text: str) -> str:
@@ -259,9 +280,7 @@ class Redactor:
     def redact_event(self, event: dict[str, Any]) -> bool:
         """Redact ``event`` in place; True when a value was redacted now."""
         props, ctx = event.get("properties"), event.get("context")
-        if not _touches(props, self._heads["properties"]) and not _touches(
-            ctx, self._heads["context"]
-        ):
+        if not self._touches(props, "properties") and not self._touches(ctx, "context"):
             return False
         context = event.get("context")
         etl_meta = context.get("etl") if isinstance(context, dict) else None
@@ -381,15 +400,6 @@ class Redactor:
             context = event.setdefault("context", {})
             meta = context.setdefault("etl", {})
             meta["redacted"] = [*meta.get("redacted", []), *done]
-
-
-def _touches(obj: Any, heads: frozenset[str]) -> bool:
-    """Whether a properties/context object has a key naming one of ``heads`` (any spelling)."""
-    if not isinstance(obj, dict) or not heads:
-        return False
-    return not heads.isdisjoint(obj) or any(
-        normalize_identifier(key.lstrip("$")) in heads for key in obj
-    )
 
 
 def same_field_keys(parent: dict[str, Any], leaf: str) -> list[str]:

@@ -61,18 +61,19 @@ class Sanitiser:
         self.max_len = max_string_length
         self.max_depth = max_depth
 
-    def needs_cleaning(self, raw: bytes) -> bool:
+    def needs_cleaning(self, raw: bytes, long_numbers: bool = True) -> bool:
         """False when the bytes prove there is nothing to sanitise (the common case).
 
         In valid JSON a NUL can only appear as the escape ``\\u0000``; no string
         can be longer than the whole document; nesting cannot be deeper than
-        the number of brackets; and an integer outside int64 needs 19 digits.
+        the number of brackets; and an integer outside int64 needs 19 digits
+        (``long_numbers=False``: the whole message was searched and has none).
         """
         return (
             len(raw) > self.max_len
             or b"\\u0000" in raw
             or raw.count(b"{") + raw.count(b"[") > self.max_depth
-            or has_long_number(raw)
+            or (long_numbers and has_long_number(raw))
         )
 
     def clean(self, value: Any, depth: int, path: str, state: Sanitised) -> Any:

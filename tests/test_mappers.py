@@ -708,3 +708,9 @@ def test_demo_counts_are_the_mappers_own_counts() -> None:
             value, topic="t", partition=0, offset=0, timestamp_ms=KAFKA_TS
         )
         assert count_events(value) == len(events) + len(rejections), value
+
+
+def test_a_long_number_is_not_an_event_name() -> None:
+    r = rejected(b'{"event": 123456789012345678901234, "distinct_id": "u1"}')
+    assert r.reason == Reason.INVALID_EVENT_NAME
+    assert "got number" in r.error

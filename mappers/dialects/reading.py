@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from mappers.errors import EventRejected, Reason
 from mappers.jsontypes import json_type
+from mappers.sanitise import BigInt
 
 MAX_NAME_LENGTH = 200
 
@@ -80,7 +81,7 @@ def event_name(value: Any) -> str:
     """A track event's name: a non-empty string of at most 200 characters (NULs stripped)."""
     if value is None:
         raise EventRejected(Reason.MISSING_EVENT_NAME, "event has no name", "event")
-    if not isinstance(value, str):
+    if not isinstance(value, str) or isinstance(value, BigInt):  # a long number is no name
         raise EventRejected(
             Reason.INVALID_EVENT_NAME,
             f"event name must be a string, got {json_type(value)}",
