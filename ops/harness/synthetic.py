@@ -84,7 +84,7 @@ class Generator:
         self.users = [f"user_{i:05d}" for i in range(5000)]
         #: One client clock per batch: its items and its sentAt share the same skew.
         self._batch_skew: timedelta | None = None
-        names, weights = zip(*EVENT_WEIGHTS)
+        names, weights = zip(*EVENT_WEIGHTS, strict=True)
         self._names = list(names)
         self._weights = list(weights)
 
