@@ -557,6 +557,7 @@ def run_killed_then_replayed(
         extra_env={
             **env,
             "ETL_DELIVERY__BATCH_MAX_EVENTS": "40",
+            f"ETL_{target.upper()}__FLUSH_MAX_EVENTS": "40",
             # The killed member leaves the group sooner, so its successor starts sooner.
             "ETL_KAFKA__SESSION_TIMEOUT": "6",
             "ETL_KAFKA__REBALANCE_TIMEOUT": "6",
