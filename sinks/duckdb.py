@@ -326,7 +326,8 @@ class DuckDBSink(Sink):
             for table, columns in plan.new_columns.items():
                 for col in columns:
                     con.execute(
-                        f"ALTER TABLE {quote(table)} ADD COLUMN IF NOT EXISTS {quote(col.name)} {DUCKDB_TYPES[col.type]}"
+                        f"ALTER TABLE {quote(table)} ADD COLUMN IF NOT EXISTS {quote(col.name)} "
+                        f"{DUCKDB_TYPES[col.type]}"
                     )
                     log.info(
                         "schema evolution: added column %s.%s %s",
@@ -455,7 +456,8 @@ class DuckDBSink(Sink):
                 replaced = [
                     r[0]
                     for r in con.execute(
-                        f"DELETE FROM {quote(table)} AS t USING {quote(view)} AS s WHERE {match} RETURNING t.{quote(key[0])}"
+                        f"DELETE FROM {quote(table)} AS t USING {quote(view)} AS s WHERE {match} "
+                        f"RETURNING t.{quote(key[0])}"
                     ).fetchall()
                 ]
             con.execute(f"INSERT INTO {quote(table)} ({names}) SELECT {select} FROM {quote(view)}")
@@ -470,7 +472,8 @@ class DuckDBSink(Sink):
         try:
             for table in tables:
                 con.execute(
-                    f"DELETE FROM {quote(table)} WHERE message_id IN (SELECT message_id FROM _replaced_keys)"
+                    f"DELETE FROM {quote(table)} "
+                    "WHERE message_id IN (SELECT message_id FROM _replaced_keys)"
                 )
         finally:
             con.unregister("_replaced_keys")

@@ -140,7 +140,9 @@ def merge_users(
     for user_id, s in sorted(state.items()):
         if not s["changed"]:
             continue
-        versions = {k: [_text(t), m] for k, (t, m) in sorted(s["versions"].items())}
+        recorded: dict[str, list[str]] = {
+            k: [_text(t), m] for k, (t, m) in sorted(s["versions"].items())
+        }
         rows.append(
             {
                 "user_id": user_id,
@@ -149,7 +151,7 @@ def merge_users(
                 "first_identified_at": _text(s["first"]),
                 "last_identified_at": _text(s["last"][0]),
                 "last_message_id": s["last"][1],
-                "trait_versions": versions,
+                "trait_versions": recorded,
                 "loaded_at": _text(loaded_at),
             }
         )

@@ -106,7 +106,8 @@ class SnowflakeSettings(LoadPolicySettings):
         missing = super().problems(section)
         if self.password is None and self.private_key_file is None:
             missing.append(
-                f"{self.variables(section, 'password')} or {self.variables(section, 'private_key_file')}"
+                f"{self.variables(section, 'password')} or "
+                f"{self.variables(section, 'private_key_file')}"
             )
         return missing
 
@@ -512,7 +513,8 @@ class SnowflakeSink(MergingWarehouseSink):
     def _add_columns(self, table: str, columns: list[Column]) -> None:
         for col in columns:
             self._exec(
-                f"ALTER TABLE {ident(table)} ADD COLUMN IF NOT EXISTS {ident(col.name)} {SNOWFLAKE_TYPES[col.type]}"
+                f"ALTER TABLE {ident(table)} ADD COLUMN IF NOT EXISTS {ident(col.name)} "
+                f"{SNOWFLAKE_TYPES[col.type]}"
             )
             log.info(
                 "schema evolution: added column %s.%s %s",
@@ -559,7 +561,8 @@ class SnowflakeSink(MergingWarehouseSink):
         if self._staging_signature.get(table) == signature:
             self._exec(f"TRUNCATE TABLE {staging}")
         else:
-            # TRANSIENT: no fail-safe storage for scratch data (COPY cannot load TEMPORARY tables by name match).
+            # TRANSIENT: no fail-safe storage for scratch data
+            # (COPY cannot load TEMPORARY tables by name match).
             self._exec(
                 self._ddl(staging, columns, STAGING_TYPES, verb="CREATE OR REPLACE TRANSIENT TABLE")
             )

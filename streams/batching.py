@@ -95,7 +95,7 @@ async def chunk_batches(
     clock = FlushClock(policy)
 
     async def pump() -> None:
-        async for event in stream.noack().events():
+        async for event in stream.noack().events():  # type: ignore[attr-defined]
             await queue.put(event)
 
     pumping = asyncio.ensure_future(pump())

@@ -32,10 +32,10 @@ from tests.test_warehouse_parity import (
     EXPECTED_USERS,
     IDENTITY_RAW,
     USERS_SQL,
-    zoned_rows,
     bigquery_rows,
     bigquery_target,
     utc,
+    zoned_rows,
 )
 
 
