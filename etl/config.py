@@ -98,7 +98,8 @@ class KafkaSettings(Section):
     replication_factor: int = Field(1, ge=1, description="Replication factor for created topics.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT",
-        description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (MSK, Confluent Cloud, Redpanda Cloud).",
+        description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (MSK, Confluent Cloud, Redpanda "
+        "Cloud).",
     )
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
         None, description="PLAIN (Confluent Cloud), SCRAM-SHA-256/512 (MSK, Redpanda)."
@@ -123,6 +124,26 @@ class KafkaSettings(Section):
         gt=0,
         description="Seconds between offset commits (of work already durable downstream).",
     )
+    connect_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a worker waits at start for a reachable broker before it exits "
+        "non-zero (so an orchestrator restarts it); one-shot commands wait 3 s.",
+    )
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _valid_bootstrap(cls, value: str) -> str:
+        hosts = [h.strip() for h in value.split(",")]
+        if not any(hosts):
+            raise ValueError("empty broker list; give host:port[,host:port...]")
+        for host in hosts:
+            name, sep, port = host.rpartition(":")
+            if not host or not sep or not name.strip("[]") or not port.isdigit():
+                raise ValueError(f"{host!r} is not host:port; give host:port[,host:port...]")
+            if not 0 < int(port) < 65536:
+                raise ValueError(f"{host!r}: port {port} is out of range 1-65535")
+        return ",".join(hosts)
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
@@ -167,12 +188,14 @@ class NormalizeSettings(Section):
     envelope_size: int = Field(
         500,
         ge=1,
-        description="Unified events per Kafka message on the normalized topic (1 = one event per message, keyed by distinct_id).",
+        description="Unified events per Kafka message on the normalized topic (1 = one event per "
+        "message, keyed by distinct_id).",
     )
     dlq_raw_max_bytes: int = Field(
         256 * 1024,
         ge=1024,
-        description="Original bytes kept in a dead letter; longer payloads are cut (size and sha256 kept).",
+        description="Original bytes kept in a dead letter; longer payloads are cut (size and "
+        "sha256 kept).",
     )
 
 
@@ -180,7 +203,8 @@ class DeliverySettings(Section):
     batch_max_events: int = Field(
         10000,
         ge=1,
-        description="Events a delivering agent gathers per batch (a sink may split further by its own limits).",
+        description="Events a delivering agent gathers per batch (a sink may split further by its "
+        "own limits).",
     )
     flush_interval: float = Field(
         0.5, gt=0, description="Seconds a delivering agent waits to fill a batch."
@@ -190,7 +214,8 @@ class DeliverySettings(Section):
     unexpected_error_attempts: int = Field(
         5,
         ge=1,
-        description="Attempts on an unexplained sink error before the batch is bisected to isolate bad events.",
+        description="Attempts on an unexplained sink error before the batch is bisected to isolate "
+        "bad events.",
     )
     auth_retry_interval: float = Field(
         60.0,
@@ -226,37 +251,59 @@ class FlagSettings(Section):
     cache_ttl: float = Field(
         30.0,
         gt=0,
-        description="Seconds a flag decision is cached; a flag changed at any source takes effect within this.",
+        description="Seconds a flag decision is cached; a flag changed at any source takes effect "
+        "within this.",
     )
     posthog_mode: Literal["local", "remote", "off"] = Field(
         "local",
-        description="PostHog as the first flag source: local = SDK local evaluation (needs posthog.personal_api_key), "
-        "remote /flags only for flags it cannot decide locally; remote = also ask /flags per user when there is no "
+        description="PostHog as the first flag source: local = SDK local evaluation (needs "
+        "posthog.personal_api_key), "
+        "remote /flags only for flags it cannot decide locally; remote = also ask /flags per user "
+        "when there is no "
         "personal key (one call per user and TTL); off = flag database and default only.",
     )
     remote_timeout: float = Field(
         1.0,
         gt=0,
-        description="Timeout of one remote PostHog /flags call (only for flags local evaluation cannot decide).",
+        description="Timeout of one remote PostHog /flags call (only for flags local evaluation "
+        "cannot decide).",
     )
     remote_backoff: float = Field(
         30.0,
         gt=0,
-        description="After a failed remote /flags call, seconds to skip PostHog remote evaluation (fallback decides).",
+        description="After a failed remote /flags call, seconds to skip PostHog remote evaluation "
+        "(fallback decides).",
     )
     remote_budget: float = Field(
         2.0,
         gt=0,
-        description="Seconds of remote /flags calls allowed per batch; beyond it the fallback decides (never block the stream).",
+        description="Seconds of remote /flags calls allowed per batch; beyond it the fallback "
+        "decides (never block the stream).",
     )
     startup_wait: float = Field(
         5.0,
         ge=0,
-        description="Seconds a worker waits at start for the first PostHog flag definitions before going on without them.",
+        description="Seconds a worker waits at start for the first PostHog flag definitions before "
+        "going on without them.",
     )
     db_timeout: float = Field(
         2.0, gt=0, description="Connect/statement timeout of the flag database, seconds."
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+            # Only the scheme is shown: the rest of a URL may hold a password.
+            shown = f"scheme {scheme!r}" if scheme else "a value without a scheme"
+            raise ValueError(
+                f"the flag database must be PostgreSQL (postgresql://user@host/db), got {shown}"
+            )
+        return value
+
     gates: dict[str, dict[str, str]] = Field(
         default_factory=lambda: {
             sink: {
@@ -266,8 +313,10 @@ class FlagSettings(Section):
             }
             for sink in ("posthog", "rudderstack")
         },
-        description="Gating policy: {sink: {event: flag key}}; an event is forwarded to a sink only when its flag is on. "
-        'JSON in env, e.g. ETL_FLAGS__GATES=\'{"posthog":{"prompt_blocked":"enable_guardrails_tracing"}}\'. '
+        description="Gating policy: {sink: {event: flag key}}; an event is forwarded to a sink "
+        "only when its flag is on. "
+        "JSON in env, e.g. ETL_FLAGS__GATES="
+        '\'{"posthog":{"prompt_blocked":"enable_guardrails_tracing"}}\'. '
         "Sinks not listed (the warehouses by default) receive everything.",
     )
 
@@ -282,22 +331,25 @@ class FlagSettings(Section):
 
 
 class RedactionSettings(Section):
-    """PII redaction of sensitive properties (``prompt_blocked.prompt_preview`` and configured paths)."""
+    """PII redaction of sensitive properties (``prompt_preview`` and the configured paths)."""
 
     paths: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Extra property paths to redact besides the models' sensitive ones (dotted, e.g. "
+        description="Extra property paths to redact besides the models' sensitive ones (dotted, "
+        "e.g. "
         "user_note or context.page.search); comma-separated or a JSON list.",
     )
     max_length: int = Field(120, ge=0, description="Redacted text is cut to this many characters.")
     hmac_secret: SecretStr | None = Field(
         None,
-        description="Key of the HMAC-SHA256 kept beside each redacted value (<key>_hash) so repeats can be counted; "
+        description="Key of the HMAC-SHA256 kept beside each redacted value (<key>_hash) so "
+        "repeats can be counted; "
         "unset = no hash is kept.",
     )
     keep_raw_in_warehouse: bool = Field(
         False,
-        description="RISK: stores raw sensitive text (prompts with emails, secrets) in the warehouse; third-party "
+        description="RISK: stores raw sensitive text (prompts with emails, secrets) in the "
+        "warehouse; third-party "
         "sinks still get the redacted form. Only for warehouses with access control fit for PII.",
     )
 
@@ -305,6 +357,17 @@ class RedactionSettings(Section):
     @classmethod
     def _parse_paths(cls, value: Any) -> Any:
         return _split_csv(value)
+
+    @field_validator("paths")
+    @classmethod
+    def _dotted_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not all(part.strip() for part in path.split(".")):
+                raise ValueError(
+                    f"{path!r} is not a dotted property path (e.g. user_note or "
+                    "context.page.search)"
+                )
+        return value
 
 
 def _role(value: Any) -> Role:
@@ -352,6 +415,14 @@ class CoreSettings(BaseSettings):
     replay: bool = Field(
         False, description="Mark deliveries as backfill (PostHog historical_migration)."
     )
+    metrics_urls: Annotated[
+        list[str],
+        NoDecode,
+        Field(
+            description="Workers' /metrics URLs for etl status, comma-separated (production); "
+            "unset = the local workers found in the data dir."
+        ),
+    ] = []
 
     kafka: KafkaSettings = KafkaSettings()
     normalize: NormalizeSettings = NormalizeSettings()
@@ -360,7 +431,7 @@ class CoreSettings(BaseSettings):
     flags: FlagSettings = FlagSettings()
     redaction: RedactionSettings = RedactionSettings()
 
-    @field_validator("sinks", mode="before")
+    @field_validator("sinks", "metrics_urls", mode="before")
     @classmethod
     def _parse_sinks(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -376,6 +447,13 @@ class CoreSettings(BaseSettings):
         if not cleaned:
             raise ValueError("at least one sink must be enabled")
         return cleaned
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_is_dir(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{str(value)!r} exists and is not a directory")
+        return value
 
     @property
     def normalize_group(self) -> str:
@@ -398,7 +476,7 @@ class CoreSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (
             init_settings,
-            env_settings,
+            StrictJsonEnvSource(settings_cls),
             VendorEnvSource(settings_cls),
             dotenv_settings,
             file_secret_settings,
@@ -436,6 +514,61 @@ class VendorEnvSource(EnvSettingsSource):
         return data
 
 
+class StrictJsonEnvSource(EnvSettingsSource):
+    """The ``ETL_*`` source; a value that must be JSON and is not fails naming its variable."""
+
+    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError as exc:
+            suffix = field_name.upper()
+            names = [
+                n
+                for n, v in os.environ.items()
+                if n.upper().startswith("ETL_") and n.upper().endswith(suffix) and v == value
+            ]
+            variable = names[0] if names else f"ETL_*{suffix}"
+            # ConfigError is a SystemExit: pydantic-settings lets it through unwrapped.
+            raise ConfigError(
+                f"invalid configuration: {variable} is not valid JSON ({exc})"
+            ) from None
+
+
+#: ``ETL_*`` variables that are not settings (the test harness's own).
+NOT_SETTINGS = frozenset({"ETL_BQEMU_VENV"})
+
+
+def env_names(settings_cls: type[BaseModel]) -> set[str]:
+    """Every ``ETL_*`` variable the settings read: ``ETL_LOG_LEVEL``, ``ETL_KAFKA__PARTITIONS``."""
+    names = set()
+    for name, info in settings_cls.model_fields.items():
+        top = f"ETL_{(info.alias or name).upper()}"
+        names.add(top)
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            for field, sub in annotation.model_fields.items():
+                names.add(f"{top}__{(sub.alias or field).upper()}")
+    return names
+
+
+def unknown_env_warnings(
+    settings_cls: type[BaseModel], environ: dict[str, str] | None = None
+) -> list[str]:
+    """One warning per ``ETL_*`` variable no setting reads, naming the closest real one."""
+    import difflib
+
+    known = env_names(settings_cls)
+    warnings = []
+    for var in sorted(os.environ if environ is None else environ):
+        upper = var.upper()
+        if not upper.startswith("ETL_") or upper in known or upper in NOT_SETTINGS:
+            continue
+        close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; it is ignored"
+        warnings.append(f"warning: {var} is not a setting{hint}")
+    return warnings
+
+
 class ConfigError(SystemExit):
     """Raised at start-up for an invalid configuration; exits with status 2."""
 
@@ -456,3 +589,21 @@ def format_validation_error(exc: ValidationError) -> str:
         named = "(env " in msg  # the message names its variable itself
         lines.append(f"  {loc}: {msg}" + (f"  (env {env})" if env and not named else ""))
     return "\n".join(lines)
+
+
+def duckdb_file_problem(path: Path | str, variable: str = "ETL_DUCKDB__PATH") -> str | None:
+    """Why ``path`` cannot be a DuckDB warehouse, or None (a missing one is created when used)."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{variable}: {str(path)!r} is a directory, not a DuckDB file"
+    if not path.exists():
+        return None
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(12)
+    except OSError as exc:
+        return f"{variable}: cannot read {str(path)!r} ({exc.strerror})"
+    # A DuckDB database file carries the magic bytes "DUCK" at offset 8.
+    if head[8:12] != b"DUCK":
+        return f"{variable}: {str(path)!r} is not a DuckDB database file"
+    return None
