@@ -98,8 +98,8 @@ class KafkaSettings(Section):
     replication_factor: int = Field(1, ge=1, description="Replication factor for created topics.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT",
-        description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (MSK, Confluent Cloud, Redpanda "
-        "Cloud).",
+        description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL "
+        "(MSK, Confluent Cloud, Redpanda Cloud).",
     )
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
         None, description="PLAIN (Confluent Cloud), SCRAM-SHA-256/512 (MSK, Redpanda)."
@@ -194,8 +194,8 @@ class NormalizeSettings(Section):
     dlq_raw_max_bytes: int = Field(
         256 * 1024,
         ge=1024,
-        description="Original bytes kept in a dead letter; longer payloads are cut (size and "
-        "sha256 kept).",
+        description="Original bytes kept in a dead letter; "
+        "longer payloads are cut (size and sha256 kept).",
     )
 
 
@@ -203,8 +203,8 @@ class DeliverySettings(Section):
     batch_max_events: int = Field(
         10000,
         ge=1,
-        description="Events a delivering agent gathers per batch (a sink may split further by its "
-        "own limits).",
+        description="Events a delivering agent gathers per batch "
+        "(a sink may split further by its own limits).",
     )
     flush_interval: float = Field(
         0.5, gt=0, description="Seconds a delivering agent waits to fill a batch."
@@ -251,28 +251,27 @@ class FlagSettings(Section):
     cache_ttl: float = Field(
         30.0,
         gt=0,
-        description="Seconds a flag decision is cached; a flag changed at any source takes effect "
-        "within this.",
+        description="Seconds a flag decision is cached; "
+        "a flag changed at any source takes effect within this.",
     )
     posthog_mode: Literal["local", "remote", "off"] = Field(
         "local",
         description="PostHog as the first flag source: local = SDK local evaluation (needs "
-        "posthog.personal_api_key), "
-        "remote /flags only for flags it cannot decide locally; remote = also ask /flags per user "
-        "when there is no "
-        "personal key (one call per user and TTL); off = flag database and default only.",
+        "posthog.personal_api_key), remote /flags only for flags it cannot decide locally; "
+        "remote = also ask /flags per user when there is no personal key (one call per user and "
+        "TTL); off = flag database and default only.",
     )
     remote_timeout: float = Field(
         1.0,
         gt=0,
-        description="Timeout of one remote PostHog /flags call (only for flags local evaluation "
-        "cannot decide).",
+        description="Timeout of one remote PostHog /flags call "
+        "(only for flags local evaluation cannot decide).",
     )
     remote_backoff: float = Field(
         30.0,
         gt=0,
-        description="After a failed remote /flags call, seconds to skip PostHog remote evaluation "
-        "(fallback decides).",
+        description="After a failed remote /flags call, "
+        "seconds to skip PostHog remote evaluation (fallback decides).",
     )
     remote_budget: float = Field(
         2.0,
@@ -314,9 +313,8 @@ class FlagSettings(Section):
             for sink in ("posthog", "rudderstack")
         },
         description="Gating policy: {sink: {event: flag key}}; an event is forwarded to a sink "
-        "only when its flag is on. "
-        "JSON in env, e.g. ETL_FLAGS__GATES="
-        '\'{"posthog":{"prompt_blocked":"enable_guardrails_tracing"}}\'. '
+        "only when its flag is on. JSON in env, e.g. "
+        'ETL_FLAGS__GATES=\'{"posthog":{"prompt_blocked":"enable_guardrails_tracing"}}\'. '
         "Sinks not listed (the warehouses by default) receive everything.",
     )
 
@@ -331,26 +329,26 @@ class FlagSettings(Section):
 
 
 class RedactionSettings(Section):
-    """PII redaction of sensitive properties (``prompt_preview`` and the configured paths)."""
+    """PII redaction of sensitive properties
+    (``prompt_blocked.prompt_preview`` and configured paths).
+    """
 
     paths: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Extra property paths to redact besides the models' sensitive ones (dotted, "
-        "e.g. "
-        "user_note or context.page.search); comma-separated or a JSON list.",
+        "e.g. user_note or context.page.search); comma-separated or a JSON list.",
     )
     max_length: int = Field(120, ge=0, description="Redacted text is cut to this many characters.")
     hmac_secret: SecretStr | None = Field(
         None,
         description="Key of the HMAC-SHA256 kept beside each redacted value (<key>_hash) so "
-        "repeats can be counted; "
-        "unset = no hash is kept.",
+        "repeats can be counted; unset = no hash is kept.",
     )
     keep_raw_in_warehouse: bool = Field(
         False,
         description="RISK: stores raw sensitive text (prompts with emails, secrets) in the "
-        "warehouse; third-party "
-        "sinks still get the redacted form. Only for warehouses with access control fit for PII.",
+        "warehouse; third-party sinks still get the redacted form. Only for warehouses with access "
+        "control fit for PII.",
     )
 
     @field_validator("paths", mode="before")

@@ -228,7 +228,8 @@ def committed_offsets(settings: CoreSettings, group: str) -> dict[TopicPartition
 def offsets_at_times(
     kc: KafkaConsumer, targets: dict[TopicPartition, int], ends: dict[TopicPartition, int]
 ) -> dict[TopicPartition, int]:
-    """Earliest offset per partition whose record timestamp is >= the target (ms), or ``ends[tp]``.
+    """Earliest offset per partition whose record timestamp is >= the target (ms);
+    ``ends[tp]`` if none.
 
     ``offsets_for_times`` gives a lower bound: the bundled broker answers at
     batch granularity (the base offset of the first batch whose max timestamp
@@ -293,7 +294,7 @@ def describe_group(settings: CoreSettings, group: str) -> dict[str, Any]:
     """
     client = admin(settings)
     try:
-        client._process_acl_operations = lambda obj: obj  # type: ignore[method-assign]
+        client._process_acl_operations = lambda obj: obj
         return client.describe_groups([group])[group]
     finally:
         client.close()
@@ -326,7 +327,7 @@ def alter_committed_offsets(
     failed = {
         tp: err
         for tp, err in (result or {}).items()
-        if err is not None and getattr(err, "errno", 0)
+        if err is not None and getattr(err, "errno", None)
     }
     if failed and all(
         getattr(err, "__name__", "") == "UnknownMemberIdError" for err in failed.values()

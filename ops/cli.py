@@ -314,8 +314,8 @@ def query(sql: tuple[str, ...], warehouse: Path | None, fmt: str) -> None:
     type=click.Choice(["raw", "normalized"]),
     default="raw",
     show_default=True,
-    help="raw: events.raw through the normalize stage again; normalized: events.normalized to the "
-    "sink stages.",
+    help="raw: events.raw through the normalize stage again; "
+    "normalized: events.normalized to the sink stages.",
 )
 @click.option(
     "--from",
@@ -505,8 +505,8 @@ def offsets(
     settings = state().kafka_settings()
     if name != "normalize" and name not in settings.sinks:
         raise UserError(
-            f"--sink {name!r} is not enabled (ETL_SINKS={','.join(settings.sinks)}); name an "
-            "enabled sink or 'normalize'"
+            f"--sink {name!r} is not enabled (ETL_SINKS={','.join(settings.sinks)}); "
+            "name an enabled sink or 'normalize'"
         )
     role = Role("normalize") if name == "normalize" else Role.for_sink(name)
     group, topics = settings.group(role), consumed_topics(settings, role)
@@ -631,9 +631,9 @@ def dlq(
                 )
                 click.echo(
                     f"[{doc.get('rejected_at')}] {doc.get('stage')} {doc.get('reason')} "
-                    f"field={doc.get('field')} "
-                    f"event={doc.get('event')} at {where}\n  {doc.get('error')}\n  "
-                    f"{doc.get('raw_payload')}"
+                    f"field={doc.get('field')} event={doc.get('event')} at {where}\n"
+                    f"  {doc.get('error')}\n"
+                    f"  {doc.get('raw_payload')}"
                 )
     elif action == "requeue":
         letters = ops.read_dead_letters(settings, filters)
@@ -658,8 +658,8 @@ def dlq(
             emit_json(summary)
     else:
         question = (
-            f"purge dead letters{' before ' + before if before else ''} from "
-            f"{settings.kafka.dlq_topic}? "
+            f"purge dead letters{' before ' + before if before else ''} "
+            f"from {settings.kafka.dlq_topic}? "
             "They stop showing in list/show/requeue (the warehouse keeps rejected_events)."
         )
         if not yes and not click.confirm(question, err=True):
@@ -833,8 +833,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
             traceback.print_exc()
         else:
             click.echo(
-                f"etl: internal error: {type(exc).__name__}: {exc} (run with --debug for the "
-                "traceback)",
+                f"etl: internal error: {type(exc).__name__}: {exc} "
+                "(run with --debug for the traceback)",
                 err=True,
             )
         raise SystemExit(1) from None

@@ -28,7 +28,9 @@ def run_query(sql: str, warehouse: Path, fmt: str = "table") -> None:
         con.close()
     if fmt == "json":
         for row in rows:
-            sys.stdout.write(orjson.dumps(dict(zip(columns, row)), default=str).decode() + "\n")
+            sys.stdout.write(
+                orjson.dumps(dict(zip(columns, row, strict=True)), default=str).decode() + "\n"
+            )
     elif fmt == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(columns)
