@@ -382,11 +382,11 @@ def replay(
     Idempotent (sinks upsert on message_id), resumable from a checkpoint, and
     the live consumer groups are never touched.
     """
+    settings = state().kafka_settings()  # before the heavy imports: a bad setup fails fast
     from ops.replay import ReplayState, make_plan, run_replay, state_path
     from ops.replay import dry_run as count_window
     from sinks.settings import sink_names
 
-    settings = state().kafka_settings()
     targets = split(sinks) or list(settings.sinks)
     unknown = [s for s in targets if s not in sink_names()]
     if unknown:
@@ -498,11 +498,11 @@ def offsets(
     json_output: bool,
 ) -> None:
     """Show or reset a role's consumer-group offsets."""
+    settings = state().kafka_settings()  # before the heavy imports: a bad setup fails fast
     from etl.offsets import GroupBusyError, group_offsets, reset, rows_as_json
     from etl.role import Role
     from streams.roles import consumed_topics
 
-    settings = state().kafka_settings()
     if name != "normalize" and name not in settings.sinks:
         raise UserError(
             f"--sink {name!r} is not enabled (ETL_SINKS={','.join(settings.sinks)}); "
@@ -589,14 +589,14 @@ def dlq(
     json_output: bool,
 ) -> None:
     """Dead letters: list them by reason, show them, requeue them through the stages, purge."""
-    from ops import dlq as ops
-    from ops.status import named_events
-
     if action == "list" and from_warehouse:
         settings = state().settings(destinations=False)
         check_warehouse(settings.duckdb.path)
     else:
-        settings = state().kafka_settings()
+        settings = state().kafka_settings()  # before the heavy imports: a bad setup fails fast
+    from ops import dlq as ops
+    from ops.status import named_events
+
     try:
         filters = ops.Filters.parse(reason, event, stage, since, until)
     except ValueError as exc:
@@ -706,11 +706,11 @@ def status(
     metrics_urls: str | None, interval: float, no_dlq: bool, watch: bool, json_output: bool
 ) -> None:
     """Offsets, lag, rates, backpressure, gating and dead letters per group and partition."""
-    from ops import status as ops
-
     if watch and json_output:
         raise UserError("--watch draws a screen; use --json without --watch")
-    settings = state().kafka_settings()
+    settings = state().kafka_settings()  # before the heavy imports: a bad setup fails fast
+    from ops import status as ops
+
     if watch:
         ops.watch(
             settings,

@@ -14,6 +14,23 @@ import pytest
 from tests.cli_run import clean_env, etl
 
 
+def startup_seconds(tmp_path: Path) -> float:
+    """Wall time of a command that loads the same settings and touches no network.
+
+    The machine is shared: under load, interpreter start-up alone can take many
+    seconds.  Bounds are "this much beyond start-up", and the plain bound holds
+    whenever start-up is quick.
+    """
+    return etl("flags", "list", "--json", cwd=tmp_path).seconds
+
+
+def assert_bounded(seconds: float, budget: float, startup: float) -> None:
+    """Within ``budget`` beyond start-up, and within 10 s whenever start-up is quick."""
+    assert seconds < startup + budget, (seconds, startup)
+    if startup < 3:
+        assert seconds < 10, (seconds, startup)
+
+
 def dead_address() -> str:
     """A local port nothing listens on (bound, then closed)."""
     s = socket.socket()
@@ -37,11 +54,14 @@ def dead_address() -> str:
 )
 def test_unreachable_broker_fails_fast_naming_the_setting(args: list[str], tmp_path: Path) -> None:
     address = dead_address()
+    startup = startup_seconds(tmp_path)
     run = etl(*args, env=clean_env(ETL_KAFKA__BOOTSTRAP_SERVERS=address), cwd=tmp_path)
     line = run.one_line_error()
     assert run.code == 2
     assert "ETL_KAFKA__BOOTSTRAP_SERVERS" in line and address in line
-    assert run.seconds < 10, run.seconds
+    # 3 s of connection attempts beyond start-up (was 32-63 s of client retries).
+    assert "after 3 s" in line
+    assert_bounded(run.seconds, 6, startup)
     assert run.stdout == ""
 
 
@@ -53,6 +73,7 @@ def test_worker_says_what_it_waits_for_and_exits_after_the_bound(tmp_path: Path)
         ETL_ROLE="normalize",
         ETL_WEB_ENABLED="false",
     )
+    startup = startup_seconds(tmp_path)
     run = etl("worker", env=env, cwd=tmp_path)
     assert "Traceback" not in run.stderr
     assert run.code != 0
@@ -60,14 +81,16 @@ def test_worker_says_what_it_waits_for_and_exits_after_the_bound(tmp_path: Path)
     assert waiting and address in waiting[0] and "ETL_KAFKA__BOOTSTRAP_SERVERS" in waiting[0]
     final = run.stderr.strip().splitlines()[-1]
     assert "ETL_KAFKA__CONNECT_TIMEOUT" in final and address in final
-    # The bound, plus interpreter start-up on a busy machine; never Faust's 60 s of retries.
-    assert 4 <= run.seconds < 20, run.seconds
+    # The bound plus start-up; never Faust's 60 s of retries.
+    assert run.seconds >= 4
+    assert run.seconds < startup + 4 + 8, (run.seconds, startup)
     assert run.stdout == ""
 
 
 def test_help_needs_no_broker_nor_settings(tmp_path: Path) -> None:
     # Settings that would fail to load, and nothing listening: help still answers at once.
     env = clean_env(ETL_KAFKA__BOOTSTRAP_SERVERS=dead_address(), ETL_FLAGS__GATES="{bad")
+    startup = startup_seconds(tmp_path)
     top = etl("--help", env=env, cwd=tmp_path)
     assert top.code == 0 and "Commands:" in top.stdout and "Faust" not in top.stdout
     listed = top.stdout.split("Commands:")[1].strip().splitlines()
@@ -76,7 +99,7 @@ def test_help_needs_no_broker_nor_settings(tmp_path: Path) -> None:
         run = etl(command, "--help", env=env, cwd=tmp_path)
         assert run.code == 0, run.stderr
         assert "Example:" in run.stdout, command
-        assert run.seconds < 10
+        assert_bounded(run.seconds, 2, startup)  # help loads no settings: never slower
     worker = etl("worker", "--help", env=env, cwd=tmp_path).stdout
     # The docstring is dedented: every paragraph line starts at the same two-space margin.
     body = worker.split("\n\n")[1:3]
@@ -113,13 +136,14 @@ def test_configuration_errors_are_one_line_exit_2(
     env: dict[str, str], variable: str, words: str, command: list[str], tmp_path: Path
 ) -> None:
     (tmp_path / "afile").write_text("not a directory\n")
+    startup = startup_seconds(tmp_path)
     run = etl(*command, env=clean_env(**env), cwd=tmp_path, timeout=60)
     line = run.one_line_error()
     assert run.code == 2, run.stderr
     assert variable in line and words in line, line
     assert "hunter2" not in run.stderr  # a URL's password is never echoed
-    # No network and no retries: start-up only (about 2 s; more on a loaded shared machine).
-    assert run.seconds < 20, run.seconds
+    # No network and no retries: start-up only.
+    assert_bounded(run.seconds, 4, startup)
 
 
 def test_a_file_that_is_not_duckdb_is_a_configuration_error(tmp_path: Path) -> None:
@@ -182,9 +206,10 @@ def test_a_kafka_error_in_a_command_is_one_line_exit_1(broker, tmp_path: Path) -
         ETL_KAFKA__NORMALIZED_TOPIC="absent-normalized",
         ETL_KAFKA__DLQ_TOPIC="absent-dlq",
     )
+    startup = startup_seconds(tmp_path)
     run = etl("offsets", "show", "--sink", "duckdb", env=env, cwd=tmp_path)
     line = run.one_line_error()
     assert run.code == 1
     assert line.startswith("etl: Kafka: ") and "'absent-normalized' not found" in line, line
     assert "ETL_KAFKA__*_TOPIC" in line
-    assert run.seconds < 30
+    assert run.seconds < startup + 20, (run.seconds, startup)  # 10 s waiting for the topic
