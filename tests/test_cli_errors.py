@@ -25,8 +25,12 @@ def startup_seconds(tmp_path: Path) -> float:
 
 
 def assert_bounded(seconds: float, budget: float, startup: float) -> None:
-    """Within ``budget`` beyond start-up, and within 10 s whenever start-up is quick."""
-    assert seconds < startup + budget, (seconds, startup)
+    """Within ``budget`` beyond start-up, and within 10 s whenever start-up is quick.
+
+    Start-up is allowed twice over: on a loaded machine two runs of the same
+    imports differ by seconds.
+    """
+    assert seconds < 2 * startup + budget, (seconds, startup)
     if startup < 3:
         assert seconds < 10, (seconds, startup)
 
