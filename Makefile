@@ -39,4 +39,4 @@ bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(DBT_VENV) .venv-bqemu .etl warehouse.duckdb .pytest_cache
+	rm -rf $(VENV) .venv-bqemu $(DBT_VENV) .etl .etl-dev warehouse.duckdb .pytest_cache
