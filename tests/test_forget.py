@@ -110,10 +110,12 @@ def add_aliases_table(path: Path) -> None:
     """The aliases table another change adds; forget must follow it where it exists."""
     con = wait_for_lock(path, timeout=60, read_only=False)
     try:
-        con.execute("CREATE TABLE IF NOT EXISTS aliases (alias VARCHAR, distinct_id VARCHAR)")
-        con.execute("INSERT INTO aliases VALUES ('alice-old', 'alice'), ('bob-old', 'bob')")
-        con.execute("CREATE TABLE IF NOT EXISTS users (user_id VARCHAR, traits JSON)")
-        con.execute("INSERT INTO users VALUES ('alice', '{}'), ('bob', '{}')")
+        # The pipeline fills users and aliases (anon-a -> alice from her identify call);
+        # an older alias of hers, as an alias call would have left it.
+        con.execute(
+            "INSERT INTO aliases (previous_id, user_id) VALUES ('alice-old', 'alice'), "
+            "('bob-old', 'bob')"
+        )
     finally:
         con.close()
 
@@ -141,8 +143,8 @@ def person_rows(path: Path, ids: tuple[str, ...]) -> dict[str, int]:
             [needles],
         ),
         "aliases": (
-            "SELECT count(*) FROM aliases WHERE alias IN (SELECT unnest(?)) "
-            "OR distinct_id IN (SELECT unnest(?))",
+            "SELECT count(*) FROM aliases WHERE previous_id IN (SELECT unnest(?)) "
+            "OR user_id IN (SELECT unnest(?))",
             [idl, idl],
         ),
         "users": ("SELECT count(*) FROM users WHERE user_id IN (SELECT unnest(?))", [idl]),
@@ -174,7 +176,7 @@ def test_forget_erases_everywhere_and_a_raw_replay_brings_nobody_back(
     add_aliases_table(path)
     before = person_rows(path, FORGOTTEN)
     assert before["events"] == 4 and before["flow_executed"] == 1 and before["tool_used"] == 1
-    assert before["rejected_events"] == 1 and before["aliases"] == 1 and before["users"] == 1
+    assert before["rejected_events"] == 1 and before["aliases"] == 2 and before["users"] == 1
     assert {"alice", "anon-a", "alice-old"} <= vendor_ids(ph, rs)
     bob_before = person_rows(path, ("bob", "bob-old"))
 

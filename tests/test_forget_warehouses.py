@@ -38,7 +38,8 @@ TABLES = {
     "events": ("distinct_id", "user_id", "anonymous_id"),
     "flow_executed": ("distinct_id",),
     "tool_used": ("distinct_id",),
-    "aliases": ("alias", "distinct_id"),
+    "aliases": ("previous_id", "user_id"),
+    "users": ("user_id",),
 }
 
 
@@ -93,29 +94,19 @@ def test_forget_then_raw_replay_in_all_three_warehouses(
     p.stop()  # free the DuckDB file for the aliases table below
 
     # The aliases table another change adds, in each warehouse.
+    # The pipeline fills users and aliases; add an older alias of hers in each warehouse.
+    insert = (
+        "INSERT INTO aliases (previous_id, user_id) VALUES ('alice-old', 'alice'), "
+        "('bob-old', 'bob')"
+    )
     con = wait_for_lock(duck, timeout=60, read_only=False)
-    con.execute("CREATE TABLE aliases (alias VARCHAR, distinct_id VARCHAR)")
-    con.execute("INSERT INTO aliases VALUES ('alice-old', 'alice'), ('bob-old', 'bob')")
+    con.execute(insert)
     con.close()
     sf = snowflake_emulator.connect(database=SNOWFLAKE_TEST_DATABASE, schema=schema)
-    sf.cursor().execute("CREATE TABLE aliases (alias VARCHAR, distinct_id VARCHAR)")
-    sf.cursor().execute("INSERT INTO aliases VALUES ('alice-old', 'alice'), ('bob-old', 'bob')")
+    sf.cursor().execute(insert)
     sf.close()
-    bigquery_client.create_table(
-        bigquery.Table(
-            f"{bigquery_dataset}.aliases",
-            schema=[
-                bigquery.SchemaField("alias", "STRING"),
-                bigquery.SchemaField("distinct_id", "STRING"),
-            ],
-        )
-    )
-    assert not bigquery_client.insert_rows_json(
-        f"{bigquery_dataset}.aliases",
-        [
-            {"alias": "alice-old", "distinct_id": "alice"},
-            {"alias": "bob-old", "distinct_id": "bob"},
-        ],
+    bigquery_rows(
+        bigquery_client, insert.replace("INTO aliases", f"INTO `{bigquery_dataset}.aliases`")
     )
 
     def counts(ids: tuple[str, ...]) -> dict[str, dict[str, int]]:
@@ -139,7 +130,8 @@ def test_forget_then_raw_replay_in_all_three_warehouses(
         "events": 4,
         "flow_executed": 1,
         "tool_used": 1,
-        "aliases": 1,
+        "aliases": 2,
+        "users": 1,
         "rejected_events": 1,
     }
     assert before == {w: expected for w in ("duckdb", "snowflake", "bigquery")}
