@@ -32,6 +32,15 @@ def _version() -> str:
         return "0+unknown"
 
 
+class Interrupted(click.ClickException):
+    """Stopped by SIGINT/SIGTERM: one line (where to resume), exit 130."""
+
+    exit_code = 130
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"etl: {self.format_message()}", err=True)
+
+
 class UserError(click.ClickException):
     """A problem the user can fix: one line, exit 2."""
 
@@ -203,10 +212,13 @@ demo.help = (demo.help or "") + EXAMPLE + "etl demo --events 5000 --json"
 )
 def query(sql: tuple[str, ...], warehouse: Path | None, fmt: str) -> None:
     """Run read-only SQL against the embedded warehouse."""
-    from ops.query import run_query
+    from ops.query import QueryError, run_query
 
     path = warehouse or state().settings().duckdb.path
-    run_query(" ".join(sql), Path(path), fmt)
+    try:
+        run_query(" ".join(sql), Path(path), fmt)
+    except QueryError as exc:
+        raise UserError(f"query: {exc}") from None
 
 
 query.help = (
@@ -287,7 +299,7 @@ def replay(
     Idempotent (sinks upsert on message_id), resumable from a checkpoint, and
     the live consumer groups are never touched.
     """
-    from ops.replay import ReplayState, make_plan, run_replay, state_path
+    from ops.replay import ReplayInterrupted, ReplayState, make_plan, run_replay, state_path
     from ops.replay import dry_run as count_window
     from sinks.settings import sink_names
 
@@ -320,9 +332,16 @@ def replay(
         if existing is not None and not existing.done and not restart:
             plan = existing.plan  # resume with the window planned the first time
             click.echo(f"etl: resuming replay {plan.replay_id} from its checkpoint", err=True)
-        doc = run_replay(
-            settings, plan, rate=rate, restart=restart, progress=not no_progress and not json_output
-        )
+        try:
+            doc = run_replay(
+                settings,
+                plan,
+                rate=rate,
+                restart=restart,
+                progress=not no_progress and not json_output,
+            )
+        except ReplayInterrupted as exc:
+            raise Interrupted(str(exc)) from None
     _print_replay(doc)
     if json_output:
         emit_json(doc)
@@ -705,8 +724,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except click.ClickException as exc:
         exc.show()
         raise SystemExit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        click.echo("etl: interrupted", err=True)
+    except KeyboardInterrupt as exc:
+        # One line; an interrupted replay says where it resumes.
+        click.echo(f"etl: {exc}" if str(exc) else "etl: interrupted", err=True)
         raise SystemExit(130) from None
     except SystemExit:
         raise

@@ -84,6 +84,7 @@ def metric_rates(first: Samples, second: Samples, interval: float) -> dict[str, 
 def metric_state(samples: Samples) -> dict[str, Any]:
     paused: dict[str, str] = {}
     stopped: list[str] = []
+    faults: dict[str, list[str]] = defaultdict(list)
     gated: dict[str, float] = {}
     dlq_metric: dict[str, float] = defaultdict(float)
     for (name, key), value in samples.items():
@@ -92,6 +93,8 @@ def metric_state(samples: Samples) -> dict[str, Any]:
             paused[labels["sink"]] = datetime.fromtimestamp(value, UTC).isoformat()
         elif name == "etl_sink_stopped" and value > 0:
             stopped.append(labels["sink"])
+        elif name == "etl_sink_fault" and value > 0:
+            faults[labels["sink"]].append(labels["cause"])
         elif name == "etl_gated_total":
             gated[f"{labels.get('sink')}/{labels.get('flag')}"] = value
         elif name == "etl_dlq_total":
@@ -99,6 +102,7 @@ def metric_state(samples: Samples) -> dict[str, Any]:
     return {
         "paused_since": paused,
         "stopped": sorted(stopped),
+        "environment_faults": {sink: sorted(causes) for sink, causes in sorted(faults.items())},
         "gated": gated,
         "dlq_by_reason_since_start": dict(dlq_metric),
     }
@@ -233,6 +237,13 @@ def render(doc: dict[str, Any]) -> None:
         console.print(
             f"paused by backpressure: {m['paused_since'] or 'none'}   stopped (auth): {m['stopped'] or 'none'}"
         )
+        faults = m.get("environment_faults") or {}
+        if faults:
+            console.print(
+                "[red]paused by the environment: "
+                + ", ".join(f"{sink} ({', '.join(c)})" for sink, c in faults.items())
+                + "[/red]"
+            )
         console.print(f"flag-gated: {m['gated'] or 'none'}")
         if m["unreachable"]:
             console.print(f"[yellow]unreachable: {', '.join(m['unreachable'])}[/yellow]")
