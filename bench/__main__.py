@@ -80,7 +80,8 @@ def run_bench(
     try:
         with broker_at(bootstrap, work_dir) as boot:
             log(
-                f"generating {events:,} events (seed {seed}, malformed {malformed_rate:.0%}, batch envelopes {batch_rate:.0%})"
+                f"generating {events:,} events (seed {seed}, malformed {malformed_rate:.0%}, "
+                f"batch envelopes {batch_rate:.0%})"
             )
             workload = make_workload(events, seed, malformed_rate, batch_rate)
             tag = uuid.uuid4().hex[:8]
@@ -88,7 +89,8 @@ def run_bench(
             kafka_tools.ensure_topics(settings)
             ends, fill_seconds = fill_topic(boot, settings.kafka.raw_topic, workload.values)
             log(
-                f"filled {settings.kafka.raw_topic}: {len(workload.values):,} messages, {workload.nbytes / 1e6:.1f} MB in {fill_seconds:.1f}s"
+                f"filled {settings.kafka.raw_topic}: {len(workload.values):,} messages, "
+                f"{workload.nbytes / 1e6:.1f} MB in {fill_seconds:.1f}s"
             )
             doc["workload"] = {
                 "events": workload.events,
@@ -142,7 +144,8 @@ def run_bench(
                 stages["ours"] = run.result
                 _check_landed("ours", run.result, workload.events, stages["peer"])
                 log(
-                    f"ours {run.result['eps']:,.0f} events/s (normalize stage {run.result['normalize_eps'] or 0:,.0f})"
+                    f"ours {run.result['eps']:,.0f} events/s "
+                    f"(normalize stage {run.result['normalize_eps'] or 0:,.0f})"
                 )
                 if latency_seconds > 0:
                     rate = max(50.0, run.result["eps"] / 2)
@@ -194,16 +197,18 @@ def run_bench(
 
 DEFINITIONS = {
     "events": "events in the workload = valid + rejected (a malformed message counts as one event)",
-    "clock": "start = consumption begins (ours: normalize worker's Faust 'Worker: Ready' log line after the group join; "
-    "peer: first message in the dataframe; ceiling: first fetched batch); end = max(events.loaded_at) in the warehouse "
-    "(start of the last DuckDB write); group-join and process start-up excluded for all",
-    "ours": "real etl workers: normalize (1 per partition share) and sink:duckdb processes, raw -> events.normalized/"
-    "events.dlq (acks=all) -> DuckDB, as deployed",
-    "peer": "Quix Streams 1 process: consume raw -> mappers.normalize.Normalizer -> same JSON round trip -> "
-    "sinks.duckdb.DuckDBSink.write/write_rejected in BatchingSink (commit_every = 5000 x partitions, commit_interval = flush_interval)",
+    "clock": "start = consumption begins (ours: normalize worker's Faust 'Worker: Ready' log line "
+    "after the group join; peer: first message in the dataframe; ceiling: first fetched batch); "
+    "end = max(events.loaded_at) in the warehouse (start of the last DuckDB write); "
+    "group-join and process start-up excluded for all",
+    "ours": "real etl workers: normalize (1 per partition share) and sink:duckdb processes, "
+    "raw -> events.normalized/events.dlq (acks=all) -> DuckDB, as deployed",
+    "peer": "Quix Streams 1 process: consume raw -> mappers.normalize.Normalizer -> same JSON "
+    "round trip -> sinks.duckdb.DuckDBSink.write/write_rejected in BatchingSink "
+    "(commit_every = 5000 x partitions, commit_interval = flush_interval)",
     "ceiling": "aiokafka getmany(max_records=10000) + orjson.loads per message, no output",
-    "latency": "paced produce at 50% of ours_eps with properties.bench_sent_ns; latency = loaded_at - sent; "
-    "warm workers; visible at COMMIT, i.e. + write_ms_mean",
+    "latency": "paced produce at 50% of ours_eps with properties.bench_sent_ns; "
+    "latency = loaded_at - sent; warm workers; visible at COMMIT, i.e. + write_ms_mean",
     "rss_mb": "max VmHWM over our worker processes after the throughput run",
 }
 
@@ -214,14 +219,16 @@ def _check_landed(
     landed = (result.get("warehouse_events"), result.get("warehouse_rejected"))
     if sum(x or 0 for x in landed) != events:
         raise RuntimeError(
-            f"{name}: warehouse holds {landed[0]} events + {landed[1]} rejections, expected {events} in all"
+            f"{name}: warehouse holds {landed[0]} events + {landed[1]} rejections, "
+            f"expected {events} in all"
         )
     if same_as is not None and landed != (
         same_as["warehouse_events"],
         same_as["warehouse_rejected"],
     ):
         raise RuntimeError(
-            f"{name}: landed {landed}, but the peer landed {same_as['warehouse_events'], same_as['warehouse_rejected']}"
+            f"{name}: landed {landed}, but the peer landed "
+            f"{same_as['warehouse_events'], same_as['warehouse_rejected']}"
         )
 
 
@@ -232,16 +239,19 @@ def run_scaling(
     out_dir: Path | None = RESULTS,
     bootstrap: str | None = None,
 ) -> dict[str, Any]:
-    """Ours with N partitions and N normalize workers (one sink worker: DuckDB has one writer per file)."""
+    """Ours with N partitions and N normalize workers
+    (one sink worker: DuckDB has one writer per file).
+    """
     work_dir = Path(tempfile.mkdtemp(prefix="etl-bench-scaling-"))
     cpus = os.cpu_count() or 1
     doc: dict[str, Any] = {
         "machine": report.machine(),
         "events": events,
         "scaling": [],
-        "note": f"{cpus} CPUs shared by the broker, N normalize workers, 1 sink worker and this harness: with N >= {cpus} "
-        "the extra workers compete for the same cores, so gains beyond ~1 core of normalize work are not expected here; "
-        "the single sink worker (one DuckDB writer per file) caps end-to-end throughput whatever N is.",
+        "note": f"{cpus} CPUs shared by the broker, N normalize workers, 1 sink worker and this "
+        f"harness: with N >= {cpus} the extra workers compete for the same cores, so gains "
+        "beyond ~1 core of normalize work are not expected here; the single sink worker (one "
+        "DuckDB writer per file) caps end-to-end throughput whatever N is.",
     }
     try:
         with broker_at(bootstrap, work_dir) as boot:
@@ -268,7 +278,8 @@ def run_scaling(
                 }
                 doc["scaling"].append(row)
                 log(
-                    f"  {row['eps']:,.0f} events/s end to end, normalize stage {row['normalize_eps'] or 0:,.0f}"
+                    f"  {row['eps']:,.0f} events/s end to end, normalize stage "
+                    f"{row['normalize_eps'] or 0:,.0f}"
                 )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -320,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         doc = run_scaling(events, args.seed, out_dir=args.out, bootstrap=args.bootstrap)
         for row in doc["scaling"]:
             print(
-                f"partitions={row['partitions']} workers={row['normalize_workers']}: {row['eps']:,.0f} events/s "
-                f"(normalize stage {row['normalize_eps'] or 0:,.0f})"
+                f"partitions={row['partitions']} workers={row['normalize_workers']}: "
+                f"{row['eps']:,.0f} events/s (normalize stage {row['normalize_eps'] or 0:,.0f})"
             )
         print(orjson.dumps(doc).decode(), flush=True)
         return 0
@@ -344,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     load = max(doc["machine"]["loadavg_1m_start"], doc["machine"]["loadavg_1m_end"])
     if load > (os.cpu_count() or 1) / 2:
         print(
-            f"WARNING: load average {load} on {os.cpu_count()} CPUs: other work competed with this run; numbers are low",
+            f"WARNING: load average {load} on {os.cpu_count()} CPUs: "
+            "other work competed with this run; numbers are low",
             file=sys.stderr,
         )
     print(orjson.dumps(doc).decode(), flush=True)

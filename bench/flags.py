@@ -214,21 +214,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:10} {results[name]['hit_us']:20.2f} {results[name]['miss_us']:18.1f}")
     hook = results["hook"]
     print(
-        f"normalize hook, warm, per event of the synthetic mix ({hook['events']} events, {hook['gated_share']:.0%} gated):"
+        f"normalize hook, warm, per event of the synthetic mix ({hook['events']} events, "
+        f"{hook['gated_share']:.0%} gated):"
     )
     for label, what in (
         ("flags", "decisions recorded in context.flags"),
         ("flags_and_redaction", "+ PII redaction"),
     ):
         print(
-            f"  {what:38} median {hook[label + '_us_per_event_median']:.2f} µs, best {hook[label + '_us_per_event_best']:.2f} µs"
+            f"  {what:38} median {hook[label + '_us_per_event_median']:.2f} µs, "
+            f"best {hook[label + '_us_per_event_best']:.2f} µs"
         )
     worst = max(results[n]["hit_us"] for n in ("posthog", "db", "default"))
     per_event = hook["flags_us_per_event_median"]
     ok = worst < BUDGET_US and per_event < BUDGET_US
     print(
-        f"budget {BUDGET_US} µs/event, cached: {'OK' if ok else 'OVER'} (decision worst {worst:.2f} µs, "
-        f"per event with context.flags {per_event:.2f} µs); remote /flags calls: {remote_calls}"
+        f"budget {BUDGET_US} µs/event, cached: {'OK' if ok else 'OVER'} "
+        f"(decision worst {worst:.2f} µs, per event with context.flags {per_event:.2f} µs); "
+        f"remote /flags calls: {remote_calls}"
     )
     print(
         orjson.dumps(

@@ -117,7 +117,9 @@ def in_process(
             # Fresh dicts: nothing cached from an earlier run.
             work = orjson.loads(orjson.dumps(events))
 
-            async def run() -> None:
+            async def run(
+                work: list[dict[str, Any]] = work, batch: int = batch, stage: SinkStage = stage
+            ) -> None:
                 for start in range(0, len(work), batch):
                     await stage.deliver(work[start : start + batch])
 
@@ -139,7 +141,8 @@ def in_process(
                     "seconds": round(seconds, 3),
                     "events_per_second": round(len(work) / seconds),
                     "avg_event_bytes": round(wire),
-                    # This process only (mapping, sizing, encoding, gzip, HTTP client); the server runs elsewhere.
+                    # This process only (mapping, sizing, encoding, gzip, HTTP client);
+                    # the server runs elsewhere.
                     "sink_cpu_us_per_event": round(cpu / len(work) * 1e6, 1),
                 }
             )
@@ -257,7 +260,9 @@ def watch(
     pipeline: Any,
     n: int,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Seconds since ``started`` of each destination's first new event and of it holding every valid event."""
+    """Seconds since ``started`` of each destination's first new event
+    and of it holding every valid event.
+    """
     first: dict[str, float] = {}
     done: dict[str, float] = {}
     deadline = time.monotonic() + 300 + n / 200
@@ -322,13 +327,17 @@ def e2e_rows(
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = f"{'mode':<20} {'sink':<12} {'batch':>6} {'events':>8} {'delivered':>10} {'seconds':>8} {'events/s':>9} {'cpu us/ev':>9}"
+    header = (
+        f"{'mode':<20} {'sink':<12} {'batch':>6} {'events':>8} {'delivered':>10} {'seconds':>8} "
+        f"{'events/s':>9} {'cpu us/ev':>9}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['mode']:<20} {r['sink']:<12} {r['batch']:>6} {r['events']:>8} {r['delivered_unique']:>10} "
-            f"{r['seconds'] if r['seconds'] is not None else '-':>8} {r['events_per_second']:>9} {r.get('sink_cpu_us_per_event', '-'):>9}"
+            f"{r['mode']:<20} {r['sink']:<12} {r['batch']:>6} {r['events']:>8} "
+            f"{r['delivered_unique']:>10} {r['seconds'] if r['seconds'] is not None else '-':>8} "
+            f"{r['events_per_second']:>9} {r.get('sink_cpu_us_per_event', '-'):>9}"
         )
 
 

@@ -91,7 +91,8 @@ def run_latency(
         "p99_ms": round(percentile(latencies, 0.99), 1),
         "max_ms": round(latencies[-1], 1),
         "write_ms_mean": round(1000 * write, 1) if write is not None else None,
-        "method": "loaded_at (sink write start) - properties.bench_sent_ns (before produce), paced produce, warm workers",
+        "method": "loaded_at (sink write start) - properties.bench_sent_ns (before produce), "
+        "paced produce, warm workers",
     }
 
 
@@ -101,7 +102,8 @@ def _latencies_ms(path: Path) -> list[float]:
     con = wait_for_lock(path, timeout=60)
     try:
         rows = con.execute(
-            "SELECT (epoch_us(loaded_at) * 1000 - CAST(json_extract(properties, '$.bench_sent_ns') AS BIGINT)) / 1e6 "
+            "SELECT (epoch_us(loaded_at) * 1000 "
+            "- CAST(json_extract(properties, '$.bench_sent_ns') AS BIGINT)) / 1e6 "
             "FROM events WHERE json_extract(properties, '$.bench_sent_ns') IS NOT NULL"
         ).fetchall()
     finally:

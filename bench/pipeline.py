@@ -111,7 +111,9 @@ class EndTracker:
 def fill_topic(
     bootstrap: str, topic: str, values: list[bytes]
 ) -> tuple[dict[TopicPartition, int], float]:
-    """Produce every value (null key: spread over partitions); returns end offsets and seconds taken."""
+    """Produce every value (null key: spread over partitions);
+    returns end offsets and seconds taken.
+    """
     producer = confluent_producer(bootstrap)
     tracker = EndTracker()
     started = time.perf_counter()
@@ -214,7 +216,9 @@ def warehouse_span(path: Path) -> dict[str, Any]:
 
 
 def last_record_time(settings: Settings, topics: list[str]) -> float | None:
-    """Newest broker record timestamp (CreateTime, unix s) over ``topics``: when a stage last produced."""
+    """Newest broker record timestamp (CreateTime, unix s) over ``topics``:
+    when a stage last produced.
+    """
     kc = kafka_tools.consumer(settings)
     try:
         tps = [tp for t in topics for tp in kafka_tools.partitions(kc, t)]

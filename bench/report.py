@@ -138,7 +138,8 @@ def print_tables(doc: dict[str, Any]) -> None:
     console = Console()
     stages = doc["stages"]
     table = Table(
-        title=f"throughput - {doc['workload']['events']:,} events, {doc['workload']['partitions']} partitions"
+        title=f"throughput - {doc['workload']['events']:,} events, "
+        f"{doc['workload']['partitions']} partitions"
     )
     table.add_column("contender")
     table.add_column("events/s", justify="right")
@@ -195,8 +196,8 @@ def print_tables(doc: dict[str, Any]) -> None:
     if lat:
         console.print(
             f"latency at {lat['achieved_rate']:,.0f} ev/s (target {lat['target_rate']:,.0f}): "
-            f"p50 {lat['p50_ms']:.0f} ms, p90 {lat['p90_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms "
-            f"(+ write {lat['write_ms_mean']} ms mean until commit)"
+            f"p50 {lat['p50_ms']:.0f} ms, p90 {lat['p90_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, "
+            f"max {lat['max_ms']:.0f} ms (+ write {lat['write_ms_mean']} ms mean until commit)"
         )
     summary = Table(title="headline", show_header=False)
     for key in (

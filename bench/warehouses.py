@@ -1,6 +1,7 @@
 """Warehouse sinks alone: ``write`` rows/s per sink and batch size.
 
-``python -m bench.warehouses [--events N] [--sizes 500,2000,5000] [--only duckdb,snowflake,bigquery]``
+``python -m bench.warehouses [--events N] [--sizes 500,2000,5000]
+[--only duckdb,snowflake,bigquery]``
 
 In process, each sink's real ``write`` against its local stand-in: DuckDB (a
 file), Snowflake (fakesnow server through ``snowflake-connector-python``) and
@@ -122,7 +123,8 @@ def run(
                     sink.close()
                 r = results[name][str(size)]
                 print(
-                    f"{name:<10} batch {size:>6}: {r['rows_per_s']:>10.0f} rows/s  {r['ms_per_batch']:>8.1f} ms/batch  "
+                    f"{name:<10} batch {size:>6}: {r['rows_per_s']:>10.0f} rows/s  "
+                    f"{r['ms_per_batch']:>8.1f} ms/batch  "
                     f"(again {r['again_rows_per_s']:.0f} rows/s)",
                     flush=True,
                 )

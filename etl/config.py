@@ -98,7 +98,8 @@ class KafkaSettings(Section):
     replication_factor: int = Field(1, ge=1, description="Replication factor for created topics.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT",
-        description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (MSK, Confluent Cloud, Redpanda Cloud).",
+        description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL "
+        "(MSK, Confluent Cloud, Redpanda Cloud).",
     )
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
         None, description="PLAIN (Confluent Cloud), SCRAM-SHA-256/512 (MSK, Redpanda)."
@@ -167,12 +168,14 @@ class NormalizeSettings(Section):
     envelope_size: int = Field(
         500,
         ge=1,
-        description="Unified events per Kafka message on the normalized topic (1 = one event per message, keyed by distinct_id).",
+        description="Unified events per Kafka message on the normalized topic (1 = one event per "
+        "message, keyed by distinct_id).",
     )
     dlq_raw_max_bytes: int = Field(
         256 * 1024,
         ge=1024,
-        description="Original bytes kept in a dead letter; longer payloads are cut (size and sha256 kept).",
+        description="Original bytes kept in a dead letter; "
+        "longer payloads are cut (size and sha256 kept).",
     )
 
 
@@ -180,7 +183,8 @@ class DeliverySettings(Section):
     batch_max_events: int = Field(
         10000,
         ge=1,
-        description="Events a delivering agent gathers per batch (a sink may split further by its own limits).",
+        description="Events a delivering agent gathers per batch "
+        "(a sink may split further by its own limits).",
     )
     flush_interval: float = Field(
         0.5, gt=0, description="Seconds a delivering agent waits to fill a batch."
@@ -190,7 +194,8 @@ class DeliverySettings(Section):
     unexpected_error_attempts: int = Field(
         5,
         ge=1,
-        description="Attempts on an unexplained sink error before the batch is bisected to isolate bad events.",
+        description="Attempts on an unexplained sink error before the batch is bisected to isolate "
+        "bad events.",
     )
     auth_retry_interval: float = Field(
         60.0,
@@ -226,33 +231,39 @@ class FlagSettings(Section):
     cache_ttl: float = Field(
         30.0,
         gt=0,
-        description="Seconds a flag decision is cached; a flag changed at any source takes effect within this.",
+        description="Seconds a flag decision is cached; "
+        "a flag changed at any source takes effect within this.",
     )
     posthog_mode: Literal["local", "remote", "off"] = Field(
         "local",
-        description="PostHog as the first flag source: local = SDK local evaluation (needs posthog.personal_api_key), "
-        "remote /flags only for flags it cannot decide locally; remote = also ask /flags per user when there is no "
-        "personal key (one call per user and TTL); off = flag database and default only.",
+        description="PostHog as the first flag source: local = SDK local evaluation (needs "
+        "posthog.personal_api_key), remote /flags only for flags it cannot decide locally; "
+        "remote = also ask /flags per user when there is no personal key (one call per user and "
+        "TTL); off = flag database and default only.",
     )
     remote_timeout: float = Field(
         1.0,
         gt=0,
-        description="Timeout of one remote PostHog /flags call (only for flags local evaluation cannot decide).",
+        description="Timeout of one remote PostHog /flags call "
+        "(only for flags local evaluation cannot decide).",
     )
     remote_backoff: float = Field(
         30.0,
         gt=0,
-        description="After a failed remote /flags call, seconds to skip PostHog remote evaluation (fallback decides).",
+        description="After a failed remote /flags call, "
+        "seconds to skip PostHog remote evaluation (fallback decides).",
     )
     remote_budget: float = Field(
         2.0,
         gt=0,
-        description="Seconds of remote /flags calls allowed per batch; beyond it the fallback decides (never block the stream).",
+        description="Seconds of remote /flags calls allowed per batch; beyond it the fallback "
+        "decides (never block the stream).",
     )
     startup_wait: float = Field(
         5.0,
         ge=0,
-        description="Seconds a worker waits at start for the first PostHog flag definitions before going on without them.",
+        description="Seconds a worker waits at start for the first PostHog flag definitions before "
+        "going on without them.",
     )
     db_timeout: float = Field(
         2.0, gt=0, description="Connect/statement timeout of the flag database, seconds."
@@ -266,8 +277,9 @@ class FlagSettings(Section):
             }
             for sink in ("posthog", "rudderstack")
         },
-        description="Gating policy: {sink: {event: flag key}}; an event is forwarded to a sink only when its flag is on. "
-        'JSON in env, e.g. ETL_FLAGS__GATES=\'{"posthog":{"prompt_blocked":"enable_guardrails_tracing"}}\'. '
+        description="Gating policy: {sink: {event: flag key}}; an event is forwarded to a sink "
+        "only when its flag is on. JSON in env, e.g. "
+        'ETL_FLAGS__GATES=\'{"posthog":{"prompt_blocked":"enable_guardrails_tracing"}}\'. '
         "Sinks not listed (the warehouses by default) receive everything.",
     )
 
@@ -282,23 +294,26 @@ class FlagSettings(Section):
 
 
 class RedactionSettings(Section):
-    """PII redaction of sensitive properties (``prompt_blocked.prompt_preview`` and configured paths)."""
+    """PII redaction of sensitive properties
+    (``prompt_blocked.prompt_preview`` and configured paths).
+    """
 
     paths: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Extra property paths to redact besides the models' sensitive ones (dotted, e.g. "
-        "user_note or context.page.search); comma-separated or a JSON list.",
+        description="Extra property paths to redact besides the models' sensitive ones (dotted, "
+        "e.g. user_note or context.page.search); comma-separated or a JSON list.",
     )
     max_length: int = Field(120, ge=0, description="Redacted text is cut to this many characters.")
     hmac_secret: SecretStr | None = Field(
         None,
-        description="Key of the HMAC-SHA256 kept beside each redacted value (<key>_hash) so repeats can be counted; "
-        "unset = no hash is kept.",
+        description="Key of the HMAC-SHA256 kept beside each redacted value (<key>_hash) so "
+        "repeats can be counted; unset = no hash is kept.",
     )
     keep_raw_in_warehouse: bool = Field(
         False,
-        description="RISK: stores raw sensitive text (prompts with emails, secrets) in the warehouse; third-party "
-        "sinks still get the redacted form. Only for warehouses with access control fit for PII.",
+        description="RISK: stores raw sensitive text (prompts with emails, secrets) in the "
+        "warehouse; third-party sinks still get the redacted form. Only for warehouses with access "
+        "control fit for PII.",
     )
 
     @field_validator("paths", mode="before")

@@ -165,7 +165,8 @@ def committed_offsets(settings: CoreSettings, group: str) -> dict[TopicPartition
 def offsets_at_times(
     kc: KafkaConsumer, targets: dict[TopicPartition, int], ends: dict[TopicPartition, int]
 ) -> dict[TopicPartition, int]:
-    """Earliest offset per partition whose record timestamp is >= the target (ms); ``ends[tp]`` if none.
+    """Earliest offset per partition whose record timestamp is >= the target (ms);
+    ``ends[tp]`` if none.
 
     ``offsets_for_times`` gives a lower bound: the bundled broker answers at
     batch granularity (the base offset of the first batch whose max timestamp
@@ -276,7 +277,8 @@ def alter_committed_offsets(
     if failed:
         tp, err = next(iter(failed.items()))
         raise KafkaError(
-            f"could not set offsets of group {group!r} ({tp.topic}:{tp.partition}: {err.__name__ if isinstance(err, type) else err})"
+            f"could not set offsets of group {group!r} ({tp.topic}:{tp.partition}: "
+            f"{err.__name__ if isinstance(err, type) else err})"
         )
 
 

@@ -23,7 +23,9 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
-    """ISO 8601 (naive = UTC), ``now``, relative ``-3d``/``-2h``/``-30m``/``-10s``/``-1w``, or epoch ms."""
+    """ISO 8601 (naive = UTC), ``now``, relative ``-3d``/``-2h``/``-30m``/``-10s``/``-1w``,
+    or epoch ms.
+    """
     now = now or datetime.now(UTC)
     value = text.strip()
     if value.lower() == "now":
@@ -37,7 +39,8 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
     except ValueError:
         raise ValueError(
-            f"cannot read time {text!r}: use ISO 8601, 'now', epoch milliseconds or -3d/-2h/-30m/-10s"
+            f"cannot read time {text!r}: use ISO 8601, 'now', "
+            "epoch milliseconds or -3d/-2h/-30m/-10s"
         ) from None
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
@@ -144,7 +147,8 @@ def target_offsets(
                 )
             if not begins[tp] <= offset <= ends[tp]:
                 raise ValueError(
-                    f"offset {offset} of {tp.topic}:{tp.partition} is outside {begins[tp]}..{ends[tp]}"
+                    f"offset {offset} of {tp.topic}:{tp.partition} is outside "
+                    f"{begins[tp]}..{ends[tp]}"
                 )
             result[tp] = offset
         return result
@@ -168,12 +172,15 @@ def parse_partition_offset(spec: str, topics: list[str]) -> tuple[TopicPartition
 def reset(
     settings: CoreSettings, group: str, topics: list[str], *, force: bool = False, **target: Any
 ) -> dict[TopicPartition, int]:
-    """Move ``group``'s committed offsets on ``topics``; refuses while it has live members unless ``force``."""
+    """Move ``group``'s committed offsets on ``topics``;
+    refuses while it has live members unless ``force``.
+    """
     members = live_members(settings, group)
     if members and not force:
         raise GroupBusyError(
             f"group {group} has {len(members)} live member(s); stop its workers first, or --force "
-            "(removes the members; a worker still running rejoins and may overwrite the reset with its next commit)"
+            "(removes the members; a worker still running rejoins and may overwrite the reset "
+            "with its next commit)"
         )
     offsets = target_offsets(settings, topics, **target)
     if members:

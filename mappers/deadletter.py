@@ -49,7 +49,10 @@ def rejection_id(
     batch_index: int | None,
     message_id: str | None,
 ) -> str:
-    key = f"{stage}|{topic}|{partition}|{offset}|{'' if batch_index is None else batch_index}|{message_id or ''}"
+    key = (
+        f"{stage}|{topic}|{partition}|{offset}|"
+        f"{'' if batch_index is None else batch_index}|{message_id or ''}"
+    )
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 

@@ -64,7 +64,8 @@ class NormalizeGovernance:
             self.service.start()
         if self.settings.redaction.hmac_secret is None:
             log.warning(
-                "redaction.hmac_secret is not set (ETL_REDACTION__HMAC_SECRET): redacted values keep no hash"
+                "redaction.hmac_secret is not set (ETL_REDACTION__HMAC_SECRET): "
+                "redacted values keep no hash"
             )
         if self.settings.redaction.keep_raw_in_warehouse:
             log.warning(
@@ -110,7 +111,9 @@ class NormalizeGovernance:
                     rejection.raw, rejection.redaction_hashes = redacted
 
     def restore_redaction(self, events: list[dict[str, Any]], hashes: dict[str, str]) -> None:
-        """Events re-read from a redacted dead letter: already redacted, with the original's hashes."""
+        """Events re-read from a redacted dead letter: already redacted,
+        with the original's hashes.
+        """
         if self.redact:
             for ev in events:
                 self.redactor.restore(ev, hashes)
@@ -123,7 +126,9 @@ class SinkGovernance:
         self.redactor = Redactor(settings.redaction) if third_party else None
 
     def prepare(self, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Counter[str]]:
-        """The events this sink may receive, redacted for a third party, and how many each flag held back."""
+        """The events this sink may receive, redacted for a third party,
+        and how many each flag held back.
+        """
         kept = events
         dropped: Counter[str] = Counter()
         if self.gates:

@@ -109,7 +109,8 @@ class Normalizer:
                     rejections.append(
                         Rejection(
                             Reason.PAYLOAD_TOO_LARGE,
-                            f"event is {len(item_raw)} bytes; the limit is {self.settings.max_event_bytes}",
+                            f"event is {len(item_raw)} bytes; the limit is "
+                            f"{self.settings.max_event_bytes}",
                             f"batch[{index}]",
                             item_raw[: self.settings.dlq_raw_max_bytes],
                             batch_index=index,

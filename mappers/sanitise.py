@@ -1,4 +1,6 @@
-"""Sanitising values before they land: NULs stripped, oversized strings cut, runaway nesting refused."""
+"""Sanitising values before they land: NULs stripped, oversized strings cut,
+runaway nesting refused.
+"""
 
 from __future__ import annotations
 

@@ -17,7 +17,9 @@ MILLISECONDS_FROM = 1e11
 
 
 def parse_timestamp(value: Any, field_name: str) -> datetime | None:
-    """ISO 8601 (any offset; naive = UTC) or epoch seconds/milliseconds -> aware UTC; None stays None."""
+    """ISO 8601 (any offset; naive = UTC) or epoch seconds/milliseconds -> aware UTC;
+    None stays None.
+    """
     if value is None:
         return None
     try:

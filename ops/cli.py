@@ -233,7 +233,8 @@ query.help = (
     type=click.Choice(["raw", "normalized"]),
     default="raw",
     show_default=True,
-    help="raw: events.raw through the normalize stage again; normalized: events.normalized to the sink stages.",
+    help="raw: events.raw through the normalize stage again; "
+    "normalized: events.normalized to the sink stages.",
 )
 @click.option(
     "--from",
@@ -433,7 +434,8 @@ def offsets(
     settings = state().settings()
     if name != "normalize" and name not in settings.sinks:
         raise UserError(
-            f"--sink {name!r} is not enabled (ETL_SINKS={','.join(settings.sinks)}); name an enabled sink or 'normalize'"
+            f"--sink {name!r} is not enabled (ETL_SINKS={','.join(settings.sinks)}); "
+            "name an enabled sink or 'normalize'"
         )
     role = Role("normalize") if name == "normalize" else Role.for_sink(name)
     group, topics = settings.group(role), consumed_topics(settings, role)
@@ -549,10 +551,15 @@ def dlq(
             if json_output:
                 emit_json(doc)
             else:
-                where = f"{doc.get('source_topic')}:{doc.get('source_partition')}@{doc.get('source_offset')}"
+                where = (
+                    f"{doc.get('source_topic')}:{doc.get('source_partition')}"
+                    f"@{doc.get('source_offset')}"
+                )
                 click.echo(
-                    f"[{doc.get('rejected_at')}] {doc.get('stage')} {doc.get('reason')} field={doc.get('field')} "
-                    f"event={doc.get('event')} at {where}\n  {doc.get('error')}\n  {doc.get('raw_payload')}"
+                    f"[{doc.get('rejected_at')}] {doc.get('stage')} {doc.get('reason')} "
+                    f"field={doc.get('field')} event={doc.get('event')} at {where}\n"
+                    f"  {doc.get('error')}\n"
+                    f"  {doc.get('raw_payload')}"
                 )
     elif action == "requeue":
         letters = ops.read_dead_letters(settings, filters)
@@ -577,7 +584,8 @@ def dlq(
             emit_json(summary)
     else:
         question = (
-            f"purge dead letters{' before ' + before if before else ''} from {settings.kafka.dlq_topic}? "
+            f"purge dead letters{' before ' + before if before else ''} "
+            f"from {settings.kafka.dlq_topic}? "
             "They stop showing in list/show/requeue (the warehouse keeps rejected_events)."
         )
         if not yes and not click.confirm(question, err=True):
@@ -735,7 +743,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
             traceback.print_exc()
         else:
             click.echo(
-                f"etl: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                f"etl: internal error: {type(exc).__name__}: {exc} "
+                "(run with --debug for the traceback)",
                 err=True,
             )
         raise SystemExit(1) from None

@@ -174,7 +174,9 @@ def run_demo(
 
 
 def _wait_ready(workers: list[WorkerProcess], timeout: float) -> None:
-    """Wait until every worker has joined its group (/readyz; bounded - the drain check decides anyway)."""
+    """Wait until every worker has joined its group
+    (/readyz; bounded - the drain check decides anyway).
+    """
     deadline = time.monotonic() + timeout
     pending = list(workers)
     while pending and time.monotonic() < deadline:
@@ -250,7 +252,8 @@ def _collect(
             tables = [
                 r[0]
                 for r in con.execute(
-                    "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' ORDER BY 1"
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_type = 'BASE TABLE' ORDER BY 1"
                 ).fetchall()
             ]
             counts = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
@@ -293,7 +296,8 @@ def print_summary(result: DemoResult, *, to_stderr: bool = False) -> None:
     for sink, stats in result.sinks.items():
         table.add_row(
             f"sink {sink}",
-            f"{stats['delivered']:,} delivered, {stats['dead_lettered']} dead-lettered, {stats['retries']} retries",
+            f"{stats['delivered']:,} delivered, {stats['dead_lettered']} dead-lettered, "
+            f"{stats['retries']} retries",
         )
     console.print(table)
     if result.rejected_by_reason:

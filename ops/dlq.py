@@ -174,7 +174,8 @@ def summarize_warehouse(path: Path) -> dict[str, Any]:
     con = wait_for_lock(path, timeout=30)
     try:
         rows = con.execute(
-            "SELECT stage, reason, count(*) AS n FROM rejected_events GROUP BY stage, reason ORDER BY n DESC, stage, reason"
+            "SELECT stage, reason, count(*) AS n FROM rejected_events "
+            "GROUP BY stage, reason ORDER BY n DESC, stage, reason"
         ).fetchall()
     finally:
         con.close()
@@ -226,7 +227,9 @@ class RequeueResult:
 def requeue(
     settings: Settings, letters: list[DeadLetter], sinks: Sequence[str] | None = None
 ) -> RequeueResult:
-    """Run ``letters`` through the stages again; mapper rejections go to ``sinks`` (default: enabled)."""
+    """Run ``letters`` through the stages again; mapper rejections go to ``sinks``
+    (default: enabled).
+    """
     return asyncio.run(_requeue(settings, letters, list(sinks or settings.sinks)))
 
 
@@ -293,7 +296,9 @@ async def _requeue(
 
 
 def purge(settings: Settings, before: str | None = None) -> dict[TopicPartition, int]:
-    """Move the purge watermark to the true end (or to the first dead letter at/after ``before``); never backwards."""
+    """Move the purge watermark to the true end (or to the first dead letter at/after ``before``);
+    never backwards.
+    """
     topic = settings.kafka.dlq_topic
     current = watermark(settings)
     kc = kafka_tools.consumer(settings)

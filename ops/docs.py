@@ -94,7 +94,7 @@ def render_readme(text: str) -> str:
 
     for name, body in generated_sections().items():
         pattern = re.compile(rf"(<!-- {name}:begin[^>]*-->\n).*?(<!-- {name}:end -->)", re.S)
-        text, n = pattern.subn(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+        text, n = pattern.subn(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
         if n != 1:
             raise ValueError(f"README has no {name} block")
     return text

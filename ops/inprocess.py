@@ -59,7 +59,9 @@ class InProcessPipeline:
 
     # ------------------------------------------------------------ raw input
     async def normalize(self, records: Sequence[Any]) -> NormalizedBatch:
-        """Raw records through the normalize stage; its dead letters are sent, its events returned."""
+        """Raw records through the normalize stage; its dead letters are sent,
+        its events returned.
+        """
         if self.normalize_stage is None:
             raise RuntimeError("this pipeline has no normalize stage")
         batch = await asyncio.to_thread(self.normalize_stage.process, records)
@@ -118,7 +120,9 @@ def normalize_values(
     topic: str = "local",
     timestamp_ms: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Raw message values -> unified events exactly as a sink stage receives them (the normalize stage)."""
+    """Raw message values -> unified events exactly as a sink stage receives them
+    (the normalize stage).
+    """
     stage = NormalizeStage(settings or Settings()).start()
     try:
         records = [

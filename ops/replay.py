@@ -222,7 +222,8 @@ def parse_ranges(specs: list[str]) -> dict[int, tuple[int, int | None]]:
                 result[int(part)] = (int(start), int(end) if end.strip() else None)
             except ValueError:
                 raise ValueError(
-                    f"cannot read range {item!r}: use PARTITION:START-END (END exclusive) or PARTITION:START-"
+                    f"cannot read range {item!r}: "
+                    "use PARTITION:START-END (END exclusive) or PARTITION:START-"
                 ) from None
     return result
 

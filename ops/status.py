@@ -235,7 +235,8 @@ def render(doc: dict[str, Any]) -> None:
             rates.add_row(stage, str(m.get("events_in_per_second", {}).get(stage, "-")), outs)
         console.print(rates)
         console.print(
-            f"paused by backpressure: {m['paused_since'] or 'none'}   stopped (auth): {m['stopped'] or 'none'}"
+            f"paused by backpressure: {m['paused_since'] or 'none'}   "
+            f"stopped (auth): {m['stopped'] or 'none'}"
         )
         faults = m.get("environment_faults") or {}
         if faults:

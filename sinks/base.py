@@ -165,13 +165,13 @@ class Sink(abc.ABC):
     def declare_capabilities(cls, settings: Settings) -> Capabilities:
         """What this destination accepts (limits may come from settings)."""
 
-    def open(self) -> None:
+    def open(self) -> None:  # noqa: B027  (optional hook)
         """Connect and create destination objects if missing (idempotent)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook)
         """Release connections; called on shutdown and when idle."""
 
-    def on_idle(self) -> None:
+    def on_idle(self) -> None:  # noqa: B027  (optional hook)
         """Called when no batch arrived for a flush interval (release locks, flush buffers)."""
 
     @abc.abstractmethod

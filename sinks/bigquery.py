@@ -155,7 +155,8 @@ def view_sql(table: Any) -> dict[str, str]:
                    MAX(p50) AS p50_latency_ms,
                    MAX(p95) AS p95_latency_ms,
                    MAX(p99) AS p99_latency_ms,
-                   COUNTIF(status IS NOT NULL AND status NOT IN ('success', 'ok')) / COUNT(*) AS error_rate
+                   COUNTIF(status IS NOT NULL AND status NOT IN ('success', 'ok'))
+                       / COUNT(*) AS error_rate
             FROM (SELECT tool_type, status,
                          PERCENTILE_CONT(latency_ms, 0.5) OVER (PARTITION BY tool_type) AS p50,
                          PERCENTILE_CONT(latency_ms, 0.95) OVER (PARTITION BY tool_type) AS p95,
@@ -179,7 +180,8 @@ def view_sql(table: Any) -> dict[str, str]:
                    COUNTIF(event = 'flow_executed') AS flow_runs,
                    COUNT(*) AS events,
                    COUNTIF(event = 'prompt_blocked')
-                       / NULLIF(COUNTIF(event IN ('prompt_blocked', 'flow_executed')), 0) AS blocked_rate
+                       / NULLIF(COUNTIF(event IN ('prompt_blocked', 'flow_executed')), 0)
+                       AS blocked_rate
             FROM {table("events")} WHERE type = 'track'
             GROUP BY workspace_id""",
         "rag_latency": f"""
@@ -374,7 +376,8 @@ class BigQuerySink(MergingWarehouseSink):
     def _add_columns(self, table: str, columns: list[Column]) -> None:
         for col in columns:  # one ADD COLUMN per statement (the emulator's limit)
             self._query(
-                f"ALTER TABLE {self.qualified(table)} ADD COLUMN IF NOT EXISTS {_quote(col.name)} {BIGQUERY_TYPES[col.type]}"
+                f"ALTER TABLE {self.qualified(table)} ADD COLUMN IF NOT EXISTS {_quote(col.name)} "
+                f"{BIGQUERY_TYPES[col.type]}"
             )
             log.info(
                 "schema evolution: added column %s.%s %s", table, col.name, BIGQUERY_TYPES[col.type]
@@ -411,7 +414,8 @@ class BigQuerySink(MergingWarehouseSink):
             # it): after schema evolution, start the staging table afresh.
             self.client.delete_table(self.table_id(staging), not_found_ok=True)
         self._staging_tables[staging] = signature
-        # size=None: a resumable upload (multipart is refused by emulators; resumable scales to GBs).
+        # size=None: a resumable upload (multipart is refused by emulators;
+        # resumable scales to GBs).
         job = self.client.load_table_from_file(
             io.BytesIO(ndjson(columns, rows)), self.table_id(staging), size=None, job_config=config
         )

@@ -151,8 +151,10 @@ VIEWS: dict[str, str] = {
                quantile_cont(latency_ms, 0.5) AS p50_latency_ms,
                quantile_cont(latency_ms, 0.95) AS p95_latency_ms,
                quantile_cont(latency_ms, 0.99) AS p99_latency_ms,
-               CAST(count(*) FILTER (WHERE status IS NOT NULL AND status NOT IN ('success', 'ok')) AS DOUBLE)
-                   / count(*) AS error_rate
+               CAST(
+                   count(*) FILTER (WHERE status IS NOT NULL AND status NOT IN ('success', 'ok'))
+                   AS DOUBLE
+               ) / count(*) AS error_rate
         FROM tool_used GROUP BY 1""",
     "llm_cost_daily": """
         SELECT CAST(date_trunc('day', "timestamp") AS DATE) AS day,
@@ -170,7 +172,9 @@ VIEWS: dict[str, str] = {
                count(*) FILTER (WHERE e.event = 'flow_executed') AS flow_runs,
                count(*) AS events,
                CAST(count(*) FILTER (WHERE e.event = 'prompt_blocked') AS DOUBLE)
-                   / NULLIF(count(*) FILTER (WHERE e.event IN ('prompt_blocked', 'flow_executed')), 0)
+                   / NULLIF(
+                       count(*) FILTER (WHERE e.event IN ('prompt_blocked', 'flow_executed')), 0
+                   )
                    AS blocked_rate
         FROM events e WHERE e.type = 'track' GROUP BY 1""",
     "rag_latency": """
@@ -313,7 +317,8 @@ class DuckDBSink(Sink):
             for table, columns in plan.new_columns.items():
                 for col in columns:
                     con.execute(
-                        f"ALTER TABLE {quote(table)} ADD COLUMN IF NOT EXISTS {quote(col.name)} {DUCKDB_TYPES[col.type]}"
+                        f"ALTER TABLE {quote(table)} ADD COLUMN IF NOT EXISTS {quote(col.name)} "
+                        f"{DUCKDB_TYPES[col.type]}"
                     )
                     log.info(
                         "schema evolution: added column %s.%s %s",
@@ -421,7 +426,8 @@ class DuckDBSink(Sink):
                 replaced = [
                     r[0]
                     for r in con.execute(
-                        f"DELETE FROM {quote(table)} AS t USING {quote(view)} AS s WHERE {match} RETURNING t.{quote(key[0])}"
+                        f"DELETE FROM {quote(table)} AS t USING {quote(view)} AS s WHERE {match} "
+                        f"RETURNING t.{quote(key[0])}"
                     ).fetchall()
                 ]
             con.execute(f"INSERT INTO {quote(table)} ({names}) SELECT {select} FROM {quote(view)}")
@@ -436,7 +442,8 @@ class DuckDBSink(Sink):
         try:
             for table in tables:
                 con.execute(
-                    f"DELETE FROM {quote(table)} WHERE message_id IN (SELECT message_id FROM _replaced_keys)"
+                    f"DELETE FROM {quote(table)} "
+                    "WHERE message_id IN (SELECT message_id FROM _replaced_keys)"
                 )
         finally:
             con.unregister("_replaced_keys")

@@ -35,14 +35,16 @@ from sinks.base import (
 TRUNCATED_KEY = "$truncated"
 #: Strings no longer than this are not worth cutting (the marker alone is 12 characters).
 MIN_TRUNCATABLE = len(TRUNCATION_MARKER) + 8
-#: Prepared payloads kept between fit/event_size and write; beyond this the cache is dropped (and rebuilt on demand).
+#: Prepared payloads kept between fit/event_size and write;
+#: beyond this the cache is dropped (and rebuilt on demand).
 CACHE_LIMIT = 50_000
 
 RETRY = "retry"
 REJECT = "reject"
 AUTH = "auth"
 
-#: Transport failures where the request may or may not have arrived: retry (the destination dedupes on the id).
+#: Transport failures where the request may or may not have arrived:
+#: retry (the destination dedupes on the id).
 TRANSIENT_ERRORS = (
     requests.exceptions.Timeout,
     requests.exceptions.ConnectionError,
@@ -102,7 +104,9 @@ def shorten(text: str, limit: int = 300) -> str:
 
 
 def iso(value: Any) -> Any:
-    """Datetimes (unit tests pass normalizer output directly) -> RFC 3339 text with Z; text passes through."""
+    """Datetimes (unit tests pass normalizer output directly) -> RFC 3339 text with Z;
+    text passes through.
+    """
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
@@ -175,7 +179,8 @@ class HttpSink(Sink):
             return SinkRejection(
                 event,
                 Reason.EVENT_TOO_LARGE_FOR_SINK,
-                f"event is {size} bytes encoded for {self.name}; the limit is {limit} and truncating its strings cannot make it fit",
+                f"event is {size} bytes encoded for {self.name}; the limit is {limit} and "
+                "truncating its strings cannot make it fit",
             )
         return fitted
 
@@ -211,7 +216,9 @@ class HttpSink(Sink):
         return work
 
     def _listing_cost(self, cut_paths: list[str], path: str) -> int:
-        """Bytes that listing ``path`` in ``$truncated`` adds (+1 for the comma before a new key)."""
+        """Bytes that listing ``path`` in ``$truncated`` adds
+        (+1 for the comma before a new key).
+        """
         before = len(self.encode({TRUNCATED_KEY: cut_paths})) if cut_paths else len(self.encode({}))
         return len(self.encode({TRUNCATED_KEY: [*cut_paths, path]})) - before + 1
 

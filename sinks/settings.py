@@ -92,7 +92,8 @@ def _check_known(names: object, prefix: str, variable: str | None = None) -> Non
     if unknown:
         where = f" (env {variable})" if variable else ""
         raise ValueError(
-            f"{prefix}unknown sink {', '.join(map(repr, unknown))}; choose from {', '.join(known)}{where}"
+            f"{prefix}unknown sink {', '.join(map(repr, unknown))}; choose from "
+            f"{', '.join(known)}{where}"
         )
 
 
@@ -102,7 +103,9 @@ def sink_names() -> list[str]:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build settings from the environment (and ``overrides``), failing loudly with the field named."""
+    """Build settings from the environment (and ``overrides``),
+    failing loudly with the field named.
+    """
     try:
         return Settings(**overrides)
     except ValidationError as exc:

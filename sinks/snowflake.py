@@ -102,7 +102,8 @@ class SnowflakeSettings(SinkSection):
         missing = super().problems(section)
         if self.password is None and self.private_key_file is None:
             missing.append(
-                f"{self.variables(section, 'password')} or {self.variables(section, 'private_key_file')}"
+                f"{self.variables(section, 'password')} or "
+                f"{self.variables(section, 'private_key_file')}"
             )
         return missing
 
@@ -162,7 +163,8 @@ VIEWS: dict[str, str] = {
                COUNT(*) AS flows,
                COUNT_IF(success) AS succeeded,
                COUNT_IF(success IS NOT NULL) AS with_outcome,
-               CAST(COUNT_IF(success) AS FLOAT) / NULLIF(COUNT_IF(success IS NOT NULL), 0) AS success_rate,
+               CAST(COUNT_IF(success) AS FLOAT)
+                   / NULLIF(COUNT_IF(success IS NOT NULL), 0) AS success_rate,
                PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY time_ms) AS p50_time_ms,
                PERCENTILE_CONT(0.95) WITHIN GROUP (ORDER BY time_ms) AS p95_time_ms
         FROM flow_executed GROUP BY 1""",
@@ -172,7 +174,8 @@ VIEWS: dict[str, str] = {
                PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50_latency_ms,
                PERCENTILE_CONT(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95_latency_ms,
                PERCENTILE_CONT(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99_latency_ms,
-               CAST(COUNT_IF(status IS NOT NULL AND status NOT IN ('success', 'ok')) AS FLOAT) / COUNT(*) AS error_rate
+               CAST(COUNT_IF(status IS NOT NULL AND status NOT IN ('success', 'ok')) AS FLOAT)
+                   / COUNT(*) AS error_rate
         FROM tool_used GROUP BY 1""",
     "llm_cost_daily": """
         SELECT CAST(DATE_TRUNC('day', timestamp) AS DATE) AS day,
@@ -190,7 +193,8 @@ VIEWS: dict[str, str] = {
                COUNT_IF(event = 'flow_executed') AS flow_runs,
                COUNT(*) AS events,
                CAST(COUNT_IF(event = 'prompt_blocked') AS FLOAT)
-                   / NULLIF(COUNT_IF(event IN ('prompt_blocked', 'flow_executed')), 0) AS blocked_rate
+                   / NULLIF(COUNT_IF(event IN ('prompt_blocked', 'flow_executed')), 0)
+                   AS blocked_rate
         FROM events WHERE type = 'track' GROUP BY 1""",
     "rag_latency": """
         SELECT vector_db_used AS vector_db,
@@ -437,7 +441,8 @@ class SnowflakeSink(MergingWarehouseSink):
     def _add_columns(self, table: str, columns: list[Column]) -> None:
         for col in columns:
             self._exec(
-                f"ALTER TABLE {ident(table)} ADD COLUMN IF NOT EXISTS {ident(col.name)} {SNOWFLAKE_TYPES[col.type]}"
+                f"ALTER TABLE {ident(table)} ADD COLUMN IF NOT EXISTS {ident(col.name)} "
+                f"{SNOWFLAKE_TYPES[col.type]}"
             )
             log.info(
                 "schema evolution: added column %s.%s %s",
@@ -455,7 +460,8 @@ class SnowflakeSink(MergingWarehouseSink):
         if self._staging_signature.get(table) == signature:
             self._exec(f"TRUNCATE TABLE {staging}")
         else:
-            # TRANSIENT: no fail-safe storage for scratch data (COPY cannot load TEMPORARY tables by name match).
+            # TRANSIENT: no fail-safe storage for scratch data
+            # (COPY cannot load TEMPORARY tables by name match).
             self._exec(
                 self._ddl(staging, columns, STAGING_TYPES, verb="CREATE OR REPLACE TRANSIENT TABLE")
             )

@@ -39,7 +39,7 @@ async def chunk_batches(
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
 
     async def pump() -> None:
-        async for event in stream.noack().events():
+        async for event in stream.noack().events():  # type: ignore[attr-defined]
             await queue.put(event)
 
     pumping = asyncio.ensure_future(pump())

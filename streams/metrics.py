@@ -15,7 +15,8 @@ EVENTS_IN = Counter(
 )
 EVENTS_OUT = Counter(
     "etl_events_out_total",
-    "Events a stage finished with (outcome: normalized, rejected, delivered, dead_lettered, gated).",
+    "Events a stage finished with "
+    "(outcome: normalized, rejected, delivered, dead_lettered, gated).",
     ["stage", "outcome"],
     registry=REGISTRY,
 )

@@ -44,7 +44,9 @@ async def until_done(
     policy: RetryPolicy,
     on_retry: Callable[[BaseException, float], None] | None = None,
 ) -> T:
-    """Await ``step()`` until it returns; log and back off after each failure (cancellation passes)."""
+    """Await ``step()`` until it returns; log and back off after each failure
+    (cancellation passes).
+    """
     attempt = 0
     while True:
         try:

@@ -51,7 +51,9 @@ MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
 
 @lru_cache(maxsize=65536)
 def partition_for(key: str, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2), so keyed consumers agree with us (cached: pure Python)."""
+    """Kafka's default partitioner (murmur2), so keyed consumers agree with us
+    (cached: pure Python).
+    """
     return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
@@ -77,7 +79,9 @@ class NormalizedBatch:
 
 
 class NormalizeStage:
-    """raw records -> unified events + dead letters (sync and CPU-bound: run it off the event loop)."""
+    """raw records -> unified events + dead letters
+    (sync and CPU-bound: run it off the event loop).
+    """
 
     name = "normalize"
 
@@ -148,18 +152,20 @@ class NormalizeStage:
         return batch
 
     def envelopes(self, batch: NormalizedBatch, partitions: int) -> list[OutMessage]:
-        """The normalized topic's messages for ``batch``: keyed events, or envelopes per partition."""
+        """The normalized topic's messages for ``batch``: keyed events,
+        or envelopes per partition.
+        """
         topic = self.settings.kafka.normalized_topic
         size = self.settings.normalize.envelope_size
         if size == 1:
             return [
                 (topic, key.encode(), raw, None, None)
-                for key, raw in zip(batch.keys, batch.encoded)
+                for key, raw in zip(batch.keys, batch.encoded, strict=True)
             ]
         # Group by the partition the distinct_id maps to, so per-user order
         # and partition affinity are the same as with one keyed message each.
         groups: dict[int, list[bytes]] = {}
-        for key, raw in zip(batch.keys, batch.encoded):
+        for key, raw in zip(batch.keys, batch.encoded, strict=True):
             groups.setdefault(partition_for(key, partitions), []).append(raw)
         messages: list[OutMessage] = []
         for partition, encoded in groups.items():
@@ -249,7 +255,9 @@ class SinkStage:
         return self.sink.capabilities.stores_rejected
 
     async def open(self) -> None:
-        """Create the destination's objects up front, so tables (and misconfiguration) show early."""
+        """Create the destination's objects up front, so tables
+        (and misconfiguration) show early.
+        """
 
         async def open_and_release() -> None:
             async with self._lock:
@@ -286,7 +294,9 @@ class SinkStage:
         )
 
     def gate(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The events this sink may receive (flag gates), redacted for a third party; counts the gated."""
+        """The events this sink may receive (flag gates), redacted for a third party;
+        counts the gated.
+        """
         prepared, gated = self.governance.prepare(events)
         for flag, n in gated.items():
             metrics.GATED.labels(self.sink.name, flag).inc(n)
@@ -313,7 +323,9 @@ class SinkStage:
         self.deliverer.stopping.set()
 
     async def idle(self) -> None:
-        """No input for a flush interval: let the sink release what it holds (file locks, buffers)."""
+        """No input for a flush interval: let the sink release what it holds
+        (file locks, buffers).
+        """
         async with self._lock:
             await asyncio.to_thread(self.sink.on_idle)
 

@@ -116,20 +116,19 @@ def supervise(settings: Settings, extra_args: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(
-        "etl: supervising "
-        + ", ".join(
-            f"{w.role} (pid {w.process.pid}, port {w.web_port}, log {w.log_path})" for w in workers
-        ),
-        flush=True,
-    )  # type: ignore[union-attr]
+    described = ", ".join(
+        f"{w.role} (pid {w.process.pid if w.process else '-'}, port {w.web_port}, log {w.log_path})"
+        for w in workers
+    )
+    print(f"etl: supervising {described}", flush=True)
     code = 0
     while not stopping:
         for w in workers:
             if not w.alive():
                 code = w.process.returncode or 1  # type: ignore[union-attr]
                 print(
-                    f"etl: worker {w.role} exited with {code}; stopping the others (see {w.log_path})",
+                    f"etl: worker {w.role} exited with {code}; "
+                    f"stopping the others (see {w.log_path})",
                     file=sys.stderr,
                     flush=True,
                 )

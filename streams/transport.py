@@ -156,7 +156,7 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
             last.timestamp_type,
             None,
             None,
-            records,  # type: ignore[arg-type]
+            records,
             None,
             0,
             sum(len(r.value or b"") for r in records),

@@ -1,4 +1,6 @@
-"""A worker's web pages: ``/metrics`` (Prometheus), ``/healthz`` (alive), ``/readyz`` (joined its group)."""
+"""A worker's web pages: ``/metrics`` (Prometheus), ``/healthz`` (alive),
+``/readyz`` (joined its group).
+"""
 
 from __future__ import annotations
 

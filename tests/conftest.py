@@ -68,7 +68,9 @@ def isolated_settings(
 
 @pytest.fixture
 def make_pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[..., LocalPipeline]]:
-    """``make_pipeline(sinks=("duckdb",), partitions=2, extra_env=None, **settings)`` -> LocalPipeline (not started)."""
+    """``make_pipeline(sinks=("duckdb",), partitions=2, extra_env=None, **settings)`` ->
+    LocalPipeline (not started).
+    """
     created: list[LocalPipeline] = []
 
     def factory(*, extra_env: dict[str, str] | None = None, **kwargs: Any) -> LocalPipeline:

@@ -95,7 +95,9 @@ def settings_env_names() -> dict[str, tuple[str, ...]]:
 
 @functools.cache
 def secret_env_names() -> frozenset[str]:
-    """ETL_ and vendor names of SecretStr fields: they belong in a Secret, never a ConfigMap/image."""
+    """ETL_ and vendor names of SecretStr fields: they belong in a Secret,
+    never a ConfigMap/image.
+    """
     secret_paths = set()
     for section, model in _sections().items():
         for name, field in model.model_fields.items():
@@ -176,7 +178,8 @@ def _load_worker_settings(
         return None
     if settings.role.is_sink and settings.role.sink not in settings.sinks:
         problems.append(
-            f"{where}: role {settings.role} but ETL_SINKS={','.join(settings.sinks)} (start-up checks skip it)"
+            f"{where}: role {settings.role} but ETL_SINKS={','.join(settings.sinks)} "
+            "(start-up checks skip it)"
         )
     return settings
 
@@ -340,7 +343,9 @@ def image_extras(dockerfile: Path) -> list[str]:
 
 
 def _requirement_closure(requirements: Iterable[str]) -> set[str]:
-    """Distributions a fresh ``pip install`` of these requirements brings (per installed metadata)."""
+    """Distributions a fresh ``pip install`` of these requirements brings
+    (per installed metadata).
+    """
     import importlib.metadata as metadata
 
     from packaging.requirements import Requirement
@@ -430,8 +435,8 @@ def check_image_dependencies(dockerfile: Path = DEPLOY / "Dockerfile") -> list[s
         owners = {canonicalize_name(d) for d in distributions.get(module, [])}
         if not owners & closure:
             problems.append(
-                f"image: {file} imports {module}, which neither pyproject dependencies nor the extras "
-                f"{','.join(extras)} install"
+                f"image: {file} imports {module}, which neither pyproject dependencies nor the "
+                f"extras {','.join(extras)} install"
             )
     return problems
 
@@ -573,7 +578,8 @@ def check_compose(path: Path, schema_path: Path = COMPOSE_SCHEMA, root: Path = R
         group = role_group(settings)
         if name != group:
             problems.append(
-                f"{where}: name differs from its consumer group {group} (names must match across compose, k8s, dashboards)"
+                f"{where}: name differs from its consumer group {group} "
+                "(names must match across compose, k8s, dashboards)"
             )
         port = str(settings.web_port)
         health = _healthcheck_port(svc)
@@ -643,7 +649,8 @@ def _check_prometheus(
             problems.append(f"prometheus.yml: does not scrape {name}")
         elif str(targets[name]) != port:
             problems.append(
-                f"prometheus.yml: scrapes {name} on port {targets[name]}, but ETL_WEB_PORT is {port}"
+                f"prometheus.yml: scrapes {name} on port {targets[name]}, "
+                f"but ETL_WEB_PORT is {port}"
             )
     for name in targets:
         if name not in services:
@@ -697,11 +704,13 @@ def check_env_example(path: Path) -> list[str]:
                 for key in value:
                     if value[key] != defaults[section][key]:
                         problems.append(
-                            f".env.example: {section}.{key}={value[key]!r} differs from the default {defaults[section][key]!r}"
+                            f".env.example: {section}.{key}={value[key]!r} "
+                            f"differs from the default {defaults[section][key]!r}"
                         )
             else:
                 problems.append(
-                    f".env.example: {section}={value!r} differs from the default {defaults[section]!r}"
+                    f".env.example: {section}={value!r} "
+                    f"differs from the default {defaults[section]!r}"
                 )
     return problems
 
@@ -720,7 +729,9 @@ def load_manifests(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
 
 
 def _strict(schema: Any) -> Any:
-    """Reject unknown fields where the CRD lists its properties (as kubectl --validate=strict does)."""
+    """Reject unknown fields where the CRD lists its properties
+    (as kubectl --validate=strict does).
+    """
     schema = copy.deepcopy(schema)
 
     def walk(node: Any) -> None:
@@ -861,7 +872,8 @@ def check_k8s(directory: Path) -> list[str]:
         worker = containers[0]
         if not str(worker.get("image", "")).endswith(f":{version}"):
             problems.append(
-                f"{where}: image {worker.get('image')} is not tagged with the project version {version}"
+                f"{where}: image {worker.get('image')} "
+                f"is not tagged with the project version {version}"
             )
         args = worker.get("args") or worker.get("command") or []
         if not args or args[0] not in cli_commands():
@@ -947,7 +959,8 @@ def _check_scaled_object(
     partitions = settings.kafka.partitions
     if spec.get("maxReplicaCount", 100) > partitions:
         problems.append(
-            f"{where}: maxReplicaCount {spec.get('maxReplicaCount')} exceeds ETL_KAFKA__PARTITIONS={partitions}"
+            f"{where}: maxReplicaCount {spec.get('maxReplicaCount')} exceeds "
+            f"ETL_KAFKA__PARTITIONS={partitions}"
         )
     if spec.get("minReplicaCount", 0) < 1:
         problems.append(f"{where}: minReplicaCount below 1 leaves the group without a member")
@@ -967,7 +980,8 @@ def _check_scaled_object(
             problems.append(f"{where}: topic {meta.get('topic')} is not {role_topic(settings)}")
         if meta.get("bootstrapServers") != settings.kafka.bootstrap_servers:
             problems.append(
-                f"{where}: bootstrapServers {meta.get('bootstrapServers')} differ from ETL_KAFKA__BOOTSTRAP_SERVERS={settings.kafka.bootstrap_servers}"
+                f"{where}: bootstrapServers {meta.get('bootstrapServers')} differ from "
+                f"ETL_KAFKA__BOOTSTRAP_SERVERS={settings.kafka.bootstrap_servers}"
             )
         if not str(meta.get("lagThreshold", "")).isdigit() or int(meta["lagThreshold"]) < 1:
             problems.append(f"{where}: lagThreshold must be a positive integer string")
@@ -1039,7 +1053,9 @@ def dashboard_exprs(dashboard: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def expr_metrics(expr: str) -> tuple[list[tuple[str, set[str]]], list[set[str]]]:
-    """(selectors as (metric, matcher labels), label sets of by/without clauses with the selectors beneath)."""
+    """(selectors as (metric, matcher labels),
+    label sets of by/without clauses with the selectors beneath).
+    """
     import promql_parser
 
     tree = promql_parser.parse(GRAFANA_MACROS.sub("5m", expr))
@@ -1058,7 +1074,7 @@ def expr_metrics(expr: str) -> tuple[list[tuple[str, set[str]]], list[set[str]]]
     for labels, sub in groupings:
         available: set[str] = set()
 
-        def collect(node: Any) -> bool:
+        def collect(node: Any, available: set[str] = available) -> bool:
             if isinstance(node, promql_parser.VectorSelector):
                 available.update(metric_series().get(node.name, ()))
             return True
@@ -1095,7 +1111,8 @@ def check_dashboard(path: Path, provisioning: Path) -> list[str]:
         for labels in unknown_by:
             for label in sorted(labels):
                 problems.append(
-                    f"{path.name} panel {title!r}: groups by {label}, which no metric in the expression has"
+                    f"{path.name} panel {title!r}: groups by {label}, "
+                    "which no metric in the expression has"
                 )
 
     sources = []
@@ -1111,7 +1128,8 @@ def check_dashboard(path: Path, provisioning: Path) -> list[str]:
         current = (var.get("current") or {}).get("value")
         if current not in uids or uids[current] != var.get("query"):
             problems.append(
-                f"{path.name}: datasource variable {var['name']} defaults to {current!r}, not a provisioned {var.get('query')} datasource"
+                f"{path.name}: datasource variable {var['name']} defaults to {current!r}, "
+                f"not a provisioned {var.get('query')} datasource"
             )
 
     def check_ref(ref: Any, where: str) -> None:

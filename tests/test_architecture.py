@@ -49,7 +49,9 @@ def imported_modules(source: str, module: str) -> list[tuple[int, str]]:
 
 
 def violations(modules: dict[str, str]) -> list[str]:
-    """Every import from a lower floor to a higher one, as ``file:line: a (floor) imports b (floor)``."""
+    """Every import from a lower floor to a higher one,
+    as ``file:line: a (floor) imports b (floor)``.
+    """
     problems = []
     for module, source in modules.items():
         own = FLOORS[module.split(".")[0]]
@@ -57,7 +59,8 @@ def violations(modules: dict[str, str]) -> list[str]:
             top = target.split(".")[0]
             if top in FLOORS and FLOORS[top] > own:
                 problems.append(
-                    f"{module}:{line}: {module} (floor {own}) imports {target} (floor {FLOORS[top]})"
+                    f"{module}:{line}: "
+                    f"{module} (floor {own}) imports {target} (floor {FLOORS[top]})"
                 )
     return problems
 
@@ -72,7 +75,8 @@ def test_the_check_catches_an_upward_import() -> None:
     seeded = {
         "mappers.governance": "from streams import metrics\n",
         "etl.config": "def f():\n    from ops.cli import main\n",
-        "sinks.duckdb": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import streams.stages\n",
+        "sinks.duckdb": "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    import streams.stages\n",
         "streams.stages": "from sinks.base import Sink\nfrom etl import kafka_tools\n",
     }
     assert violations(seeded) == [
@@ -95,7 +99,9 @@ def test_importing_every_module_builds_nothing_writes_nothing_reads_no_settings(
 
         class Watched(dict):
             def _note(self, key):
-                if str(key).upper().startswith(("ETL_", "POSTHOG_", "RUDDERSTACK_", "SNOWFLAKE_", "BIGQUERY_")):
+                if str(key).upper().startswith(
+                    ("ETL_", "POSTHOG_", "RUDDERSTACK_", "SNOWFLAKE_", "BIGQUERY_")
+                ):
                     read.append(key)
             def __getitem__(self, key):
                 self._note(key)

@@ -88,7 +88,8 @@ def test_write_twice_is_idempotent_with_evolution_discards_and_hostile_keys(sink
     ]
     assert q(
         sink,
-        "SELECT message_id, ai_model, ai_input_tokens, ai_total_cost_usd, workspace_id FROM `{t}.ai_generation` ORDER BY 1",
+        "SELECT message_id, ai_model, ai_input_tokens, ai_total_cost_usd, workspace_id "
+        "FROM `{t}.ai_generation` ORDER BY 1",
     ) == [
         ("ai-0", "gpt-4o", 1000, 0.25, "ws_a"),
         ("ai-1", "gpt-4o", 500, 0.125, "ws_a"),
@@ -105,7 +106,8 @@ def test_write_twice_is_idempotent_with_evolution_discards_and_hostile_keys(sink
     assert len(long_col) == 300
     got = q(
         sink,
-        f"SELECT message_id, retries, select_, my_key, a_b, quo_te, order_, _1st, {long_col} FROM `{{t}}.tool_used` "
+        f"SELECT message_id, retries, select_, my_key, a_b, quo_te, order_, _1st, {long_col} "
+        "FROM `{t}.tool_used` "
         "WHERE workspace_id = 'ws_h' ORDER BY 1",
     )
     assert got == [
@@ -192,7 +194,8 @@ def test_write_rejected_merges_on_rejection_id(sink) -> None:
     sink.write_rejected([{**record, "error": "updated"}])
     assert q(
         sink,
-        "SELECT rejection_id, reason, error, raw_payload, source_offset, CAST(rejected_at AS STRING) FROM `{t}.rejected_events`",
+        "SELECT rejection_id, reason, error, raw_payload, source_offset, "
+        "CAST(rejected_at AS STRING) FROM `{t}.rejected_events`",
     ) == [
         ("rej-1", "invalid_json", "updated", "not json", 7, "2026-11-19 09:00:00+00"),
     ]
@@ -214,8 +217,11 @@ def test_settings_choose_emulator_or_application_default_credentials(bigquery_em
 
 @pytest.mark.slow
 def test_end_to_end_sigkill_and_replay_leave_exact_rows(
-    make_pipeline, bigquery_emulator, bigquery_client, bigquery_dataset
-) -> None:  # noqa: F811
+    make_pipeline,
+    bigquery_emulator,  # noqa: F811  (pytest fixture)
+    bigquery_client,  # noqa: F811  (pytest fixture)
+    bigquery_dataset,  # noqa: F811  (pytest fixture)
+) -> None:
     bq_settings, env = bigquery_target(bigquery_emulator, bigquery_dataset)
 
     def bq(sql: str) -> list[tuple]:
@@ -233,17 +239,24 @@ def test_end_to_end_sigkill_and_replay_leave_exact_rows(
     def duck_rows(sql: str) -> list[tuple]:
         return warehouse_rows(duck, sql.replace("`{t}.", "").replace("`", ""))
 
-    ids = "SELECT message_id, event, distinct_id, workspace_id, source_partition, source_offset FROM `{t}.events` ORDER BY 1"
+    ids = (
+        "SELECT message_id, event, distinct_id, workspace_id, source_partition, source_offset "
+        "FROM `{t}.events` ORDER BY 1"
+    )
     assert bq("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM `{t}.events`") == [
         (TOTAL_EVENTS, TOTAL_EVENTS)
     ]
     assert bq(ids) == duck_rows(ids)
     typed = (
-        "SELECT message_id, tool_type, latency_ms, status, workspace_id, retries, select_, my_key, a_b, quo_te, order_, _1st "
+        "SELECT message_id, tool_type, latency_ms, status, workspace_id, retries, select_, my_key, "
+        "a_b, quo_te, order_, _1st "
         "FROM `{t}.tool_used` ORDER BY 1"
     )
     assert bq(typed) == duck_rows(typed)
-    discards = "SELECT message_id, table_name, column_name, property_key, reason FROM `{t}.schema_discards` ORDER BY 1, 4"
+    discards = (
+        "SELECT message_id, table_name, column_name, property_key, reason "
+        "FROM `{t}.schema_discards` ORDER BY 1, 4"
+    )
     assert (
         bq(discards)
         == duck_rows(discards)
@@ -265,17 +278,20 @@ def test_end_to_end_sigkill_and_replay_leave_exact_rows(
     ]
     assert bq("SELECT COUNT(*) FROM `{t}.tool_used`") == [(8,)]
     print(
-        f"bigquery e2e: kill at {at_kill}/{TOTAL_EVENTS} events, {time.monotonic() - started:.1f}s, replay {replay}"
+        f"bigquery e2e: kill at {at_kill}/{TOTAL_EVENTS} events, "
+        f"{time.monotonic() - started:.1f}s, replay {replay}"
     )
 
 
 def test_a_column_added_between_batches_reaches_the_merge(sink) -> None:
-    # The staging table of the first batch lacks the new column; the second batch must still land it.
+    # The staging table of the first batch lacks the new column;
+    # the second batch must still land it.
     sink.write(unified(KNOWN_RAW))
     sink.write(unified([EVOLUTION_RAW]))
     assert q(
         sink,
-        "SELECT message_id, retries, select_ FROM `{t}.tool_used` WHERE workspace_id = 'ws_h' ORDER BY 1",
+        "SELECT message_id, retries, select_ FROM `{t}.tool_used` WHERE workspace_id = 'ws_h' "
+        "ORDER BY 1",
     ) == [
         ("evo-1", 2, None),
         ("evo-2", None, None),

@@ -43,7 +43,8 @@ def test_nested_env_and_vendor_names(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         (
             {"ETL_SINKS": "duckdb,posthog"},
-            "sink 'posthog' is enabled but not configured; set ETL_POSTHOG__API_KEY (or POSTHOG_API_KEY, POSTHOG_PROJECT_API_KEY)",
+            "sink 'posthog' is enabled but not configured; "
+            "set ETL_POSTHOG__API_KEY (or POSTHOG_API_KEY, POSTHOG_PROJECT_API_KEY)",
         ),
         ({"ETL_SINKS": "posthog", "POSTHOG_API_KEY": "  "}, "set ETL_POSTHOG__API_KEY"),
         (
@@ -52,7 +53,8 @@ def test_nested_env_and_vendor_names(monkeypatch: pytest.MonkeyPatch) -> None:
         ),
         (
             {"ETL_SINKS": "snowflake", "SNOWFLAKE_ACCOUNT": "a", "SNOWFLAKE_USER": "u"},
-            "set ETL_SNOWFLAKE__PASSWORD (or SNOWFLAKE_PASSWORD) or ETL_SNOWFLAKE__PRIVATE_KEY_FILE (or SNOWFLAKE_PRIVATE_KEY_FILE)",
+            "set ETL_SNOWFLAKE__PASSWORD (or SNOWFLAKE_PASSWORD) or "
+            "ETL_SNOWFLAKE__PRIVATE_KEY_FILE (or SNOWFLAKE_PRIVATE_KEY_FILE)",
         ),
         ({"ETL_SINKS": "bigquery"}, "set ETL_BIGQUERY__PROJECT (or GOOGLE_CLOUD_PROJECT)"),
         (
@@ -63,7 +65,8 @@ def test_nested_env_and_vendor_names(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"ETL_ROLE": "reader"}, "role: role must be all, normalize or sink:<name>, got 'reader'"),
         (
             {"ETL_KAFKA__PARTITIONS": "0"},
-            "kafka.partitions: Input should be greater than or equal to 1  (env ETL_KAFKA__PARTITIONS)",
+            "kafka.partitions: Input should be greater than or equal to 1  "
+            "(env ETL_KAFKA__PARTITIONS)",
         ),
         (
             {"ETL_KAFKA__SECURITY_PROTOCOL": "SASL_SSL"},

@@ -110,7 +110,9 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(make_pipeline) -> None:
     )
     ((typed_expected,),) = warehouse_rows(
         db,
-        "SELECT count(*) FROM events WHERE event IN ('tool_used','flow_executed','$ai_generation','rag_query_triggered','$feature_flag_called','prompt_blocked','agent_created')",
+        "SELECT count(*) FROM events WHERE event IN ('tool_used','flow_executed',"
+        "'$ai_generation','rag_query_triggered','$feature_flag_called','prompt_blocked',"
+        "'agent_created')",
     )
     assert typed == typed_expected
 
@@ -149,7 +151,9 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(make_pipeline) -> None:
 
 
 def test_worker_stops_promptly_while_its_destination_is_down(make_pipeline) -> None:
-    """A sink backing off must not hold a deploy or restart hostage; its unfinished batch is redelivered."""
+    """A sink backing off must not hold a deploy or restart hostage;
+    its unfinished batch is redelivered.
+    """
     import signal
 
     from ops.status import metric_sum

@@ -11,13 +11,16 @@ import orjson
 from tests.conftest import warehouse_rows
 
 CORPUS = [
-    b'{"event": "tool_used", "distinct_id": "u1", "uuid": "a0000000-0000-4000-8000-000000000001", "properties": {"latency_ms": "12", "tool_type": "sql"}}',
-    b'{"batch": [{"type": "track", "event": "flow_executed", "userId": "u2", "messageId": "m-2", "properties": {"success": true}},'
-    b' {"type": "track", "userId": "u2", "messageId": "m-3"}], "sentAt": "2026-11-19T10:00:00Z"}',
+    b'{"event": "tool_used", "distinct_id": "u1", "uuid": "a0000000-0000-4000-8000-000000000001", '
+    b'"properties": {"latency_ms": "12", "tool_type": "sql"}}',
+    b'{"batch": [{"type": "track", "event": "flow_executed", "userId": "u2", "messageId": "m-2", '
+    b'"properties": {"success": true}}, {"type": "track", "userId": "u2", "messageId": "m-3"}], '
+    b'"sentAt": "2026-11-19T10:00:00Z"}',
     b"",
     b"{not json",
     b'{"event": "prompt_blocked", "distinct_id": "u3", "properties": {"match_score": 7}}',
-    b'{"event": "$ai_generation", "distinct_id": "u4", "properties": {"$ai_model": "m", "$ai_total_cost_usd": 0.01}}',
+    b'{"event": "$ai_generation", "distinct_id": "u4", "properties": {"$ai_model": "m", '
+    b'"$ai_total_cost_usd": 0.01}}',
     b"\xff\xfe not utf-8",
 ]
 

@@ -90,7 +90,8 @@ def test_compose_rejects_unknown_setting(tmp_path: Path) -> None:
         "      ETL_ROLE: normalize\n      ETL_KAFKA__BOOTSTRAP_SERVER: kafka:9092\n",
     )
     assert checks.check_compose(bad) == [
-        "compose service etl-normalize: ETL_KAFKA__BOOTSTRAP_SERVER is not a setting of sinks.settings.Settings"
+        "compose service etl-normalize: "
+        "ETL_KAFKA__BOOTSTRAP_SERVER is not a setting of sinks.settings.Settings"
     ]
 
 
@@ -103,7 +104,8 @@ def test_compose_rejects_unknown_vendor_variable(tmp_path: Path) -> None:
     )
     # the misspelt key also leaves the sink without its API key: start-up would fail, naming it
     assert checks.check_compose(bad) == [
-        "compose service etl-sink-posthog: POSTHOG_KEY is neither an ETL_ setting nor a vendor variable of the settings",
+        "compose service etl-sink-posthog: "
+        "POSTHOG_KEY is neither an ETL_ setting nor a vendor variable of the settings",
         "compose service etl-sink-posthog: settings do not load: invalid configuration:\n"
         "  settings: sink 'posthog' is enabled but not configured; set ETL_POSTHOG__API_KEY"
         " (or POSTHOG_API_KEY, POSTHOG_PROJECT_API_KEY)",
@@ -120,9 +122,11 @@ def test_compose_rejects_schema_violation(tmp_path: Path) -> None:
     )
     problems = checks.check_compose(bad)
     assert problems == [
-        "compose schema: services/etl-normalize: 'enviroment' does not match any of the regexes: '^x-'",
+        "compose schema: services/etl-normalize: 'enviroment' does not match any of the regexes: "
+        "'^x-'",
         # without its environment the service falls back to the image's defaults
-        "compose service etl-normalize: ETL_ROLE must name one role (normalize or sink:<name>), not 'all'",
+        "compose service etl-normalize: ETL_ROLE must name one role (normalize or sink:<name>), "
+        "not 'all'",
         "compose: no normalize worker service",
     ]
 
@@ -178,7 +182,8 @@ def test_compose_rejects_interpolation_default_drift(tmp_path: Path) -> None:
 def test_compose_rejects_role_without_its_sink(tmp_path: Path) -> None:
     bad = seeded_copy(tmp_path, COMPOSE, "      ETL_SINKS: rudderstack\n", "")
     assert checks.check_compose(bad) == [
-        "compose service etl-sink-rudderstack: role sink:rudderstack but ETL_SINKS=duckdb (start-up checks skip it)"
+        "compose service etl-sink-rudderstack: role sink:rudderstack but ETL_SINKS=duckdb "
+        "(start-up checks skip it)"
     ]
 
 
@@ -316,7 +321,8 @@ def test_k8s_rejects_schema_violations(tmp_path: Path) -> None:
     )
     problems = checks.check_k8s(bad)
     assert len(problems) == 1 and problems[0].startswith(
-        "sink-rudderstack.yaml Deployment/etl-sink-rudderstack: spec: Additional properties are not allowed ('replica' was unexpected)"
+        "sink-rudderstack.yaml Deployment/etl-sink-rudderstack: spec: "
+        "Additional properties are not allowed ('replica' was unexpected)"
     )
     bad = seeded_k8s(
         tmp_path / "keda",
@@ -325,7 +331,8 @@ def test_k8s_rejects_schema_violations(tmp_path: Path) -> None:
         '  pollingInterval: "fifteen"\n',
     )
     assert checks.check_k8s(bad) == [
-        "sink-snowflake.yaml ScaledObject/etl-sink-snowflake: spec/pollingInterval: 'fifteen' is not of type 'integer'"
+        "sink-snowflake.yaml ScaledObject/etl-sink-snowflake: spec/pollingInterval: "
+        "'fifteen' is not of type 'integer'"
     ]
 
 
@@ -419,9 +426,12 @@ def test_dashboard_is_provisioned_in_compose() -> None:
 def test_dashboard_rejects_unknown_metric_label_and_datasource(tmp_path: Path) -> None:
     bad = seeded_copy(tmp_path, DASHBOARD, "rate(etl_dlq_total[", "rate(etl_dead_letters_total[")
     assert checks.check_dashboard(bad, PROVISIONING) == [
-        "analytics-etl.json panel 'Dead letters per second, by reason': metric etl_dead_letters_total is not in streams/metrics.py",
-        "analytics-etl.json panel 'Dead letters per second, by reason': groups by reason, which no metric in the expression has",
-        "analytics-etl.json panel 'Dead letters per second, by reason': groups by stage, which no metric in the expression has",
+        "analytics-etl.json panel 'Dead letters per second, by reason': "
+        "metric etl_dead_letters_total is not in streams/metrics.py",
+        "analytics-etl.json panel 'Dead letters per second, by reason': "
+        "groups by reason, which no metric in the expression has",
+        "analytics-etl.json panel 'Dead letters per second, by reason': "
+        "groups by stage, which no metric in the expression has",
     ]
     bad = seeded_copy(
         tmp_path,
@@ -430,11 +440,13 @@ def test_dashboard_rejects_unknown_metric_label_and_datasource(tmp_path: Path) -
         'etl_events_out_total{result=\\"delivered\\"}',
     )
     assert checks.check_dashboard(bad, PROVISIONING) == [
-        "analytics-etl.json panel 'Delivered per second, by sink': etl_events_out_total has no label result"
+        "analytics-etl.json panel 'Delivered per second, by sink': "
+        "etl_events_out_total has no label result"
     ]
     bad = seeded_copy(tmp_path, DASHBOARD, '"value": "etl-prometheus"', '"value": "prom-main"')
     assert checks.check_dashboard(bad, PROVISIONING) == [
-        "analytics-etl.json: datasource variable datasource defaults to 'prom-main', not a provisioned prometheus datasource"
+        "analytics-etl.json: datasource variable datasource defaults to 'prom-main', "
+        "not a provisioned prometheus datasource"
     ]
 
 

@@ -92,7 +92,8 @@ def test_requeue_after_mapper_fix_lands_fixed_events_and_returns_still_bad_ones(
         "SELECT reason, count(*) FROM rejected_events GROUP BY reason ORDER BY reason",
     ) == [("invalid_json", 3), ("payload_too_large", 6)]
 
-    # Purge: the watermark moves to the true end; list/show/requeue see nothing; the warehouse keeps history.
+    # Purge: the watermark moves to the true end; list/show/requeue see nothing;
+    # the warehouse keeps history.
     (purged,) = cli_json(p, "dlq", "purge", "--yes", "--json")
     dlq_ends = p.note_ends(s.kafka.dlq_topic)
     assert purged["group"] == f"{s.kafka.group_prefix}-dlq-purged"

@@ -75,14 +75,18 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 # staging keeps the semi-structured columns as JSON text; the MERGE parses them
-SF_STAGING_COLS = "message_id VARCHAR, event VARCHAR, timestamp TIMESTAMP_TZ, properties VARCHAR, tags VARCHAR, n NUMBER(38, 0)"
+SF_STAGING_COLS = (
+    "message_id VARCHAR, event VARCHAR, timestamp TIMESTAMP_TZ, properties VARCHAR, tags VARCHAR, "
+    "n NUMBER(38, 0)"
+)
 
 # fakesnow needs function calls on source columns to happen in a USING subquery (see
 # test_sf_merge_with_function_in_when_clause_fails); this form also runs on Snowflake.
 SF_MERGE = """
 MERGE INTO events t
 USING (
-    SELECT message_id, event, timestamp, PARSE_JSON(properties) AS properties, PARSE_JSON(tags) AS tags, n
+    SELECT message_id, event, timestamp, PARSE_JSON(properties) AS properties,
+           PARSE_JSON(tags) AS tags, n
     FROM staging
 ) s
 ON t.message_id = s.message_id
@@ -139,7 +143,8 @@ def test_sf_ddl_variant_timestamps_array_and_cluster_by(snowflake_connection):
     # ...but it is a no-op: no clustering key is recorded
     assert sf_all(
         conn,
-        "SELECT clustering_key FROM information_schema.tables WHERE table_schema = %s AND table_name = 'EVENTS'",
+        "SELECT clustering_key FROM information_schema.tables WHERE table_schema = %s "
+        "AND table_name = 'EVENTS'",
         (schema,),
     ) == [(None,)]
 
@@ -187,7 +192,8 @@ def test_sf_executemany_pyformat_and_qmark(snowflake_connection, snowflake_emula
     cur = conn.cursor()
     # pyformat (default): the connector rewrites this into ONE multi-row INSERT ... VALUES
     cur.executemany(
-        "INSERT INTO staging (message_id, event, timestamp, properties, tags, n) VALUES (%s, %s, %s, %s, %s, %s)",
+        "INSERT INTO staging (message_id, event, timestamp, properties, tags, n) "
+        "VALUES (%s, %s, %s, %s, %s, %s)",
         sf_rows(3),
     )
     assert cur.rowcount == 3
@@ -198,7 +204,8 @@ def test_sf_executemany_pyformat_and_qmark(snowflake_connection, snowflake_emula
     )
     qcur = qconn.cursor()
     qcur.executemany(
-        "INSERT INTO staging (message_id, event, timestamp, properties, tags, n) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO staging (message_id, event, timestamp, properties, tags, n) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
         sf_rows(2, start=3),
     )
     assert qcur.rowcount == 2
@@ -288,7 +295,10 @@ def test_sf_merge_upsert_from_staging(snowflake_connection):
     cur = conn.cursor()
     cur.execute(SF_EVENTS_DDL)
     cur.execute(f"CREATE TABLE staging ({SF_STAGING_COLS})")
-    ins = "INSERT INTO staging (message_id, event, timestamp, properties, tags, n) VALUES (%s, %s, %s, %s, %s, %s)"
+    ins = (
+        "INSERT INTO staging (message_id, event, timestamp, properties, tags, n) "
+        "VALUES (%s, %s, %s, %s, %s, %s)"
+    )
 
     cur.executemany(ins, sf_rows(3))
     assert cur.execute(SF_MERGE).fetchall() == [(3, 0)]
@@ -303,7 +313,8 @@ def test_sf_merge_upsert_from_staging(snowflake_connection):
 
     assert sf_all(
         conn,
-        "SELECT message_id, event, timestamp, properties:model::string, tags[1]::string FROM events ORDER BY n",
+        "SELECT message_id, event, timestamp, properties:model::string, tags[1]::string "
+        "FROM events ORDER BY n",
     ) == [
         ("m0", "click", T0, "g0", "t0"),
         ("m1", "click", T0 + dt.timedelta(seconds=1), "g1", "t1"),
@@ -327,7 +338,8 @@ def test_sf_merge_with_function_in_when_clause_fails(snowflake_connection):
         cur.execute(
             "MERGE INTO events t USING staging s ON t.message_id = s.message_id "
             "WHEN MATCHED THEN UPDATE SET properties = PARSE_JSON(s.properties) "
-            "WHEN NOT MATCHED THEN INSERT (message_id, properties) VALUES (s.message_id, PARSE_JSON(s.properties))"
+            "WHEN NOT MATCHED THEN INSERT (message_id, properties) "
+            "VALUES (s.message_id, PARSE_JSON(s.properties))"
         )
 
 
@@ -406,7 +418,8 @@ def test_sf_views_percentiles_and_date_functions(snowflake_connection):
 def test_sf_put_and_copy_into_parquet_then_merge_5000(
     snowflake_connection, record_property, tmp_path
 ):
-    """Fastest load path: a parquet file -> PUT to a stage -> COPY INTO (MATCH_BY_COLUMN_NAME) -> MERGE.
+    """Fastest load path: a parquet file -> PUT to a stage -> COPY INTO (MATCH_BY_COLUMN_NAME)
+    -> MERGE.
 
     PUT works in server mode: fakesnow hands the connector a GCS-style presigned URL on
     itself.  COPY ... MATCH_BY_COLUMN_NAME needs a PERMANENT staging table (see
@@ -445,7 +458,8 @@ def test_sf_put_and_copy_into_parquet_then_merge_5000(
         )
     ]
     copied = cur.execute(
-        "COPY INTO staging FROM @batches FILE_FORMAT = (TYPE = PARQUET) MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE PURGE = TRUE"
+        "COPY INTO staging FROM @batches FILE_FORMAT = (TYPE = PARQUET) "
+        "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE PURGE = TRUE"
     ).fetchall()
     assert [(r[0], r[1], r[2], r[3]) for r in copied] == [
         ("batches/batch-0001.parquet", "LOADED", N_BULK, N_BULK)
@@ -456,7 +470,8 @@ def test_sf_put_and_copy_into_parquet_then_merge_5000(
 
     assert sf_all(
         conn,
-        "SELECT count(*), count(DISTINCT message_id), max(properties:latency_ms::int), min(timestamp) FROM events",
+        "SELECT count(*), count(DISTINCT message_id), max(properties:latency_ms::int), "
+        "min(timestamp) FROM events",
     ) == [(N_BULK, N_BULK, N_BULK - 1, T0)]
     assert sf_all(conn, "LIST @batches") == []  # PURGE removed the staged file
     # a second MERGE of the same batch updates every row
@@ -472,7 +487,8 @@ def test_sf_executemany_then_merge_5000(snowflake_connection, record_property):
     rows = sf_rows(N_BULK)
     started = time.perf_counter()
     cur.executemany(
-        "INSERT INTO staging (message_id, event, timestamp, properties, tags, n) VALUES (%s, %s, %s, %s, %s, %s)",
+        "INSERT INTO staging (message_id, event, timestamp, properties, tags, n) "
+        "VALUES (%s, %s, %s, %s, %s, %s)",
         rows,
     )
     assert cur.rowcount == N_BULK
@@ -552,7 +568,8 @@ def test_sf_copy_into_temporary_table_fails(snowflake_connection, tmp_path):
         snowflake.connector.ProgrammingError, match="Table with name TMP_STAGING does not exist!"
     ):
         cur.execute(
-            "COPY INTO tmp_staging FROM @st FILE_FORMAT = (TYPE = PARQUET) MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE"
+            "COPY INTO tmp_staging FROM @st FILE_FORMAT = (TYPE = PARQUET) "
+            "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE"
         )
 
 
@@ -714,8 +731,9 @@ def test_bq_create_partitioned_clustered_table_with_json(bigquery_client, bigque
     ds = bigquery_dataset.split(".")[1]
     assert bq_all(
         client,
-        f"SELECT column_name, data_type, is_nullable, is_partitioning_column, clustering_ordinal_position "
-        f"FROM `{bigquery_dataset}`.INFORMATION_SCHEMA.COLUMNS WHERE table_name = 'events' ORDER BY ordinal_position",
+        "SELECT column_name, data_type, is_nullable, is_partitioning_column, "
+        f"clustering_ordinal_position FROM `{bigquery_dataset}`.INFORMATION_SCHEMA.COLUMNS "
+        "WHERE table_name = 'events' ORDER BY ordinal_position",
     ) == [
         ("message_id", "STRING", "NO", "NO", 2),
         ("event", "STRING", "YES", "NO", 1),
@@ -758,12 +776,14 @@ def test_bq_resumable_ndjson_load_and_merge_5000(
 
     assert bq_all(
         client,
-        f"SELECT count(*), count(DISTINCT message_id), countif(event = 'view'), min(timestamp), max(n) FROM `{bigquery_dataset}.events`",
+        "SELECT count(*), count(DISTINCT message_id), countif(event = 'view'), min(timestamp), "
+        f"max(n) FROM `{bigquery_dataset}.events`",
     ) == [(N_BULK + 10, N_BULK + 10, 20, T0, N_BULK + 9)]
     assert bq_all(
         client,
-        f"SELECT message_id, properties, tags, JSON_VALUE(properties, '$.model'), JSON_VALUE(properties.model), "
-        f"LAX_INT64(properties.latency_ms) FROM `{bigquery_dataset}.events` WHERE n < 2 ORDER BY n",
+        "SELECT message_id, properties, tags, JSON_VALUE(properties, '$.model'), "
+        "JSON_VALUE(properties.model), LAX_INT64(properties.latency_ms) "
+        f"FROM `{bigquery_dataset}.events` WHERE n < 2 ORDER BY n",
     ) == [
         ("m0", {"model": "g0", "latency_ms": 0}, ["a", "t0"], "g0", "g0", 0),
         ("m1", {"model": "g1", "latency_ms": 1}, ["a", "t1"], "g1", "g1", 1),
@@ -773,7 +793,10 @@ def test_bq_resumable_ndjson_load_and_merge_5000(
 def test_bq_ndjson_timestamps_with_offsets_are_converted_to_utc(bigquery_client, bigquery_dataset):
     client = bigquery_client
     client.create_table(bigquery.Table(f"{bigquery_dataset}.staging", schema=BQ_SCHEMA))
-    data = b'{"message_id": "a", "timestamp": "2024-01-01T10:00:00+02:00"}\n{"message_id": "b", "timestamp": "2024-01-01 08:00:00.123456 UTC"}'
+    data = (
+        b'{"message_id": "a", "timestamp": "2024-01-01T10:00:00+02:00"}\n'
+        b'{"message_id": "b", "timestamp": "2024-01-01 08:00:00.123456 UTC"}'
+    )
     bq_load_ndjson(client, f"{bigquery_dataset}.staging", data)
     assert bq_all(
         client, f"SELECT message_id, timestamp FROM `{bigquery_dataset}.staging` ORDER BY 1"
@@ -811,7 +834,8 @@ def test_bq_alter_table_add_column(bigquery_client, bigquery_dataset):
             r[0]
             for r in bq_all(
                 client,
-                f"SELECT column_name FROM {ds}.INFORMATION_SCHEMA.COLUMNS WHERE table_name = 'events' ORDER BY ordinal_position",
+                f"SELECT column_name FROM {ds}.INFORMATION_SCHEMA.COLUMNS "
+                "WHERE table_name = 'events' ORDER BY ordinal_position",
             )
         ]
 
@@ -864,7 +888,8 @@ def test_bq_query_parameters(bigquery_client):
     ]
     assert bq_all(
         bigquery_client,
-        "SELECT @a + 1, @s, @ts, (SELECT count(*) FROM UNNEST(['m1', 'm2', 'm3']) id WHERE id IN UNNEST(@ids))",
+        "SELECT @a + 1, @s, @ts, (SELECT count(*) FROM UNNEST(['m1', 'm2', 'm3']) id "
+        "WHERE id IN UNNEST(@ids))",
         params,
     ) == [(42, "hi", T0, 2)]
     assert bq_all(
@@ -883,7 +908,8 @@ def test_bq_quantiles_views_and_drop(bigquery_client, bigquery_dataset):
     assert bq_all(client, f"SELECT APPROX_QUANTILES(n, 4) FROM {events}") == [
         ([0, 25, 50, 75, 100],)
     ]
-    # pick quantiles with UNNEST ... WITH OFFSET, not qs[OFFSET(k)] (see test_bq_offset_into_approx_quantiles_is_unreliable)
+    # pick quantiles with UNNEST ... WITH OFFSET, not qs[OFFSET(k)]
+    # (see test_bq_offset_into_approx_quantiles_is_unreliable)
     assert bq_all(
         client,
         f"WITH q AS (SELECT APPROX_QUANTILES(n, 100) qs FROM {events}) "
@@ -891,19 +917,23 @@ def test_bq_quantiles_views_and_drop(bigquery_client, bigquery_dataset):
     ) == [(50, 50), (99, 99)]
     assert bq_all(
         client,
-        f"SELECT DISTINCT PERCENTILE_CONT(n, 0.5) OVER (), PERCENTILE_CONT(n, 0.9) OVER () FROM {events}",
+        "SELECT DISTINCT PERCENTILE_CONT(n, 0.5) OVER (), PERCENTILE_CONT(n, 0.9) OVER () "
+        f"FROM {events}",
     ) == [(50.0, 90.0)]
     assert bq_all(
         client,
         f"SELECT COUNTIF(n >= 50), IF(COUNT(*) > 100, 'big', 'small'), DATE(MIN(timestamp)), "
-        f"TIMESTAMP_TRUNC(MAX(timestamp), HOUR), DATE_TRUNC(DATE(MAX(timestamp)), MONTH) FROM {events}",
+        "TIMESTAMP_TRUNC(MAX(timestamp), HOUR), DATE_TRUNC(DATE(MAX(timestamp)), MONTH) "
+        f"FROM {events}",
     ) == [(51, "big", dt.date(2024, 1, 1), T0 + dt.timedelta(hours=1), dt.date(2024, 1, 1))]
 
     view = f"`{bigquery_dataset}.daily`"
     bq_all(
         client,
-        f"CREATE OR REPLACE VIEW {view} AS SELECT DATE(timestamp) AS day, event, COUNT(*) AS events, "
-        f"COUNTIF(n >= 50) AS late, AVG(CAST(JSON_VALUE(properties, '$.latency_ms') AS FLOAT64)) AS avg_latency "
+        f"CREATE OR REPLACE VIEW {view} AS "
+        "SELECT DATE(timestamp) AS day, event, COUNT(*) AS events, "
+        "COUNTIF(n >= 50) AS late, "
+        "AVG(CAST(JSON_VALUE(properties, '$.latency_ms') AS FLOAT64)) AS avg_latency "
         f"FROM {events} GROUP BY day, event",
     )
     assert bq_all(client, f"SELECT * FROM {view}") == [
@@ -1026,7 +1056,8 @@ def test_bq_parquet_load(bigquery_client, bigquery_dataset):
     assert job.result().output_rows == 2
     assert bq_all(
         client,
-        f"SELECT message_id, timestamp, properties, tags FROM `{bigquery_dataset}.staging` ORDER BY 1",
+        f"SELECT message_id, timestamp, properties, tags FROM `{bigquery_dataset}.staging` "
+        "ORDER BY 1",
     ) == [
         ("a", T0, {"k": 1}, ["x"]),
         ("b", None, None, []),
@@ -1039,7 +1070,8 @@ def test_bq_ddl_created_tables_lose_json_type_and_partitioning(bigquery_client, 
     client = bigquery_client
     bq_all(
         client,
-        f"CREATE TABLE IF NOT EXISTS `{bigquery_dataset}.ddl_events` (message_id STRING NOT NULL, ts TIMESTAMP, "
+        f"CREATE TABLE IF NOT EXISTS `{bigquery_dataset}.ddl_events` "
+        "(message_id STRING NOT NULL, ts TIMESTAMP, "
         f"props JSON, tags ARRAY<STRING>) PARTITION BY DATE(ts) CLUSTER BY message_id",
     )
     table = client.get_table(f"{bigquery_dataset}.ddl_events")
@@ -1072,12 +1104,14 @@ def test_bq_offset_into_approx_quantiles_is_unreliable(bigquery_client, bigquery
     # through a CTE over a table: one element short
     assert bq_all(
         client,
-        f"WITH q AS (SELECT APPROX_QUANTILES(n, 100) qs FROM {nums}) SELECT qs[OFFSET(50)], qs[OFFSET(0)], qs[OFFSET(100)] FROM q",
+        f"WITH q AS (SELECT APPROX_QUANTILES(n, 100) qs FROM {nums}) "
+        "SELECT qs[OFFSET(50)], qs[OFFSET(0)], qs[OFFSET(100)] FROM q",
     ) == [(49, None, 99)]
     # through a CTE over UNNEST: correct
     assert bq_all(
         client,
-        "WITH q AS (SELECT APPROX_QUANTILES(x, 100) qs FROM UNNEST(GENERATE_ARRAY(0, 100)) x) SELECT qs[OFFSET(50)], qs[OFFSET(0)] FROM q",
+        "WITH q AS (SELECT APPROX_QUANTILES(x, 100) qs FROM UNNEST(GENERATE_ARRAY(0, 100)) x) "
+        "SELECT qs[OFFSET(50)], qs[OFFSET(0)] FROM q",
     ) == [(50, 0)]
     # plain arrays are indexed correctly
     assert bq_all(client, f"SELECT ARRAY_AGG(n ORDER BY n)[OFFSET(50)] FROM {nums}") == [(50,)]

@@ -543,7 +543,8 @@ def test_gating_policy_and_redaction_from_env(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("POSTHOG_API_KEY", PROJECT_KEY)
     monkeypatch.setenv(
         "ETL_FLAGS__GATES",
-        '{"posthog": {"prompt_blocked": "enable_guardrails_tracing"}, "duckdb": {"tool_used": "warehouse_tools"}}',
+        '{"posthog": {"prompt_blocked": "enable_guardrails_tracing"}, '
+        '"duckdb": {"tool_used": "warehouse_tools"}}',
     )
     monkeypatch.setenv("ETL_REDACTION__PATHS", "user_note,context.page.search")
     monkeypatch.setenv("ETL_REDACTION__HMAC_SECRET", "from-env")

@@ -62,7 +62,9 @@ def guardrails_flag(workspaces: list[str]) -> dict:
 
 
 def batch(phase: int) -> list[bytes]:
-    """For each workspace: one prompt_blocked per corpus prompt, plus two events gated by other flags and one never gated."""
+    """For each workspace: one prompt_blocked per corpus prompt,
+    plus two events gated by other flags and one never gated.
+    """
     out = []
     for ws in ("ws_a", "ws_b"):
         for i, prompt in enumerate(CORPUS):
@@ -217,7 +219,8 @@ def test_flag_gates_third_parties_per_workspace_and_nothing_sensitive_leaks(
         db = pipeline.settings.duckdb.path
         rows = warehouse_rows(
             db,
-            "SELECT message_id, workspace_id, json_extract(context, '$.flags') FROM events WHERE event = 'prompt_blocked' ORDER BY message_id",
+            "SELECT message_id, workspace_id, json_extract(context, '$.flags') FROM events "
+            "WHERE event = 'prompt_blocked' ORDER BY message_id",
         )
         assert len(rows) == 4 * len(CORPUS)
         decisions = {
@@ -246,7 +249,8 @@ def test_flag_gates_third_parties_per_workspace_and_nothing_sensitive_leaks(
             json.loads(r[0])["track_model_costs"]["source"]
             for r in warehouse_rows(
                 db,
-                "SELECT json_extract(context, '$.flags') FROM events WHERE event = '$ai_generation'",
+                "SELECT json_extract(context, '$.flags') FROM events "
+                "WHERE event = '$ai_generation'",
             )
         } == {"default"}
 

@@ -210,7 +210,7 @@ def test_posthog_payloads_exact(ph):
     assert req.json["api_key"] == PH_KEY and req.json["historical_migration"] is False
     # The size the runtime batches by is the wire size: the SDK's own encoding.
     assert len(req.body) == len(json.dumps(req.json))
-    for ev, sent in zip(events, req.json["batch"]):
+    for ev, sent in zip(events, req.json["batch"], strict=True):
         assert sink.payload_size(ev) == len(json.dumps(sent))
         assert sink.event_size(ev) == len(json.dumps(sent)) + 2
 
@@ -289,7 +289,7 @@ def test_rudderstack_payloads_exact(rs):
     # Body = envelope + events joined by ","; each event's size is its exact bytes.
     overhead = len(b'{"batch":[') + len(b'],"sentAt":"') + len(req.json["sentAt"]) + len(b'"}')
     assert len(req.body) == overhead + sum(sink.event_size(ev) for ev in events) - 1
-    for ev, sent in zip(events, req.json["batch"]):
+    for ev, sent in zip(events, req.json["batch"], strict=True):
         assert sink.payload_size(ev) == len(
             json.dumps(sent, separators=(",", ":"), ensure_ascii=False).encode()
         )
@@ -567,7 +567,7 @@ def test_refused_batch_bisects_and_single_event_is_dead_lettered(ph, rs):
 def test_413_for_one_event_is_event_too_large(ph, rs):
     ph.max_event_bytes = 300  # the destination is stricter than the sink's configured limit
     rs.max_event_bytes = 300
-    for sink, server in sinks_and_servers(ph, rs):
+    for sink, _server in sinks_and_servers(ph, rs):
         events = two_events()
         events[0]["properties"]["blob"] = "y" * 400
         with pytest.raises(BatchRejectedError):

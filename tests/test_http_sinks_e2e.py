@@ -246,7 +246,8 @@ def test_every_event_reaches_both_http_sinks_through_faults_auth_loss_and_a_cras
     assert ph_unique == ph_expected
     assert rs_unique == rs_expected
     print(
-        f"\nphase A: posthog {len(ph_unique)} unique, {ph_dups} duplicates; rudderstack {len(rs_unique)} unique, {rs_dups} duplicates"
+        f"\nphase A: posthog {len(ph_unique)} unique, {ph_dups} duplicates; "
+        f"rudderstack {len(rs_unique)} unique, {rs_dups} duplicates"
     )
     for server in (ph, rs):
         statuses = [r.status for r in server.requests]
@@ -332,7 +333,8 @@ def test_every_event_reaches_both_http_sinks_through_faults_auth_loss_and_a_cras
     assert rs_unique == rs_expected | b_ids | c_ids
     assert len(sink_rejections(pipeline)) == 4
     print(
-        f"phase C: {partially} of {len(c_ids)} delivered before SIGKILL; totals posthog {len(ph_unique)} unique + {ph_dups} duplicates, "
+        f"phase C: {partially} of {len(c_ids)} delivered before SIGKILL; "
+        f"totals posthog {len(ph_unique)} unique + {ph_dups} duplicates, "
         f"rudderstack {len(rs_unique)} unique + {rs_dups} duplicates"
     )
 
@@ -399,7 +401,8 @@ def assert_crafted_payloads(ph_by_uuid: dict[str, dict], rs_by_id: dict[str, dic
         ev = dict(rs_by_id[mid])
         received = ev.pop("receivedAt")  # the Kafka timestamp of the raw message
         assert received.endswith("Z")
-        # Flag decisions the normalizer attaches (governance) travel in context; not this test's subject.
+        # Flag decisions the normalizer attaches (governance) travel in context;
+        # not this test's subject.
         ev["context"] = {k: v for k, v in ev["context"].items() if k != "flags"}
         return ev
 
@@ -548,5 +551,6 @@ def test_one_destination_down_does_not_hold_back_the_others(make_pipeline, serve
     assert ph_unique == expected and rs_unique == expected
     assert warehouse_ids(pipeline) == expected
     print(
-        f"after recovery: {len(expected)} events; posthog duplicates {ph_dups}, rudderstack duplicates {rs_dups}"
+        f"after recovery: {len(expected)} events; posthog duplicates {ph_dups}, "
+        f"rudderstack duplicates {rs_dups}"
     )

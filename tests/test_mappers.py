@@ -296,17 +296,20 @@ def test_timestamp_forms() -> None:
             "properties.match_score",
         ),
         (
-            b'{"event": "rag_query_triggered", "distinct_id": "u", "properties": {"sources_found": -1}}',
+            b'{"event": "rag_query_triggered", "distinct_id": "u", '
+            b'"properties": {"sources_found": -1}}',
             Reason.OUT_OF_RANGE,
             "properties.sources_found",
         ),
         (
-            b'{"event": "$ai_generation", "distinct_id": "u", "properties": {"$ai_input_tokens": -5}}',
+            b'{"event": "$ai_generation", "distinct_id": "u", '
+            b'"properties": {"$ai_input_tokens": -5}}',
             Reason.OUT_OF_RANGE,
             "properties.$ai_input_tokens",
         ),
         (
-            b'{"event": "$ai_generation", "distinct_id": "u", "properties": {"$ai_total_cost_usd": "Infinity"}}',
+            b'{"event": "$ai_generation", "distinct_id": "u", '
+            b'"properties": {"$ai_total_cost_usd": "Infinity"}}',
             Reason.INVALID_PROPERTY,
             "properties.$ai_total_cost_usd",
         ),
@@ -399,7 +402,8 @@ def test_deep_nesting_is_rejected_with_its_own_reason() -> None:
 
 def test_nul_characters_are_stripped_and_marked() -> None:
     ev = one(
-        '{"event": "tool_used\\u0000", "distinct_id": "u\\u0000", "properties": {"k\\u0000ey": "va\\u0000lue"}}'
+        '{"event": "tool_used\\u0000", "distinct_id": "u\\u0000", '
+        '"properties": {"k\\u0000ey": "va\\u0000lue"}}'
     )
     assert ev["event"] == "tool_used" and ev["distinct_id"] == "u"
     assert ev["properties"] == {"key": "value"}

@@ -100,7 +100,8 @@ def payloads(ph: PostHogServer, rs: RudderStackServer) -> tuple[list[dict], list
 
 
 def rows(path: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every row of events and two typed tables, by column name (JSON parsed), without the load time.
+    """Every row of events and two typed tables, by column name (JSON parsed),
+    without the load time.
 
     By name: columns added by schema evolution come in the order their first
     event arrived, which differs between a live run and a replay.
@@ -116,7 +117,7 @@ def rows(path: Path) -> dict[str, list[dict[str, Any]]]:
             out[table] = [
                 {
                     k: json.loads(v) if isinstance(v, str) and v[:1] == "{" else v
-                    for k, v in zip(names, row)
+                    for k, v in zip(names, row, strict=True)
                     if k != "loaded_at"
                 }
                 for row in cur.fetchall()
@@ -279,11 +280,14 @@ def test_requeue_writes_what_a_replay_with_the_fixed_mapper_writes(
         replayed_ph, replayed_rs = payloads(ph, rs)
         big_ids = {orjson.loads(v)["uuid"] for v in big if b'"uuid"' in v}
         assert len(big_ids) == 4
-        keep = lambda items, key: [
-            e
-            for e in items
-            if e[key] in {e[key] for e in requeued_payloads[0 if key == "uuid" else 1]}
-        ]  # noqa: E731
+
+        def keep(items, key):
+            return [
+                e
+                for e in items
+                if e[key] in {e[key] for e in requeued_payloads[0 if key == "uuid" else 1]}
+            ]
+
         assert requeued_payloads == (keep(replayed_ph, "uuid"), keep(replayed_rs, "messageId"))
         replayed = rows(replayed_db)
         requeued_ids = {r["message_id"] for r in requeued_rows["events"]}

@@ -146,8 +146,12 @@ BAD = {
     b'{"event": "tool_used", "distinct_id": "u", "prop': "invalid_json",
     b'{"type": "track", "userId": "u", "properties": {}}': "missing_event_name",
     b'{"event": {"nested": true}, "distinct_id": "u"}': "invalid_event_name",
-    b'{"event": "tool_used", "distinct_id": "u", "properties": {"latency_ms": "fast"}}': "invalid_property",
-    b'{"event": "prompt_blocked", "distinct_id": "u", "properties": {"match_score": 1.01}}': "out_of_range",
+    (
+        b'{"event": "tool_used", "distinct_id": "u", "properties": {"latency_ms": "fast"}}'
+    ): "invalid_property",
+    (
+        b'{"event": "prompt_blocked", "distinct_id": "u", "properties": {"match_score": 1.01}}'
+    ): "out_of_range",
     b'{"event": "e", "distinct_id": "u", "timestamp": "31/02/2026"}': "invalid_timestamp",
     b'{"event": "e", "properties": {}}': "missing_identity",
     b'{"type": "track", "event": "e"}': "missing_identity",
@@ -171,7 +175,8 @@ def test_both_styles_and_envelopes_land_exactly_once(make_pipeline) -> None:
     # -- events: every valid event exactly once ------------------------------
     rows = warehouse_rows(
         db,
-        "SELECT message_id, type, event, distinct_id, user_id, anonymous_id, workspace_id, trace_id FROM events ORDER BY message_id",
+        "SELECT message_id, type, event, distinct_id, user_id, anonymous_id, workspace_id, "
+        "trace_id FROM events ORDER BY message_id",
     )
     ids = [r[0] for r in rows]
     assert len(ids) == len(set(ids)) == 9
@@ -228,7 +233,8 @@ def test_both_styles_and_envelopes_land_exactly_once(make_pipeline) -> None:
     # -- typed tables with typed values ---------------------------------------
     assert warehouse_rows(
         db,
-        "SELECT message_id, distinct_id, workspace_id, tool_id, tool_type, status, latency_ms, trace_id FROM tool_used ORDER BY message_id",
+        "SELECT message_id, distinct_id, workspace_id, tool_id, tool_type, status, latency_ms, "
+        "trace_id FROM tool_used ORDER BY message_id",
     ) == [
         (
             "11111111-1111-4111-8111-111111111111",
@@ -247,7 +253,8 @@ def test_both_styles_and_envelopes_land_exactly_once(make_pipeline) -> None:
     ) == [("f-1", ["http", "sql"], 2500.0, True)]
     assert warehouse_rows(
         db,
-        "SELECT ai_model, ai_provider, ai_input_tokens, ai_output_tokens, round(ai_total_cost_usd, 6), ai_latency, workspace_id FROM ai_generation",
+        "SELECT ai_model, ai_provider, ai_input_tokens, ai_output_tokens, "
+        "round(ai_total_cost_usd, 6), ai_latency, workspace_id FROM ai_generation",
     ) == [("gpt-4o", "openai", 1000, 200, 0.0045, 1.5, "ws_a")]
     assert warehouse_rows(
         db, "SELECT vector_db_used, index_name, latency_ms, sources_found FROM rag_query_triggered"
@@ -273,7 +280,8 @@ def test_both_styles_and_envelopes_land_exactly_once(make_pipeline) -> None:
     # -- rejected_events: each malformed input with its specific reason --------
     rejected = warehouse_rows(
         db,
-        "SELECT reason, field, raw_payload, raw_encoding, batch_index, stage, source_topic FROM rejected_events",
+        "SELECT reason, field, raw_payload, raw_encoding, batch_index, stage, source_topic "
+        "FROM rejected_events",
     )
     by_reason: dict[str, int] = {}
     for reason, *_ in rejected:
@@ -368,18 +376,21 @@ def test_views_answer_the_analyst_questions(make_pipeline) -> None:
     db = pipeline.settings.duckdb.path
     assert warehouse_rows(
         db,
-        "SELECT day, flows, succeeded, success_rate, p50_time_ms, p95_time_ms FROM flow_success_daily",
+        "SELECT day, flows, succeeded, success_rate, p50_time_ms, p95_time_ms "
+        "FROM flow_success_daily",
     ) == [(datetime(2026, 11, 19).date(), 4, 3, 0.75, 250.0, 385.0)]
     assert warehouse_rows(
         db, "SELECT tool_type, calls, p50_latency_ms, p95_latency_ms, error_rate FROM tool_latency"
     ) == [("sql", 5, 30.0, 48.0, 0.0)]
     assert warehouse_rows(
         db,
-        "SELECT day, model, provider, workspace_id, generations, input_tokens, cost_usd FROM llm_cost_daily",
+        "SELECT day, model, provider, workspace_id, generations, input_tokens, cost_usd "
+        "FROM llm_cost_daily",
     ) == [(datetime(2026, 11, 19).date(), "m1", "p1", "ws_a", 2, 20, 0.75)]
     assert warehouse_rows(
         db,
-        "SELECT workspace_id, blocked_prompts, flow_runs, blocked_rate FROM blocked_prompt_rate WHERE workspace_id = 'ws_a'",
+        "SELECT workspace_id, blocked_prompts, flow_runs, blocked_rate FROM blocked_prompt_rate "
+        "WHERE workspace_id = 'ws_a'",
     ) == [("ws_a", 1, 4, 0.2)]
     assert warehouse_rows(
         db, "SELECT vector_db, queries, p50_latency_ms, avg_sources_found FROM rag_latency"
@@ -406,7 +417,8 @@ def test_foreign_records_on_internal_topics_never_wedge_a_partition(make_pipelin
             )
         ]
     )
-    # wait_drained covers the raw topic; the foreign records sit before the good event in their partitions.
+    # wait_drained covers the raw topic; the foreign records sit before the good event
+    # in their partitions.
     pipeline.wait_drained(timeout=120)
     db = pipeline.settings.duckdb.path
     assert warehouse_rows(db, "SELECT message_id FROM events") == [

@@ -17,7 +17,10 @@ from etl import kafka_tools
 from tests.conftest import warehouse_rows
 
 HOUR_MS = 3600 * 1000
-COLUMNS = "message_id, type, event, distinct_id, timestamp, properties, source_topic, source_partition, source_offset"
+COLUMNS = (
+    "message_id, type, event, distinct_id, timestamp, properties, source_topic, source_partition, "
+    "source_offset"
+)
 
 
 def event(i: int, when: datetime, tag: str) -> bytes:
@@ -166,7 +169,6 @@ def test_replay_time_window_is_exact_idempotent_and_leaves_live_groups_alone(
 
 def test_interrupted_replay_resumes_from_its_checkpoint(make_pipeline, tmp_path):
     p = make_pipeline(partitions=2)
-    s = p.settings
     values = [event(i, datetime.now(UTC) - timedelta(minutes=5), "resume") for i in range(240)]
     p.produce(values)
     ids = {orjson.loads(v)["uuid"] for v in values}

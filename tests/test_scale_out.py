@@ -28,7 +28,9 @@ def readyz(worker) -> dict:
 
 
 def wait_assignment(workers, topic: str, partitions: int, timeout: float = 60.0) -> list[set[str]]:
-    """Until every worker owns at least one partition of ``topic`` and together exactly all, once each."""
+    """Until every worker owns at least one partition of ``topic`` and together exactly all,
+    once each.
+    """
     deadline = time.monotonic() + timeout
     wanted = {f"{topic}:{p}" for p in range(partitions)}
     while True:

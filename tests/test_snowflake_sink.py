@@ -102,7 +102,8 @@ def test_write_twice_is_idempotent_with_evolution_discards_and_hostile_keys(sink
     ]
     assert rows(
         sink,
-        "SELECT message_id, ai_model, ai_input_tokens, ai_total_cost_usd, workspace_id FROM ai_generation ORDER BY 1",
+        "SELECT message_id, ai_model, ai_input_tokens, ai_total_cost_usd, workspace_id "
+        "FROM ai_generation ORDER BY 1",
     ) == [
         ("ai-0", "gpt-4o", 1000, 0.25, "ws_a"),
         ("ai-1", "gpt-4o", 500, 0.125, "ws_a"),
@@ -111,17 +112,20 @@ def test_write_twice_is_idempotent_with_evolution_discards_and_hostile_keys(sink
     ]
     assert rows(
         sink,
-        "SELECT message_id, success IS NULL, time_ms, tools_used[0]::string FROM flow_executed ORDER BY 1",
+        "SELECT message_id, success IS NULL, time_ms, tools_used[0]::string FROM flow_executed "
+        "ORDER BY 1",
     )[:2] == [
         ("flow-0", False, 100.0, "http"),
         ("flow-1", False, 200.0, "http"),
     ]
-    # New property -> nullable NUMBER column; the conflicting "many" stays in properties + a discard row.
+    # New property -> nullable NUMBER column; the conflicting "many" stays in properties
+    # + a discard row.
     long_col = normalize_identifier(LONG_KEY, 255)
     assert len(long_col) == 255
     got = rows(
         sink,
-        f"SELECT message_id, retries, select_, my_key, a_b, quo_te, order_, _1st, {long_col} FROM tool_used "
+        f"SELECT message_id, retries, select_, my_key, a_b, quo_te, order_, _1st, {long_col} "
+        "FROM tool_used "
         "WHERE workspace_id = 'ws_h' ORDER BY 1",
     )
     assert got == [
@@ -209,7 +213,8 @@ def test_write_rejected_merges_on_rejection_id(sink) -> None:
     sink.write_rejected([{**record, "error": "updated"}])
     assert rows(
         sink,
-        "SELECT rejection_id, reason, error, raw_payload, source_offset, rejected_at::string FROM rejected_events",
+        "SELECT rejection_id, reason, error, raw_payload, source_offset, rejected_at::string "
+        "FROM rejected_events",
     ) == [
         ("rej-1", "invalid_json", "updated", "not json", 7, "2026-11-19 09:00:00"),
     ]
@@ -260,8 +265,10 @@ def test_key_pair_settings_produce_a_der_private_key(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_end_to_end_sigkill_and_replay_leave_exact_rows(
-    make_pipeline, snowflake_emulator, snowflake_conn_kwargs
-) -> None:  # noqa: F811
+    make_pipeline,
+    snowflake_emulator,  # noqa: F811  (pytest fixture)
+    snowflake_conn_kwargs,  # noqa: F811  (pytest fixture)
+) -> None:
     sf_settings, env, schema = snowflake_target(snowflake_conn_kwargs)
 
     def count_events() -> int:
@@ -279,14 +286,21 @@ def test_end_to_end_sigkill_and_replay_leave_exact_rows(
     assert sf("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM events") == [
         (TOTAL_EVENTS, TOTAL_EVENTS)
     ]
-    ids = "SELECT message_id, event, distinct_id, workspace_id, source_partition, source_offset FROM events ORDER BY 1"
+    ids = (
+        "SELECT message_id, event, distinct_id, workspace_id, source_partition, source_offset "
+        "FROM events ORDER BY 1"
+    )
     assert sf(ids) == warehouse_rows(duck, ids)
     typed = (
-        "SELECT message_id, tool_type, latency_ms, status, workspace_id, retries, select_, my_key, a_b, quo_te, order_, _1st "
+        "SELECT message_id, tool_type, latency_ms, status, workspace_id, retries, select_, my_key, "
+        "a_b, quo_te, order_, _1st "
         "FROM tool_used ORDER BY 1"
     )
     assert sf(typed) == warehouse_rows(duck, typed)
-    discards = "SELECT message_id, table_name, column_name, property_key, reason FROM schema_discards ORDER BY 1, 4"
+    discards = (
+        "SELECT message_id, table_name, column_name, property_key, reason FROM schema_discards "
+        "ORDER BY 1, 4"
+    )
     assert (
         sf(discards)
         == warehouse_rows(duck, discards)
@@ -308,12 +322,14 @@ def test_end_to_end_sigkill_and_replay_leave_exact_rows(
     ]
     assert sf("SELECT COUNT(*) FROM tool_used") == [(8,)]
     print(
-        f"snowflake e2e: kill at {at_kill}/{TOTAL_EVENTS} events, {time.monotonic() - started:.1f}s, replay {replay}"
+        f"snowflake e2e: kill at {at_kill}/{TOTAL_EVENTS} events, "
+        f"{time.monotonic() - started:.1f}s, replay {replay}"
     )
 
 
 def test_a_column_added_between_batches_reaches_the_merge(sink) -> None:
-    # The staging table of the first batch lacks the new column; the second batch must still land it.
+    # The staging table of the first batch lacks the new column;
+    # the second batch must still land it.
     sink.write(unified(KNOWN_RAW))
     sink.write(unified([EVOLUTION_RAW]))
     assert rows(

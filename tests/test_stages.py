@@ -1,4 +1,5 @@
-"""The stages run in process, without Faust: what every path (worker, replay, requeue, validate) runs.
+"""The stages run in process, without Faust: what every path
+(worker, replay, requeue, validate) runs.
 
 The sink is the real DuckDB warehouse on a real file; the only stand-in is
 the Kafka output, a memory of the messages the stages would produce.

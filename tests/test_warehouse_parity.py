@@ -136,7 +136,9 @@ def known_events() -> list[dict[str, Any]]:
 KNOWN_RAW = [orjson.dumps(e) for e in known_events()]
 BAD_RAW = {
     b"not json at all": "invalid_json",
-    b'{"event": "tool_used", "distinct_id": "u", "properties": {"latency_ms": "fast"}}': "invalid_property",
+    (
+        b'{"event": "tool_used", "distinct_id": "u", "properties": {"latency_ms": "fast"}}'
+    ): "invalid_property",
 }
 
 # Worked out by hand from known_events(); percentiles are linear interpolation (PERCENTILE_CONT).
@@ -238,11 +240,11 @@ def bigquery_rows(client: Any, sql: str, params: list[Any] | None = None) -> lis
 @pytest.mark.slow
 def test_same_input_same_views_in_duckdb_snowflake_and_bigquery(
     make_pipeline,
-    snowflake_emulator,
-    snowflake_conn_kwargs,
-    bigquery_emulator,
-    bigquery_client,
-    bigquery_dataset,  # noqa: F811
+    snowflake_emulator,  # noqa: F811  (pytest fixture)
+    snowflake_conn_kwargs,  # noqa: F811  (pytest fixture)
+    bigquery_emulator,  # noqa: F811  (pytest fixture)
+    bigquery_client,  # noqa: F811  (pytest fixture)
+    bigquery_dataset,  # noqa: F811  (pytest fixture)
 ) -> None:
     sf_settings, sf_env, schema = snowflake_target(snowflake_conn_kwargs)
     bq_settings, bq_env = bigquery_target(bigquery_emulator, bigquery_dataset)

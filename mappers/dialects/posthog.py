@@ -1,4 +1,6 @@
-"""PostHog capture style: ``{"event", "distinct_id", "properties", "timestamp", "uuid", "$set"...}``."""
+"""PostHog capture style:
+``{"event", "distinct_id", "properties", "timestamp", "uuid", "$set"...}``.
+"""
 
 from __future__ import annotations
 

@@ -24,9 +24,11 @@ class TimeField:
 class Times:
     """The times a client sent with an event; each one is kept in a column."""
 
-    #: When the event happened on the client's clock (PostHog ``timestamp``, Segment ``originalTimestamp``).
+    #: When the event happened on the client's clock (PostHog ``timestamp``,
+    #: Segment ``originalTimestamp``).
     original: TimeField
-    #: A time the caller set explicitly beside the call time (Segment ``timestamp`` next to ``originalTimestamp``).
+    #: A time the caller set explicitly beside the call time
+    #: (Segment ``timestamp`` next to ``originalTimestamp``).
     stated: TimeField
     sent: TimeField
     received: TimeField

@@ -19,7 +19,9 @@ log = logging.getLogger("etl.flags")
 
 
 class PostHogFlags:
-    """Decisions from PostHog through the posthog SDK (local evaluation, remote /flags when needed)."""
+    """Decisions from PostHog through the posthog SDK (local evaluation,
+    remote /flags when needed).
+    """
 
     def __init__(self, posthog: PostHogSettings, flags: FlagSettings) -> None:
         from posthog import Posthog
@@ -54,7 +56,9 @@ class PostHogFlags:
         self._loaded = threading.Event()
 
     def start(self, wait: float) -> None:
-        """Load definitions (and start the SDK's poller) in the background; wait at most ``wait`` seconds."""
+        """Load definitions (and start the SDK's poller) in the background;
+        wait at most ``wait`` seconds.
+        """
         if not self.local:
             return
 
@@ -84,7 +88,9 @@ class PostHogFlags:
         if defs is None:
             return None
         if defs is not self._known_for:
-            self._known = frozenset(f.get("key") for f in defs if isinstance(f, dict))
+            self._known = frozenset(
+                str(f["key"]) for f in defs if isinstance(f, dict) and f.get("key") is not None
+            )
             self._known_for = defs
         return self._known
 
@@ -141,7 +147,8 @@ class PostHogFlags:
                 self.remote_backoff,
             )
             return None
-        if "feature_flags" in (response.get("quotaLimited") or []):
+        quota_limited: Any = response.get("quotaLimited") or []
+        if "feature_flags" in quota_limited:
             self.remote_blocked_until = time.monotonic() + self.remote_backoff
             return None
         detail = response["flags"].get(key)

@@ -10,9 +10,9 @@ A decision is made for a ``(flag key, distinct_id, workspace_id)`` triple:
    continuity, person properties), or any flag while no definitions could be
    loaded, is asked of the remote ``/flags`` endpoint.  Without a personal key
    PostHog is consulted only in ``posthog_mode=remote`` (one /flags call per
-   user per TTL - costly on a busy stream, hence opt-in).  A flag PostHog does not define is left to the next
-   source.  When PostHog is unreachable the SDK keeps the last definitions it
-   loaded, so PostHog still decides what it knew.
+   user per TTL - costly on a busy stream, hence opt-in).  A flag PostHog does
+   not define is left to the next source.  When PostHog is unreachable the SDK
+   keeps the last definitions it loaded, so PostHog still decides what it knew.
 2. **The flag database** (``feature_flags`` table): PostgreSQL when
    ``flags.database_url`` is set, else an embedded SQLite file.  Rollouts
    bucket ids exactly like PostHog (:func:`bucket`), so moving a flag between
@@ -61,7 +61,9 @@ class _Stats:
 
 
 class FlagService:
-    """``is_enabled`` / ``get_flag_variant`` / ``get_flags`` / ``set_flag`` for (distinct_id, workspace_id)."""
+    """``is_enabled`` / ``get_flag_variant`` / ``get_flags`` / ``set_flag`` for
+    (distinct_id, workspace_id).
+    """
 
     def __init__(
         self, settings: CoreSettings, *, use_posthog: bool = True, use_store: bool = True
@@ -143,7 +145,9 @@ class FlagService:
 
     # -------------------------------------------------------------- deciding
     def begin_batch(self, budget: float | None = None) -> None:
-        """Allow at most ``budget`` seconds (default ``flags.remote_budget``) of remote /flags calls from now."""
+        """Allow at most ``budget`` seconds (default ``flags.remote_budget``)
+        of remote /flags calls from now.
+        """
         self._remote_deadline = time.monotonic() + (
             self.flags.remote_budget if budget is None else budget
         )

@@ -103,7 +103,10 @@ class StoredFlag:
         }
 
 
-_COLUMNS = "key, enabled, rollout_percentage, variants, target_workspaces, target_users, bucket_by, description, updated_at"
+_COLUMNS = (
+    "key, enabled, rollout_percentage, variants, target_workspaces, target_users, bucket_by, "
+    "description, updated_at"
+)
 
 # Versioned migrations, per dialect.  Applied in order, each once, recorded in
 # schema_migrations; never edit a released one, add the next version.
@@ -124,7 +127,7 @@ MIGRATIONS: tuple[tuple[int, str, dict[str, str]], ...] = (
                     bucket_by TEXT NOT NULL DEFAULT 'user' CHECK (bucket_by IN ('user', 'workspace')),
                     description TEXT,
                     updated_at TEXT NOT NULL
-                )""",
+                )""",  # noqa: E501  (a released migration is never edited)
             "sqlite": """
                 CREATE TABLE IF NOT EXISTS feature_flags (
                     key TEXT PRIMARY KEY,
@@ -137,7 +140,7 @@ MIGRATIONS: tuple[tuple[int, str, dict[str, str]], ...] = (
                     bucket_by TEXT NOT NULL DEFAULT 'user' CHECK (bucket_by IN ('user', 'workspace')),
                     description TEXT,
                     updated_at TEXT NOT NULL
-                )""",
+                )""",  # noqa: E501  (a released migration is never edited)
         },
     ),
 )
@@ -155,7 +158,9 @@ def mask_url(url: str) -> str:
 
 
 class FlagStore:
-    """The ``feature_flags`` table in PostgreSQL (``database_url``) or SQLite (``embedded_path``)."""
+    """The ``feature_flags`` table in PostgreSQL (``database_url``) or SQLite
+    (``embedded_path``).
+    """
 
     def __init__(
         self,
@@ -201,7 +206,9 @@ class FlagStore:
 
     # ------------------------------------------------------------ migrations
     def migrate(self) -> list[int]:
-        """Apply pending migrations; idempotent and safe to run concurrently. Returns versions applied."""
+        """Apply pending migrations; idempotent and safe to run concurrently. Returns versions
+        applied.
+        """
         con = self._connect(create=True)
         applied: list[int] = []
         try:
@@ -210,7 +217,8 @@ class FlagStore:
             else:
                 con.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_MIGRATION_LOCK,))
             con.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
             )
             done = {
                 row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()
@@ -221,7 +229,8 @@ class FlagStore:
                 con.execute(statements[self.dialect])
                 con.execute(
                     self._sql(
-                        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)"
+                        "INSERT INTO schema_migrations (version, name, applied_at) "
+                        "VALUES (%s, %s, %s)"
                     ),
                     (version, name, _now()),
                 )
@@ -244,7 +253,7 @@ class FlagStore:
                 for r in con.execute(
                     "SELECT version, name, applied_at FROM schema_migrations ORDER BY version"
                 ).fetchall()
-            ]  # type: ignore[misc]
+            ]
         finally:
             con.close()
 
@@ -271,7 +280,8 @@ class FlagStore:
         values = _flag_to_row(stamped)
         updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[1:])
         sql = self._sql(
-            f"INSERT INTO feature_flags ({_COLUMNS}) VALUES ({', '.join(['%s'] * 9)}) ON CONFLICT (key) DO UPDATE SET {updates}"
+            f"INSERT INTO feature_flags ({_COLUMNS}) VALUES ({', '.join(['%s'] * 9)}) "
+            f"ON CONFLICT (key) DO UPDATE SET {updates}"
         )
         con = self._connect(create=True)
         try:

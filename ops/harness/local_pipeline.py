@@ -95,7 +95,8 @@ class LocalPipeline:
         if dead:
             w = dead[0]
             raise RuntimeError(
-                f"worker {w.role} died (exit {w.process.returncode}); log {w.log_path}:\n{tail(w.log_path)}"
+                f"worker {w.role} died (exit {w.process.returncode}); "
+                f"log {w.log_path}:\n{tail(w.log_path)}"
             )  # type: ignore[union-attr]
 
     # -------------------------------------------------------------- produce

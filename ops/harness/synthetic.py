@@ -82,7 +82,7 @@ class Generator:
         self.now = now or datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
         self.workspaces = [f"ws_{i:03d}" for i in range(25)]
         self.users = [f"user_{i:05d}" for i in range(5000)]
-        names, weights = zip(*EVENT_WEIGHTS)
+        names, weights = zip(*EVENT_WEIGHTS, strict=True)
         self._names = list(names)
         self._weights = list(weights)
 

@@ -98,7 +98,8 @@ def _run(
         raise BigQueryEmulatorError(f"{what} could not run {cmd[0]!r}: {exc}") from exc
     if proc.returncode != 0:
         raise BigQueryEmulatorError(
-            f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n--- output tail ---\n{_tail(proc.stdout)}"
+            f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+            f"--- output tail ---\n{_tail(proc.stdout)}"
         )
     return proc
 
@@ -229,7 +230,8 @@ def install_spatial_extension(venv: str | os.PathLike[str]) -> Path:
     info = json.loads(out.stdout.decode().strip().splitlines()[-1])
     if not info["files"]:
         raise BigQueryEmulatorError(
-            f"duckdb-extension-spatial in {venv} has no spatial.duckdb_extension for duckdb {info['version']}"
+            f"duckdb-extension-spatial in {venv} has no spatial.duckdb_extension for duckdb "
+            f"{info['version']}"
         )
     src = Path(info["files"][0])
     if info["version"] not in src.parts:
@@ -394,7 +396,8 @@ class BigQueryEmulator:
 
     def _fail(self, reason: str) -> BigQueryEmulatorError:
         return BigQueryEmulatorError(
-            f"bqemulator did not start: {reason}\n--- tail of {self.log_path} ---\n{_tail(self._log_text())}"
+            f"bqemulator did not start: {reason}\n"
+            f"--- tail of {self.log_path} ---\n{_tail(self._log_text())}"
         )
 
     def _ports_from_log(self) -> None:

@@ -223,8 +223,9 @@ class FakeSnowflakeServer:
                 )
                 return
             last_error = (
-                f"fakesnow server (pid {self.process.pid}, attempt {attempt + 1}/{attempts}) did not listen on "
-                f"{self.host}:{port} within {self.startup_timeout:.0f}s; exit code {self.process.poll()}.\n"
+                f"fakesnow server (pid {self.process.pid}, attempt {attempt + 1}/{attempts}) "
+                f"did not listen on {self.host}:{port} within {self.startup_timeout:.0f}s; "
+                f"exit code {self.process.poll()}.\n"
                 f"--- tail of {self.log_path} ---\n{_tail(self.log_path)}"
             )
             self._stop_process()
@@ -328,6 +329,8 @@ class FakeSnowflakeServer:
 
 @contextlib.contextmanager
 def fakesnow_server(mode: Mode = "process", **options: Any) -> Iterator[dict[str, Any]]:
-    """Start a fakesnow server and yield ``snowflake.connector.connect`` kwargs (no database/schema)."""
+    """Start a fakesnow server and yield ``snowflake.connector.connect`` kwargs
+    (no database/schema).
+    """
     with FakeSnowflakeServer(mode, **options) as server:
         yield server.connection_kwargs()

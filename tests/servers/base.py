@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Union
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
     "json_size",
 ]
 
-PathSpec = Union[str, Collection[str]]
+PathSpec = str | Collection[str]
 
 # Hard cap on bytes read from the socket, whatever the vendor limits are, so a
 # runaway test cannot exhaust memory.
@@ -54,17 +54,13 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def json(
-        cls, status: int, payload: Any, headers: Mapping[str, str] | None = None
-    ) -> Response:
+    def json(cls, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:
         merged = {"Content-Type": "application/json"}
         merged.update(headers or {})
         return cls(status, json.dumps(payload).encode("utf-8"), merged)
 
     @classmethod
-    def text(
-        cls, status: int, text: str, headers: Mapping[str, str] | None = None
-    ) -> Response:
+    def text(cls, status: int, text: str, headers: Mapping[str, str] | None = None) -> Response:
         merged = {"Content-Type": "text/plain; charset=utf-8"}
         merged.update(headers or {})
         return cls(status, text.encode("utf-8"), merged)
@@ -385,9 +381,7 @@ class RecordingHTTPServer:
         """Close the connection without answering the next ``n`` matching requests."""
         return self.faults.push(drop=True, times=n, **kwargs)
 
-    def reject_ids(
-        self, ids: str | Collection[str], status: int = 400, **kwargs: Any
-    ) -> Fault:
+    def reject_ids(self, ids: str | Collection[str], status: int = 400, **kwargs: Any) -> Fault:
         """Fail every request carrying one of ``ids`` until cancelled (bisection tests)."""
         return self.faults.push(status=status, contains_id=ids, times=None, **kwargs)
 

@@ -168,7 +168,7 @@ class PostHogServer(RecordingHTTPServer):
             if cohorts is not None:
                 self._cohorts = {str(k): copy.deepcopy(v) for k, v in cohorts.items()}
             body = json.dumps(self._definitions_locked(), sort_keys=True)
-            self._etag = '"%s"' % hashlib.sha256(body.encode()).hexdigest()[:32]
+            self._etag = f'"{hashlib.sha256(body.encode()).hexdigest()[:32]}"'
 
     @property
     def flag_definitions(self) -> dict:
