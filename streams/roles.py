@@ -137,7 +137,7 @@ def _sink_agents(app: EtlApp, name: str) -> None:
     async def open_sink() -> None:
         await stage.open()
 
-    @app.on_before_shutdown.connect  # type: ignore[misc]
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def stop_retries(sender: Any, **kwargs: Any) -> None:
         # A shutdown ends the sink's retries at once; the batch in hand is
         # not acked, so it is redelivered - never isolated or dead-lettered.
