@@ -26,6 +26,7 @@ from sinks.registry import build_sink, capabilities
 from streams import web
 from streams.app import EtlApp, create_app
 from streams.batching import chunk_batches, events_in, records_in, records_of
+from streams.delivery import DeliveryInterrupted
 from streams.lag import LagReporter
 from streams.logs import batch_context
 from streams.outputs import DeadLetters, FaustOutput
@@ -63,6 +64,14 @@ def build_worker(settings: Settings, role: Role) -> EtlApp:
     web.install(app)
     LagReporter(app).install()
     return app
+
+
+async def _until_cancelled() -> None:
+    """The process is stopping: hold the unacked batch until Faust cancels the agent.
+
+    Raising instead would count as an agent crash, and Faust would restart it.
+    """
+    await asyncio.Event().wait()
 
 
 async def _ack_all(stream: faust.StreamT, events: list[Any]) -> None:
@@ -114,7 +123,10 @@ def _sink_agents(app: EtlApp, name: str) -> None:
                     await stage.idle()
                     continue
                 with batch_context(stage=stage.name, records=sum(records_in(e) for e in batch)):
-                    await stage.receive(records_of(batch))
+                    try:
+                        await stage.receive(records_of(batch))
+                    except DeliveryInterrupted:
+                        await _until_cancelled()
                 await _ack_all(stream, batch)
         finally:
             stage.sink.close()
@@ -130,7 +142,10 @@ def _sink_agents(app: EtlApp, name: str) -> None:
                     continue
                 records = records_of(batch)
                 with batch_context(stage=f"dlq:{name}", records=len(records)):
-                    await stage.store_rejected(records)
+                    try:
+                        await stage.store_rejected(records)
+                    except DeliveryInterrupted:
+                        await _until_cancelled()
                 await _ack_all(stream, batch)
 
     @app.task

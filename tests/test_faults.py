@@ -26,7 +26,7 @@ import orjson
 import pytest
 
 from etl import kafka_tools
-from ops.harness.local_pipeline import LocalPipeline
+from ops.harness.local_pipeline import LocalPipeline, tail
 from ops.harness.synthetic import Generator
 from ops.query import fetch
 from ops.status import metric_sum, read_samples
@@ -153,7 +153,10 @@ def test_read_only_warehouse_then_writable(make_pipeline, tmp_path: Path, target
             # for it, and the batch is redelivered to the next sink worker.
             sink = pipeline.worker("sink:duckdb")
             os.killpg(sink.process.pid, signal.SIGINT)  # type: ignore[union-attr]
-            assert sink.process.wait(timeout=60) is not None  # type: ignore[union-attr]
+            try:
+                sink.process.wait(timeout=60)  # type: ignore[union-attr]
+            except subprocess.TimeoutExpired:
+                pytest.fail("the sink worker did not stop:\n" + tail(sink.log_path, 6000))
             log = sink.log_path.read_text(errors="replace")
             assert "isolating bad events" not in log
             assert "Traceback" not in log, log[log.find("Traceback") - 500 :][:4000]
