@@ -30,4 +30,4 @@ bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .venv-bqemu .etl warehouse.duckdb .pytest_cache
+	rm -rf $(VENV) .venv-bqemu .venv-dbt .etl .etl-dev warehouse.duckdb .pytest_cache

@@ -5,10 +5,12 @@ Phases, all against one bundled broker on loopback and one pre-filled raw topic
 single-event messages by default):
 
 1. ceiling - aiokafka ``getmany`` + ``orjson.loads`` (bench/ceiling.py);
-2. peer    - Quix Streams with our Normalizer and DuckDBSink, own process (bench/peer_quix.py);
-3. ours    - the real ``etl`` workers, raw -> normalized -> DuckDB (bench/pipeline.py);
-4. latency - paced produce at 50% of ours, produce -> warehouse (bench/latency.py);
-5. sink    - ``DuckDBSink.write`` alone at several batch sizes (bench/sinkbench.py).
+2. fulljob - the same job hand-written: aiokafka + msgspec + Arrow -> DuckDB (bench/fulljob.py);
+3. peer    - Quix Streams running our stages, in one process and in our two-process
+             topology; the faster layout is the peer (bench/peer_quix.py);
+4. ours    - the real ``etl`` workers, raw -> normalized -> DuckDB (bench/pipeline.py);
+5. latency - paced produce at 50% of ours, produce -> warehouse (bench/latency.py);
+6. sink    - ``DuckDBSink.write`` alone at several batch sizes (bench/sinkbench.py).
 
 Prints tables and, last, one JSON line; writes bench/results/latest.json and
 bench/results/bench.png.  ``--scaling`` instead measures ours with 1, 2 and 4
@@ -32,6 +34,7 @@ import orjson
 
 from bench import report
 from bench.ceiling import run_ceiling
+from bench.fulljob import run_fulljob
 from bench.latency import run_latency
 from bench.peer_quix import run_peer
 from bench.pipeline import OursRun, fill_topic, make_workload, run_ours, settings_for, stop_run
@@ -41,6 +44,7 @@ from ops.harness.broker import EmbeddedBroker
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SINK_SIZES = (500, 2000, 5000, 10000)
+PEER_LAYOUTS = ("single", "split")
 
 
 def log(msg: str) -> None:
@@ -113,23 +117,40 @@ def run_bench(
             )
             log(f"ceiling {stages['ceiling']['eps']:,.0f} events/s")
 
-            log("peer: Quix Streams (subprocess)")
-            stages["peer"] = run_peer(
+            log("fulljob: aiokafka + msgspec + Arrow -> DuckDB, no framework (subprocess)")
+            stages["fulljob"] = run_fulljob(
                 boot,
                 settings.kafka.raw_topic,
-                f"bench-{tag}-quix",
-                work_dir / f"peer-{tag}.duckdb",
+                f"bench-{tag}-fulljob",
+                work_dir / f"fulljob-{tag}.duckdb",
                 messages=len(workload.values),
                 events=workload.events,
-                partitions=partitions,
-                batch_max_events=settings.delivery.batch_max_events,
-                flush_interval=settings.delivery.flush_interval,
                 session_timeout=settings.kafka.session_timeout,
             )
-            # Every event is accounted for (landed or rejected); the generator's
-            # own valid/rejected labels are reported but not trusted as exact.
-            _check_landed("peer", stages["peer"], workload.events)
-            log(f"peer {stages['peer']['eps']:,.0f} events/s")
+            if len(workload.values) == workload.events:  # it reads a batch envelope as one
+                _check_landed("fulljob", stages["fulljob"], workload.events)
+            log(f"fulljob {stages['fulljob']['eps']:,.0f} events/s")
+
+            for layout in PEER_LAYOUTS:
+                log(f"peer: Quix Streams, {layout} layout (subprocesses)")
+                peer = run_peer(
+                    boot,
+                    settings.kafka.raw_topic,
+                    f"bench-{tag}-quix-{layout}",
+                    work_dir / f"peer-{layout}-{tag}.duckdb",
+                    messages=len(workload.values),
+                    events=workload.events,
+                    partitions=partitions,
+                    batch_max_events=settings.delivery.batch_max_events,
+                    flush_interval=settings.delivery.flush_interval,
+                    session_timeout=settings.kafka.session_timeout,
+                    layout=layout,
+                )
+                # Every event is accounted for (landed or rejected); the generator's
+                # own valid/rejected labels are reported but not trusted as exact.
+                _check_landed(f"peer {layout}", peer, workload.events, stages.get("peer_single"))
+                stages[f"peer_{layout}"] = peer
+                log(f"peer {layout} {peer['eps']:,.0f} events/s")
 
             log("ours: etl workers (normalize + sink:duckdb)" + (" with py-spy" if profile else ""))
             run: OursRun | None = None
@@ -142,7 +163,7 @@ def run_bench(
                     profile_dir=(out_dir or work_dir) if profile else None,
                 )
                 stages["ours"] = run.result
-                _check_landed("ours", run.result, workload.events, stages["peer"])
+                _check_landed("ours", run.result, workload.events, stages["peer_single"])
                 log(
                     f"ours {run.result['eps']:,.0f} events/s "
                     f"(normalize stage {run.result['normalize_eps'] or 0:,.0f})"
@@ -170,21 +191,29 @@ def run_bench(
         if own_dir:
             shutil.rmtree(work_dir, ignore_errors=True)
 
-    ours, peer, ceiling = stages.get("ours", {}), stages.get("peer", {}), stages.get("ceiling", {})
+    ours, ceiling = stages.get("ours", {}), stages.get("ceiling", {})
+    fulljob = stages.get("fulljob", {})
+    peers = {k: stages[f"peer_{k}"] for k in PEER_LAYOUTS if f"peer_{k}" in stages}
+    # The fair peer is the faster of its layouts: we do not get to pick its weaker one.
+    peer_layout = max(peers, key=lambda k: peers[k]["eps"]) if peers else None
+    peer = peers.get(peer_layout, {}) if peer_layout else {}
     latency = stages.get("latency", {})
     doc.update(
         {
             "ours_eps": ours.get("eps"),
             "peer_eps": peer.get("eps"),
             "ceiling_eps": ceiling.get("eps"),
+            "fulljob_eps": fulljob.get("eps"),
             "ratio_peer": round(ours["eps"] / peer["eps"], 3) if ours and peer else None,
             "ratio_ceiling": round(ours["eps"] / ceiling["eps"], 4) if ours and ceiling else None,
+            "ratio_fulljob": round(ours["eps"] / fulljob["eps"], 4) if ours and fulljob else None,
+            "peer_layout": peer_layout,
             "p50_ms": latency.get("p50_ms"),
             "p99_ms": latency.get("p99_ms"),
             "rss_mb": round(max(v for v in ours["rss_mb"].values() if v is not None), 1)
             if ours
             else None,
-            "peer_rss_mb": round(peer["rss_mb"], 1) if peer.get("rss_mb") else None,
+            "peer_rss_mb": round(max(peer["rss_mb"].values()), 1) if peer.get("rss_mb") else None,
             "definitions": DEFINITIONS,
         }
     )
@@ -196,19 +225,29 @@ def run_bench(
 
 
 DEFINITIONS = {
-    "events": "events in the workload = valid + rejected (a malformed message counts as one event)",
+    "events": "events in the workload = valid + rejected (a malformed message counts as one)",
     "clock": "start = consumption begins (ours: normalize worker's Faust 'Worker: Ready' log line "
-    "after the group join; peer: first message in the dataframe; ceiling: first fetched batch); "
-    "end = max(events.loaded_at) in the warehouse (start of the last DuckDB write); "
-    "group-join and process start-up excluded for all",
-    "ours": "real etl workers: normalize (1 per partition share) and sink:duckdb processes, "
-    "raw -> events.normalized/events.dlq (acks=all) -> DuckDB, as deployed",
-    "peer": "Quix Streams 1 process: consume raw -> mappers.normalize.Normalizer -> same JSON "
-    "round trip -> sinks.duckdb.DuckDBSink.write/write_rejected in BatchingSink "
-    "(commit_every = 5000 x partitions, commit_interval = flush_interval)",
+    "after the group join; peer: first message in the (normalize) app's dataframe; ceiling and "
+    "fulljob: first fetched batch); end = max(events.loaded_at) in the warehouse (start of the "
+    "last DuckDB write); group join and process start-up excluded for all",
+    "ours": "real etl workers: normalize (1 per partition share) and sink:duckdb processes, raw -> "
+    "events.normalized/events.dlq (acks=all) -> DuckDB, as deployed",
+    "peer_single": "Quix Streams, 1 process: raw -> our NormalizeStage -> same JSON round trip -> "
+    "our SinkStage (DuckDB) in a BatchingSink (commit_every = batch_max_events x partitions, "
+    "commit_interval = flush_interval)",
+    "peer_split": "Quix Streams in our topology, 2 processes started together: a normalize app "
+    "(raw -> NormalizeStage -> envelopes + dead letters to its own topics through Quix's "
+    "producer, flushed before each commit) and a sink app (those topics -> SinkStage.receive / "
+    "store_rejected -> DuckDB); clock from the normalize app's first record",
+    "peer_eps": "the faster of peer_single and peer_split (named by peer_layout); "
+    "ratio_peer = ours_eps / peer_eps",
     "ceiling": "aiokafka getmany(max_records=10000) + orjson.loads per message, no output",
-    "latency": "paced produce at 50% of ours_eps with properties.bench_sent_ns; "
-    "latency = loaded_at - sent; warm workers; visible at COMMIT, i.e. + write_ms_mean",
+    "fulljob": "hand-written, 1 process: aiokafka getmany -> msgspec Struct decode (both "
+    "dialects) -> column lists -> Arrow -> DuckDB INSERT ... SELECT per 122,880 rows or 1 s, "
+    "offsets committed after each; minimal validation, no typed tables, flags, redaction or "
+    "MERGE (bench/fulljob.py); ratio_fulljob = ours_eps / fulljob_eps",
+    "latency": "paced produce at 50% of ours_eps with properties.bench_sent_ns; latency = "
+    "loaded_at - sent; warm workers; visible at COMMIT, i.e. + write_ms_mean",
     "rss_mb": "max VmHWM over our worker processes after the throughput run",
 }
 
@@ -236,11 +275,14 @@ def run_scaling(
     events: int,
     seed: int,
     counts: tuple[int, ...] = (1, 2, 4),
+    sizes: tuple[int, ...] = (100_000, 1_000_000),
+    sizes_partitions: int = 2,
     out_dir: Path | None = RESULTS,
     bootstrap: str | None = None,
 ) -> dict[str, Any]:
-    """Ours with N partitions and N normalize workers
-    (one sink worker: DuckDB has one writer per file).
+    """Ours with N partitions and N normalize workers at ``events``, then ``sizes`` events each.
+
+    One sink worker throughout: DuckDB has one writer per file.
     """
     work_dir = Path(tempfile.mkdtemp(prefix="etl-bench-scaling-"))
     cpus = os.cpu_count() or 1
@@ -248,41 +290,46 @@ def run_scaling(
         "machine": report.machine(),
         "events": events,
         "scaling": [],
+        "sizes_partitions": sizes_partitions,
+        "sizes": [],
         "note": f"{cpus} CPUs shared by the broker, N normalize workers, 1 sink worker and this "
-        f"harness: with N >= {cpus} the extra workers compete for the same cores, so gains "
-        "beyond ~1 core of normalize work are not expected here; the single sink worker (one "
-        "DuckDB writer per file) caps end-to-end throughput whatever N is.",
+        f"harness: with N >= {cpus} the extra workers compete for the same cores, so gains beyond "
+        "~1 core of normalize work are not expected here; the single sink worker (one DuckDB "
+        "writer per file) caps end-to-end throughput whatever N is.",
     }
+    cases = [("scaling", events, n) for n in counts]
+    cases += [("sizes", size, sizes_partitions) for size in sizes]
+    done: dict[tuple[int, int], dict[str, Any]] = {}
     try:
         with broker_at(bootstrap, work_dir) as boot:
-            workload = make_workload(events, seed)
-            for n in counts:
+            workloads: dict[int, Any] = {}
+            for series, size, n in cases:
+                if (size, n) in done:  # the same case in both series: measured once
+                    doc[series].append(done[size, n])
+                    continue
+                workload = workloads.get(size) or make_workload(size, seed)
+                workloads = {size: workload}  # keep one workload in memory at a time
                 tag = f"s{n}-{uuid.uuid4().hex[:6]}"
                 settings = settings_for(boot, work_dir, tag, n)
                 kafka_tools.ensure_topics(settings)
                 ends, _ = fill_topic(boot, settings.kafka.raw_topic, workload.values)
-                log(f"scaling: {n} partition(s), {n} normalize worker(s)")
+                log(f"scaling: {size:,} events, {n} partition(s), {n} normalize worker(s)")
                 run = run_ours(settings, work_dir / tag, ends, workload.events, normalize_workers=n)
                 stop_run(run)
                 _check_landed(f"ours x{n}", run.result, workload.events)
-                row = {
-                    k: run.result[k]
-                    for k in (
-                        "partitions",
-                        "normalize_workers",
-                        "eps",
-                        "normalize_eps",
-                        "seconds",
-                        "rss_mb",
-                    )
-                }
-                doc["scaling"].append(row)
+                keys = ("partitions", "normalize_workers", "eps", "normalize_eps", "seconds")
+                row = {k: run.result[k] for k in keys}
+                row |= {"events": workload.events, "rss_mb": run.result["rss_mb"]}
+                row["loadavg_1m"] = round(os.getloadavg()[0], 2)
+                done[size, n] = row
+                doc[series].append(row)
                 log(
-                    f"  {row['eps']:,.0f} events/s end to end, normalize stage "
-                    f"{row['normalize_eps'] or 0:,.0f}"
+                    f"  {row['eps']:,.0f} events/s end to end, "
+                    f"normalize stage {row['normalize_eps'] or 0:,.0f}"
                 )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+    doc["machine"]["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "scaling.json").write_bytes(
@@ -319,7 +366,15 @@ def main(argv: list[str] | None = None) -> int:
         help="py-spy flamegraphs of our workers into the results directory",
     )
     parser.add_argument(
-        "--scaling", action="store_true", help="ours with 1, 2 and 4 partitions/normalize workers"
+        "--scaling",
+        action="store_true",
+        help="ours with 1, 2 and 4 partitions/normalize workers (at --events, default 100,000), "
+        "then at each of --sizes events",
+    )
+    parser.add_argument(
+        "--sizes",
+        default="100000,1000000",
+        help="--scaling: comma-separated run sizes, at 2 partitions",
     )
     parser.add_argument(
         "--bootstrap", default=None, help="use this broker instead of starting the bundled one"
@@ -328,11 +383,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     events = args.events or (100_000 if args.quick else 1_000_000)
     if args.scaling:
-        doc = run_scaling(events, args.seed, out_dir=args.out, bootstrap=args.bootstrap)
-        for row in doc["scaling"]:
+        sizes = tuple(int(x) for x in args.sizes.split(",") if x.strip())
+        doc = run_scaling(
+            args.events or 100_000,
+            args.seed,
+            sizes=sizes,
+            out_dir=args.out,
+            bootstrap=args.bootstrap,
+        )
+        for row in doc["scaling"] + doc["sizes"]:
             print(
-                f"partitions={row['partitions']} workers={row['normalize_workers']}: "
-                f"{row['eps']:,.0f} events/s (normalize stage {row['normalize_eps'] or 0:,.0f})"
+                f"events={row['events']:,} partitions={row['partitions']} "
+                f"workers={row['normalize_workers']}: {row['eps']:,.0f} events/s "
+                f"(normalize stage {row['normalize_eps'] or 0:,.0f})"
             )
         print(orjson.dumps(doc).decode(), flush=True)
         return 0
@@ -355,8 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     load = max(doc["machine"]["loadavg_1m_start"], doc["machine"]["loadavg_1m_end"])
     if load > (os.cpu_count() or 1) / 2:
         print(
-            f"WARNING: load average {load} on {os.cpu_count()} CPUs: "
-            "other work competed with this run; numbers are low",
+            f"WARNING: load average {load} on {os.cpu_count()} CPUs: other work competed with "
+            "this run; numbers are low",
             file=sys.stderr,
         )
     print(orjson.dumps(doc).decode(), flush=True)

@@ -32,6 +32,8 @@ def machine() -> dict[str, Any]:
         "confluent-kafka",
         "orjson",
         "pydantic",
+        "msgspec",
+        "pyarrow",
     ):
         try:
             versions[dist] = metadata.version(dist)
@@ -46,6 +48,8 @@ def machine() -> dict[str, Any]:
         "confluent_kafka": versions["confluent-kafka"],
         "orjson": versions["orjson"],
         "pydantic": versions["pydantic"],
+        "msgspec": versions["msgspec"],
+        "pyarrow": versions["pyarrow"],
         "cpu": cpu,
         "nproc": os.cpu_count(),
         "platform": platform.platform(),
@@ -116,19 +120,28 @@ def summarize_profile(collapsed: Path, top: int = 12) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------- output
+#: The final JSON line's first keys, in order.
+HEADLINE = (
+    "ours_eps",
+    "peer_eps",
+    "ceiling_eps",
+    "fulljob_eps",
+    "ratio_peer",
+    "ratio_ceiling",
+    "ratio_fulljob",
+    "peer_layout",
+    "p50_ms",
+    "p99_ms",
+    "rss_mb",
+)
+
+
 def headline(doc: dict[str, Any]) -> dict[str, Any]:
     """The final JSON line: headline numbers first, then everything else."""
-    keys = (
-        "ours_eps",
-        "peer_eps",
-        "ceiling_eps",
-        "ratio_peer",
-        "ratio_ceiling",
-        "p50_ms",
-        "p99_ms",
-        "rss_mb",
-    )
-    return {**{k: doc.get(k) for k in keys}, **{k: v for k, v in doc.items() if k not in keys}}
+    return {
+        **{k: doc.get(k) for k in HEADLINE},
+        **{k: v for k, v in doc.items() if k not in HEADLINE},
+    }
 
 
 def print_tables(doc: dict[str, Any]) -> None:
@@ -137,32 +150,47 @@ def print_tables(doc: dict[str, Any]) -> None:
 
     console = Console()
     stages = doc["stages"]
+    work = doc["workload"]
     table = Table(
-        title=f"throughput - {doc['workload']['events']:,} events, "
-        f"{doc['workload']['partitions']} partitions"
+        title=f"throughput - {work['events']:,} events, {work['partitions']} partitions"
+        f" (* = the peer layout ratio_peer uses)"
     )
     table.add_column("contender")
     table.add_column("events/s", justify="right")
     table.add_column("seconds", justify="right")
     table.add_column("peak RSS MiB", justify="right")
     table.add_column("what")
-    ceiling, peer, ours = stages.get("ceiling"), stages.get("peer"), stages.get("ours")
+    ceiling, fulljob, ours = stages.get("ceiling"), stages.get("fulljob"), stages.get("ours")
     if ceiling:
         table.add_row(
             "ceiling",
             f"{ceiling['eps']:,.0f}",
             f"{ceiling['seconds']:.2f}",
             "",
-            "aiokafka getmany + orjson.loads",
+            "aiokafka getmany + orjson.loads, no output",
         )
-    if peer:
+    if fulljob:
         table.add_row(
-            "peer (Quix Streams)",
-            f"{peer['eps']:,.0f}",
-            f"{peer['seconds']:.2f}",
-            _mb(peer.get("rss_mb")),
-            "consume -> Normalizer -> DuckDBSink, 1 process",
+            "full-job ceiling",
+            f"{fulljob['eps']:,.0f}",
+            f"{fulljob['seconds']:.2f}",
+            _mb(fulljob.get("rss_mb")),
+            "aiokafka + msgspec + Arrow -> DuckDB, 1 process, no framework",
         )
+    for layout, what in (
+        ("single", "Quix: our stages, 1 process"),
+        ("split", "Quix: our stages, normalize app -> topic -> sink app"),
+    ):
+        peer = stages.get(f"peer_{layout}")
+        if peer:
+            mark = " *" if doc.get("peer_layout") == layout else ""
+            table.add_row(
+                f"peer {layout}{mark}",
+                f"{peer['eps']:,.0f}",
+                f"{peer['seconds']:.2f}",
+                ", ".join(f"{k} {_mb(v)}" for k, v in peer["rss_mb"].items()),
+                what,
+            )
     if ours:
         rss = ", ".join(f"{k} {_mb(v)}" for k, v in ours["rss_mb"].items())
         table.add_row(
@@ -196,20 +224,12 @@ def print_tables(doc: dict[str, Any]) -> None:
     if lat:
         console.print(
             f"latency at {lat['achieved_rate']:,.0f} ev/s (target {lat['target_rate']:,.0f}): "
-            f"p50 {lat['p50_ms']:.0f} ms, p90 {lat['p90_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, "
-            f"max {lat['max_ms']:.0f} ms (+ write {lat['write_ms_mean']} ms mean until commit)"
+            f"p50 {lat['p50_ms']:.0f} ms, p90 {lat['p90_ms']:.0f} ms, "
+            f"p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms "
+            f"(+ write {lat['write_ms_mean']} ms mean until commit)"
         )
     summary = Table(title="headline", show_header=False)
-    for key in (
-        "ours_eps",
-        "peer_eps",
-        "ceiling_eps",
-        "ratio_peer",
-        "ratio_ceiling",
-        "p50_ms",
-        "p99_ms",
-        "rss_mb",
-    ):
+    for key in HEADLINE:
         summary.add_row(key, str(doc.get(key)))
     console.print(summary)
     for name, prof in (doc.get("profiles") or {}).items():
@@ -240,33 +260,52 @@ def write_outputs(
     return json_path, png
 
 
+def run_date(doc: dict[str, Any]) -> str:
+    return str(doc["machine"].get("date", "undated")).replace("T", " ").replace("Z", " UTC")
+
+
 def chart(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = chart_figure(doc)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def chart_figure(doc: dict[str, Any]) -> Any:
+    """The run's chart: every contender on one linear axis from zero, titled with the run's date."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     stages = doc["stages"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
-    names, values = [], []
-    for label, key, field in (
-        ("ceiling\n(aiokafka+orjson)", "ceiling", "eps"),
-        ("peer\n(Quix Streams)", "peer", "eps"),
-        ("ours\nend to end", "ours", "eps"),
-        ("ours\nnormalize stage", "ours", "normalize_eps"),
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    names, values, colors = [], [], []
+    for label, key, field, color in (
+        ("ceiling\n(aiokafka\n+orjson,\nno output)", "ceiling", "eps", "#bbbbbb"),
+        ("full job\n(aiokafka\n+msgspec+Arrow\n->DuckDB)", "fulljob", "eps", "#888888"),
+        ("peer single\n(Quix, 1 proc)", "peer_single", "eps", "#d98c3f"),
+        ("peer split\n(Quix, 2 procs)", "peer_split", "eps", "#f0b070"),
+        ("ours\nend to end", "ours", "eps", "#3f7fd9"),
+        ("ours\nnormalize stage", "ours", "normalize_eps", "#7fb0f0"),
     ):
         value = (stages.get(key) or {}).get(field)
         if value:
             names.append(label)
             values.append(value)
-    bars = left.bar(
-        names, values, color=["#888888", "#d98c3f", "#3f7fd9", "#7fb0f0"][: len(values)]
-    )
+            colors.append(color)
+    bars = left.bar(names, values, color=colors)
     left.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
-    left.set_yscale("log")  # the ceiling is orders of magnitude above the pipelines
-    left.set_ylabel("events/s (log scale)")
+    # A linear axis from zero: the bars' heights are the ratios the headline reports.
+    left.set_ylim(bottom=0)
+    left.set_ylabel("events/s (linear, from 0)")
+    left.tick_params(axis="x", labelsize=7)
+    load = max(doc["machine"].get("loadavg_1m_start", 0), doc["machine"].get("loadavg_1m_end", 0))
     left.set_title(
-        f"throughput ({doc['workload']['events']:,} events, {doc['machine']['nproc']} CPUs)"
+        f"throughput, {doc['workload']['events']:,} events, {doc['workload']['partitions']} "
+        f"partitions, {doc['machine']['nproc']} CPUs (load avg up to {load})",
+        fontsize=9,
     )
     sink = stages.get("sink_alone") or {}
     if sink:
@@ -275,29 +314,75 @@ def chart(doc: dict[str, Any], path: Path) -> None:
         colors = ["#9fd0b4" if s.endswith("held") else "#3f9f6f" for s in sizes]
         bars = right.bar([s.replace(" held", "\nheld") for s in sizes], rates, color=colors)
         right.bar_label(bars, labels=[f"{v:,.0f}" for v in rates], fontsize=8)
+        right.set_ylim(bottom=0)
         right.set_xlabel("events per write (held: file kept open between writes)")
-        right.set_ylabel("rows/s")
-        right.set_title("DuckDBSink.write alone")
+        right.set_ylabel("rows/s (linear, from 0)")
+        right.set_title("DuckDBSink.write alone", fontsize=9)
+    fig.suptitle(f"python -m bench, run of {run_date(doc)}", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def scaling_chart(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = scaling_figure(doc)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def scaling_chart(doc: dict[str, Any], path: Path) -> None:
+def scaling_figure(doc: dict[str, Any]) -> Any:
+    """Throughput and peak RSS against partitions (= normalize workers) and against events."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = doc["scaling"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [str(r["partitions"]) for r in rows]
-    ax.plot(xs, [r["eps"] for r in rows], marker="o", label="end to end")
-    ax.plot(xs, [r["normalize_eps"] or 0 for r in rows], marker="s", label="normalize stage")
-    ax.set_xlabel("partitions = normalize workers")
-    ax.set_ylabel("events/s")
-    ax.set_title(f"scaling on {doc['machine']['nproc']} CPUs")
-    ax.legend()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for col, (rows, x_key, x_label) in enumerate(
+        (
+            (doc["scaling"], "partitions", "partitions = normalize workers"),
+            (doc.get("sizes") or [], "events", "events in the run"),
+        )
+    ):
+        rows = sorted(rows, key=lambda r: r[x_key])
+        xs = [r[x_key] for r in rows]
+        eps_ax, rss_ax = axes[0][col], axes[1][col]
+        eps_ax.plot(xs, [r["eps"] for r in rows], marker="o", label="end to end")
+        eps_ax.plot(
+            xs, [r["normalize_eps"] or 0 for r in rows], marker="s", label="normalize stage"
+        )
+        eps_ax.set_ylabel("events/s (linear, from 0)")
+        rss_ax.plot(xs, [r["rss_mb"].get("sink-duckdb") or 0 for r in rows], marker="o",
+                    label="sink-duckdb")  # fmt: skip
+        rss_ax.plot(xs, [_max_normalize_rss(r) for r in rows], marker="s",
+                    label="normalize (largest)")  # fmt: skip
+        rss_ax.axhline(300, color="#cc3333", linestyle="--", linewidth=1, label="target 300 MiB")
+        rss_ax.set_ylabel("peak RSS MiB (linear, from 0)")
+        for ax in (eps_ax, rss_ax):
+            ax.set_ylim(bottom=0)
+            ax.set_xlim(left=0)
+            ax.set_xticks(xs)
+            ax.set_xlabel(x_label)
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+        if x_key == "events":
+            for ax in (eps_ax, rss_ax):
+                ax.set_xticklabels([_count(x) for x in xs])
+    axes[0][0].set_title(f"{doc['events']:,} events, N partitions", fontsize=9)
+    axes[0][1].set_title(f"{doc.get('sizes_partitions', 2)} partitions, growing runs", fontsize=9)
+    fig.suptitle(
+        f"ours (etl workers) scaling on {doc['machine']['nproc']} CPUs, run of {run_date(doc)}",
+        fontsize=10,
+    )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
+
+
+def _max_normalize_rss(row: dict[str, Any]) -> float:
+    values = [v for k, v in row["rss_mb"].items() if k.startswith("normalize") and v]
+    return max(values, default=0.0)

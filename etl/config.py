@@ -124,6 +124,26 @@ class KafkaSettings(Section):
         gt=0,
         description="Seconds between offset commits (of work already durable downstream).",
     )
+    connect_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a worker waits at start for a reachable broker before it exits "
+        "non-zero (so an orchestrator restarts it); one-shot commands wait 3 s.",
+    )
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _valid_bootstrap(cls, value: str) -> str:
+        hosts = [h.strip() for h in value.split(",")]
+        if not any(hosts):
+            raise ValueError("empty broker list; give host:port[,host:port...]")
+        for host in hosts:
+            name, sep, port = host.rpartition(":")
+            if not host or not sep or not name.strip("[]") or not port.isdigit():
+                raise ValueError(f"{host!r} is not host:port; give host:port[,host:port...]")
+            if not 0 < int(port) < 65536:
+                raise ValueError(f"{host!r}: port {port} is out of range 1-65535")
+        return ",".join(hosts)
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
@@ -268,6 +288,21 @@ class FlagSettings(Section):
     db_timeout: float = Field(
         2.0, gt=0, description="Connect/statement timeout of the flag database, seconds."
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+            # Only the scheme is shown: the rest of a URL may hold a password.
+            shown = f"scheme {scheme!r}" if scheme else "a value without a scheme"
+            raise ValueError(
+                f"the flag database must be PostgreSQL (postgresql://user@host/db), got {shown}"
+            )
+        return value
+
     gates: dict[str, dict[str, str]] = Field(
         default_factory=lambda: {
             sink: {
@@ -321,6 +356,17 @@ class RedactionSettings(Section):
     def _parse_paths(cls, value: Any) -> Any:
         return _split_csv(value)
 
+    @field_validator("paths")
+    @classmethod
+    def _dotted_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not all(part.strip() for part in path.split(".")):
+                raise ValueError(
+                    f"{path!r} is not a dotted property path (e.g. user_note or "
+                    "context.page.search)"
+                )
+        return value
+
 
 def _role(value: Any) -> Role:
     return Role.parse(value)
@@ -367,6 +413,14 @@ class CoreSettings(BaseSettings):
     replay: bool = Field(
         False, description="Mark deliveries as backfill (PostHog historical_migration)."
     )
+    metrics_urls: Annotated[
+        list[str],
+        NoDecode,
+        Field(
+            description="Workers' /metrics URLs for etl status, comma-separated (production); "
+            "unset = the local workers found in the data dir."
+        ),
+    ] = []
 
     kafka: KafkaSettings = KafkaSettings()
     normalize: NormalizeSettings = NormalizeSettings()
@@ -375,7 +429,7 @@ class CoreSettings(BaseSettings):
     flags: FlagSettings = FlagSettings()
     redaction: RedactionSettings = RedactionSettings()
 
-    @field_validator("sinks", mode="before")
+    @field_validator("sinks", "metrics_urls", mode="before")
     @classmethod
     def _parse_sinks(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -391,6 +445,13 @@ class CoreSettings(BaseSettings):
         if not cleaned:
             raise ValueError("at least one sink must be enabled")
         return cleaned
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_is_dir(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{str(value)!r} exists and is not a directory")
+        return value
 
     @property
     def normalize_group(self) -> str:
@@ -413,7 +474,7 @@ class CoreSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (
             init_settings,
-            env_settings,
+            StrictJsonEnvSource(settings_cls),
             VendorEnvSource(settings_cls),
             dotenv_settings,
             file_secret_settings,
@@ -451,6 +512,61 @@ class VendorEnvSource(EnvSettingsSource):
         return data
 
 
+class StrictJsonEnvSource(EnvSettingsSource):
+    """The ``ETL_*`` source; a value that must be JSON and is not fails naming its variable."""
+
+    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError as exc:
+            suffix = field_name.upper()
+            names = [
+                n
+                for n, v in os.environ.items()
+                if n.upper().startswith("ETL_") and n.upper().endswith(suffix) and v == value
+            ]
+            variable = names[0] if names else f"ETL_*{suffix}"
+            # ConfigError is a SystemExit: pydantic-settings lets it through unwrapped.
+            raise ConfigError(
+                f"invalid configuration: {variable} is not valid JSON ({exc})"
+            ) from None
+
+
+#: ``ETL_*`` variables that are not settings (the test harness's own).
+NOT_SETTINGS = frozenset({"ETL_BQEMU_VENV"})
+
+
+def env_names(settings_cls: type[BaseModel]) -> set[str]:
+    """Every ``ETL_*`` variable the settings read: ``ETL_LOG_LEVEL``, ``ETL_KAFKA__PARTITIONS``."""
+    names = set()
+    for name, info in settings_cls.model_fields.items():
+        top = f"ETL_{(info.alias or name).upper()}"
+        names.add(top)
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            for field, sub in annotation.model_fields.items():
+                names.add(f"{top}__{(sub.alias or field).upper()}")
+    return names
+
+
+def unknown_env_warnings(
+    settings_cls: type[BaseModel], environ: dict[str, str] | None = None
+) -> list[str]:
+    """One warning per ``ETL_*`` variable no setting reads, naming the closest real one."""
+    import difflib
+
+    known = env_names(settings_cls)
+    warnings = []
+    for var in sorted(os.environ if environ is None else environ):
+        upper = var.upper()
+        if not upper.startswith("ETL_") or upper in known or upper in NOT_SETTINGS:
+            continue
+        close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; it is ignored"
+        warnings.append(f"warning: {var} is not a setting{hint}")
+    return warnings
+
+
 class ConfigError(SystemExit):
     """Raised at start-up for an invalid configuration; exits with status 2."""
 
@@ -471,3 +587,21 @@ def format_validation_error(exc: ValidationError) -> str:
         named = "(env " in msg  # the message names its variable itself
         lines.append(f"  {loc}: {msg}" + (f"  (env {env})" if env and not named else ""))
     return "\n".join(lines)
+
+
+def duckdb_file_problem(path: Path | str, variable: str = "ETL_DUCKDB__PATH") -> str | None:
+    """Why ``path`` cannot be a DuckDB warehouse, or None (a missing one is created when used)."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{variable}: {str(path)!r} is a directory, not a DuckDB file"
+    if not path.exists():
+        return None
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(12)
+    except OSError as exc:
+        return f"{variable}: cannot read {str(path)!r} ({exc.strerror})"
+    # A DuckDB database file carries the magic bytes "DUCK" at offset 8.
+    if head[8:12] != b"DUCK":
+        return f"{variable}: {str(path)!r} is not a DuckDB database file"
+    return None

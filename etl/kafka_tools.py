@@ -7,6 +7,7 @@ Faust runs the long-lived agents; this module serves the commands around them
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -21,6 +22,65 @@ log = logging.getLogger("etl.kafka")
 
 #: Topics we create accept messages up to this size (normalized envelopes, dead letters).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+#: How long a one-shot command waits for a reachable broker before it gives up.
+COMMAND_CONNECT_TIMEOUT = 3.0
+
+
+class BrokerUnreachable(KafkaError):
+    """No bootstrap broker accepts a connection; the message names the setting and address."""
+
+
+def _address(host: str) -> tuple[str, int]:
+    name, _, port = host.rpartition(":")
+    return name.strip("[]"), int(port)
+
+
+def reachable(settings: CoreSettings, timeout: float = 2.0) -> str | None:
+    """The first bootstrap broker that accepts a TCP connection, else None."""
+    for host in settings.kafka.hosts:
+        try:
+            with socket.create_connection(_address(host), timeout=timeout):
+                return host
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def unreachable_message(settings: CoreSettings, waited: float) -> str:
+    return (
+        f"no Kafka broker reachable at {settings.kafka.bootstrap_servers} after {waited:.0f} s; "
+        "check ETL_KAFKA__BOOTSTRAP_SERVERS (or KAFKA_BOOTSTRAP_SERVERS)"
+    )
+
+
+def wait_for_broker(
+    settings: CoreSettings, timeout: float = COMMAND_CONNECT_TIMEOUT, announce: float | None = None
+) -> None:
+    """Return once a bootstrap broker accepts a connection; raise :class:`BrokerUnreachable`.
+
+    With ``announce``, log what we wait for every ``announce`` seconds (the worker does:
+    a silent start-up looks like a hang).
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    last_said = started - (announce or 0)
+    while True:
+        if reachable(settings, timeout=min(2.0, max(0.1, deadline - time.monotonic()))):
+            return
+        now = time.monotonic()
+        if now >= deadline:
+            raise BrokerUnreachable(unreachable_message(settings, now - started))
+        if announce is not None and now - last_said >= announce:
+            log.warning(
+                "waiting for a Kafka broker at %s (ETL_KAFKA__BOOTSTRAP_SERVERS); "
+                "giving up in %.0f s (ETL_KAFKA__CONNECT_TIMEOUT)",
+                settings.kafka.bootstrap_servers,
+                deadline - now,
+            )
+            last_said = now
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
 def client_config(settings: CoreSettings) -> dict[str, Any]:
@@ -109,7 +169,10 @@ def partitions(kc: KafkaConsumer, topic: str, timeout: float = 10.0) -> list[Top
         if parts:
             return [TopicPartition(topic, p) for p in sorted(parts)]
         if time.monotonic() > deadline:
-            raise KafkaError(f"topic {topic!r} not found")
+            raise KafkaError(
+                f"topic {topic!r} not found; a worker creates the topics when it starts "
+                "(or check the ETL_KAFKA__*_TOPIC settings)"
+            )
         time.sleep(0.2)
 
 
@@ -231,7 +294,7 @@ def describe_group(settings: CoreSettings, group: str) -> dict[str, Any]:
     """
     client = admin(settings)
     try:
-        client._process_acl_operations = lambda obj: obj  # type: ignore[method-assign]
+        client._process_acl_operations = lambda obj: obj
         return client.describe_groups([group])[group]
     finally:
         client.close()
@@ -264,7 +327,7 @@ def alter_committed_offsets(
     failed = {
         tp: err
         for tp, err in (result or {}).items()
-        if err is not None and getattr(err, "errno", 0)
+        if err is not None and getattr(err, "errno", None)
     }
     if failed and all(
         getattr(err, "__name__", "") == "UnknownMemberIdError" for err in failed.values()

@@ -10,8 +10,8 @@ def json_type(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
+    if isinstance(value, (int, float)) or type(value).__name__ == "BigInt":
+        return "number"  # BigInt: a number beyond int64, kept as its digits
     if isinstance(value, str):
         return "string"
     if isinstance(value, list):

@@ -42,6 +42,10 @@ class UnifiedEvent(BaseModel):
     original_timestamp: datetime | None = Field(
         None, description="Event time as the client stated it."
     )
+    stated_timestamp: datetime | None = Field(
+        None,
+        description="The timestamp the caller set explicitly (Segment `timestamp`), as given.",
+    )
     sent_at: datetime | None = Field(
         None, description="When the client sent the event (client clock)."
     )

@@ -15,18 +15,27 @@ event-time rule.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from etl.config import NormalizeSettings
-from mappers.dialects import ParsedTimes, dialect_for
+from mappers.dialects import SEGMENT, ParsedTimes, dialect_for
 from mappers.dialects.reading import optional_text
 from mappers.errors import EventRejected, Reason, Rejection
+from mappers.identifiers import message_id
 from mappers.jsontypes import json_type
 from mappers.models import SCHEMA_VERSION
-from mappers.sanitise import CLEAN, TRUNCATION_MARKER, Sanitised, Sanitiser
+from mappers.sanitise import (
+    CLEAN,
+    TRUNCATION_MARKER,
+    Sanitised,
+    Sanitiser,
+    has_long_number,
+    parse_int,
+)
 from mappers.timestamps import from_epoch_ms, parse_timestamp
 from mappers.typed import coerce_typed
 
@@ -39,6 +48,8 @@ class Normalizer:
     def __init__(self, settings: NormalizeSettings | None = None) -> None:
         self.settings = settings or NormalizeSettings()
         self.sanitiser = Sanitiser(self.settings.max_string_length, self.settings.max_depth)
+        #: Whether the message being normalized has a digit run that may not fit int64.
+        self._long_numbers = True
 
     # ------------------------------------------------------------------ entry
     def normalize(
@@ -67,7 +78,8 @@ class Normalizer:
             )
             return events, rejections
 
-        doc, sanitised_utf8, error = self._loads(raw)
+        long_numbers = has_long_number(raw)
+        doc, sanitised_utf8, error = self._loads(raw, long_numbers)
         if error is not None:
             reject(*error)
             return events, rejections
@@ -78,8 +90,9 @@ class Normalizer:
             else datetime.now(UTC)
         )
         source = (topic, partition, offset, received_default)
+        self._long_numbers = long_numbers
 
-        if isinstance(doc, dict) and "batch" in doc and "event" not in doc and "type" not in doc:
+        if is_envelope(doc):
             items = doc["batch"]
             if not isinstance(items, list):
                 reject(
@@ -91,7 +104,8 @@ class Normalizer:
             if not items:
                 reject(Reason.INVALID_BATCH, "batch envelope holds no events", "batch")
                 return events, rejections
-            envelope_sent_at = doc.get("sent_at", doc.get("sentAt"))
+            envelope_sent_at = envelope_sent_time(doc)
+            envelope_fields = {k: v for k, v in doc.items() if k != "batch"}
             for index, item in enumerate(items):
                 item_raw = orjson.dumps(item)
                 if not isinstance(item, dict):
@@ -126,6 +140,7 @@ class Normalizer:
                     sanitised_utf8,
                     events,
                     rejections,
+                    envelope_fields,
                 )
         elif isinstance(doc, dict):
             if len(raw) > self.settings.max_event_bytes:
@@ -142,10 +157,30 @@ class Normalizer:
             )
         return events, rejections
 
+    def outcomes(self, value: bytes | None) -> int:
+        """How many outcomes (events + rejections) :meth:`normalize` gives this message.
+
+        The same steps decide it (size limit, the same parser with its
+        invalid-UTF-8 fallback, the same envelope test), without mapping.
+        """
+        raw = value or b""
+        if not raw.strip() or len(raw) > self.settings.max_message_bytes:
+            return 1
+        doc, _, error = self._loads(raw, has_long_number(raw))
+        if error is None and is_envelope(doc):
+            items = doc["batch"]
+            return len(items) if isinstance(items, list) and items else 1
+        return 1
+
     # ---------------------------------------------------------------- helpers
-    def _loads(self, raw: bytes) -> tuple[Any, bool, tuple[str, str] | None]:
+    def _loads(
+        self, raw: bytes, long_numbers: bool = True
+    ) -> tuple[Any, bool, tuple[str, str] | None]:
         try:
-            return orjson.loads(raw), False, None
+            doc = orjson.loads(raw)
+            if long_numbers and has_long_number(raw):
+                doc = exact_loads(raw.decode("utf-8"), doc)
+            return doc, False, None
         except orjson.JSONDecodeError as exc:
             message = str(exc)
         if "depth limit" in message or "recursion" in message:
@@ -158,7 +193,9 @@ class Normalizer:
             # Land the event with the undecodable bytes replaced by U+FFFD
             # rather than reject a whole event for one bad byte in a value.
             try:
-                return orjson.loads(raw.decode("utf-8", "replace")), True, None
+                text = raw.decode("utf-8", "replace")
+                doc = orjson.loads(text)
+                return (exact_loads(text, doc) if long_numbers else doc), True, None
             except orjson.JSONDecodeError as exc2:
                 message = str(exc2)
         return None, False, (Reason.INVALID_JSON, f"not valid JSON: {message}")
@@ -173,6 +210,7 @@ class Normalizer:
         sanitised_utf8: bool,
         events: list[dict[str, Any]],
         rejections: list[Rejection],
+        envelope_fields: dict[str, Any] | None = None,
     ) -> None:
         try:
             events.append(
@@ -181,11 +219,15 @@ class Normalizer:
                     envelope_sent_at,
                     source,
                     sanitised_utf8,
-                    self.sanitiser.needs_cleaning(item_raw),
+                    self.sanitiser.needs_cleaning(item_raw, self._long_numbers),
                 )
             )
         except EventRejected as exc:
             name = obj.get("event")
+            if envelope_fields:
+                # The dead letter is a one-item envelope, so the envelope's sent_at
+                # (and api_key...) travel with it and a requeue times it the same.
+                item_raw = orjson.dumps({**envelope_fields, "batch": [obj]})
             rejections.append(
                 Rejection(
                     exc.reason,
@@ -193,6 +235,7 @@ class Normalizer:
                     exc.field,
                     item_raw,
                     batch_index=index,
+                    message_id=known_message_id(obj),
                     event=name if isinstance(name, str) else None,
                 )
             )
@@ -226,9 +269,8 @@ class Normalizer:
         stated = parse_timestamp(t.stated.value, t.stated.field)
         sent_at = parse_timestamp(t.sent.value, t.sent.field)
         received_at = parse_timestamp(t.received.value, t.received.field) or received_default
-        timestamp = dialect.event_time(
-            ParsedTimes(original, stated, sent_at, received_at, t.offset_ms)
-        )
+        parsed = ParsedTimes(original, stated, sent_at, received_at, t.offset_ms, t.ignore_sent_at)
+        timestamp = dialect.event_time(parsed)
 
         trace = properties.get("trace_id")
         if trace is None:
@@ -236,13 +278,18 @@ class Normalizer:
 
         if traits:
             context = {**context, "traits": traits}
-        if state.truncated or state.nul_stripped:
-            etl_meta: dict[str, Any] = {}
+        if state.truncated or state.nul_stripped or state.big_integers or parsed.notes:
+            etl_meta: dict[str, Any] = dict(parsed.notes)
             if state.truncated:
                 etl_meta["truncated"] = state.truncated
             if state.nul_stripped:
                 etl_meta["sanitised"] = True
-            context = {**context, "etl": {**context.get("etl", {}), **etl_meta}}
+            if state.big_integers:
+                etl_meta["big_integers"] = state.big_integers
+            if state.key_collisions:
+                etl_meta["key_collisions"] = state.key_collisions
+            prior = context.get("etl")
+            context = {**context, "etl": {**(prior if isinstance(prior, dict) else {}), **etl_meta}}
 
         return {
             "schema_version": SCHEMA_VERSION,
@@ -256,6 +303,7 @@ class Normalizer:
             "trace_id": optional_text(trace),
             "timestamp": timestamp,
             "original_timestamp": original,
+            "stated_timestamp": stated,
             "sent_at": sent_at,
             "received_at": received_at,
             "properties": properties,
@@ -264,6 +312,48 @@ class Normalizer:
             "source_partition": partition,
             "source_offset": offset,
         }
+
+
+def is_envelope(doc: Any) -> bool:
+    """A batch envelope: an object with ``batch`` that is not itself an event."""
+    return isinstance(doc, dict) and "batch" in doc and "event" not in doc and "type" not in doc
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def exact_loads(text: str, parsed: Any) -> Any:
+    """JSON with integers outside int64 kept as their digits (``BigInt``).
+
+    orjson turns integers beyond 64 bits into floats, losing digits; the
+    standard parser keeps them exactly (rare, so its cost is fine).  ``parsed``
+    is orjson's reading, already vouched for; it stands when the standard
+    parser cannot go as deep (that document is rejected as too deep anyway).
+    """
+    try:
+        return json.loads(text, parse_int=parse_int, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return parsed
+
+
+def envelope_sent_time(doc: dict[str, Any]) -> Any:
+    """A batch envelope's send time: ``sent_at``/``sentAt``, or posthog-node v1's ``created_at``."""
+    for key in ("sent_at", "sentAt", "created_at"):
+        if doc.get(key) is not None:
+            return doc[key]
+    return None
+
+
+def known_message_id(obj: dict[str, Any]) -> str | None:
+    """The id a rejected event would have landed under, when it can be told."""
+    dialect = dialect_for(obj)
+    source = obj.get("messageId") if dialect is SEGMENT else obj.get("uuid")
+    name = obj.get("event")
+    try:
+        return message_id(source, obj, name if isinstance(name, str) else None)
+    except (EventRejected, TypeError):
+        return None
 
 
 def dumps_event(event: dict[str, Any]) -> bytes:

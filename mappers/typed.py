@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from mappers.errors import EventRejected, Reason
 from mappers.jsontypes import preview
 from mappers.models import KNOWN_EVENTS, SENSITIVE_PROPERTIES, TypedProperties
+from mappers.sanitise import INT64_MAX, INT64_MIN
 
 _RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}
 
@@ -40,6 +41,14 @@ def coerce_typed(name: str, properties: dict[str, Any]) -> None:
     for field_name, key in field_keys(model):
         if key in properties:
             coerced = values[field_name]
+            if type(coerced) is int and not INT64_MIN <= coerced <= INT64_MAX:
+                # No warehouse integer column holds it: say so here, not as a sink retry storm.
+                raise EventRejected(
+                    Reason.OUT_OF_RANGE,
+                    f"properties.{key}: integer outside the 64-bit range {INT64_MIN}..{INT64_MAX}",
+                    f"properties.{key}",
+                    name,
+                )
             if coerced is not None or properties[key] is None:
                 properties[key] = coerced
     if name == "$ai_generation" and "$ai_total_cost_usd" not in properties:

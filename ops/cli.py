@@ -11,8 +11,10 @@ User errors are one line on stderr; tracebacks only for bugs, behind
 
 from __future__ import annotations
 
+import inspect
 import sys
 import traceback
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -23,6 +25,22 @@ if TYPE_CHECKING:
     from sinks.settings import Settings
 
 EXAMPLE = "\n\n\b\nExample:\n  "
+
+F = Callable[..., Any]
+
+
+def example(*lines: str) -> Callable[[F], F]:
+    """Give a command's help a properly dedented docstring and an ``Example:`` block.
+
+    Put it below ``@cli.command()`` so the docstring is set before click reads it.
+    """
+
+    def decorate(f: F) -> F:
+        doc = inspect.cleandoc(f.__doc__ or "")
+        f.__doc__ = doc + EXAMPLE + "\n  ".join(lines)
+        return f
+
+    return decorate
 
 
 def _version() -> str:
@@ -63,11 +81,23 @@ class State:
     def __init__(self, debug: bool) -> None:
         self.debug = debug
         self._settings: Settings | None = None
+        self._warned = False
 
-    def settings(self, **overrides: Any) -> Settings:
-        from etl.config import ConfigError
-        from sinks.settings import load_settings
+    def settings(self, *, destinations: bool = True, **overrides: Any) -> Settings:
+        """The settings; ``destinations=False`` skips the enabled sinks' credential checks.
 
+        Commands that never deliver (query, flags) use that: they must not ask for
+        credentials they do not use.
+        """
+        from etl.config import ConfigError, unknown_env_warnings
+        from sinks.settings import Settings, load_settings
+
+        if not self._warned:
+            self._warned = True
+            for line in unknown_env_warnings(Settings):
+                click.echo(f"etl: {line}", err=True)
+        if not destinations:
+            overrides = {"sinks": ["duckdb"], "role": "all", **overrides}
         if self._settings is None or overrides:
             try:
                 loaded = load_settings(**overrides)
@@ -77,6 +107,25 @@ class State:
                 return loaded
             self._settings = loaded
         return self._settings
+
+    def kafka_settings(self, **overrides: Any) -> Settings:
+        """The settings, once a bootstrap broker answers (within a few seconds, else exit 2)."""
+        from etl import kafka_tools
+
+        settings = self.settings(**overrides)
+        try:
+            kafka_tools.wait_for_broker(settings, kafka_tools.COMMAND_CONNECT_TIMEOUT)
+        except kafka_tools.BrokerUnreachable as exc:
+            raise UserError(exc.args[0]) from None
+        return settings
+
+
+def check_warehouse(path: Path | str, variable: str = "ETL_DUCKDB__PATH") -> None:
+    from etl.config import duckdb_file_problem
+
+    problem = duckdb_file_problem(path, variable)
+    if problem:
+        raise UserError(problem)
 
 
 def state() -> State:
@@ -94,7 +143,13 @@ def split(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "max_content_width": 100,
+        "terminal_width": 100,
+    }
+)
 @click.version_option(
     _version(), "--version", prog_name="etl", message="%(prog)s (analytics-etl) %(version)s"
 )
@@ -114,6 +169,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 # ------------------------------------------------------------------ worker
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("faust_args", nargs=-1, type=click.UNPROCESSED)
+@example("ETL_ROLE=sink:duckdb etl worker")
 def worker(faust_args: tuple[str, ...]) -> None:
     """Run this process's role (ETL_ROLE: all, normalize or sink:<name>) until stopped.
 
@@ -124,9 +180,6 @@ def worker(faust_args: tuple[str, ...]) -> None:
 
     settings = state().settings()
     run(settings, list(faust_args))
-
-
-worker.help = (worker.help or "") + EXAMPLE + "ETL_ROLE=sink:duckdb etl worker"
 
 
 # -------------------------------------------------------------------- demo
@@ -164,6 +217,7 @@ worker.help = (worker.help or "") + EXAMPLE + "ETL_ROLE=sink:duckdb etl worker"
 @click.option(
     "--json", "json_output", is_flag=True, default=False, help="Print one JSON summary on stdout."
 )
+@example("etl demo --events 5000 --json")
 def demo(
     events: int,
     input_path: Path | None,
@@ -176,6 +230,7 @@ def demo(
     """Run the main job on embedded defaults: broker, workers, synthetic stream, summary."""
     from ops.demo import print_summary, run_demo
 
+    check_warehouse(warehouse, "--warehouse")
     overrides = {"sinks": split(sinks)} if sinks else {}
     settings = state().settings(**overrides)
     result = run_demo(
@@ -191,7 +246,48 @@ def demo(
         emit_json(result.as_json())
 
 
-demo.help = (demo.help or "") + EXAMPLE + "etl demo --events 5000 --json"
+# --------------------------------------------------------------------- dev
+@cli.command()
+@click.option(
+    "--dir",
+    "work_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".etl-dev"),
+    show_default=True,
+    help="Where the stack keeps its warehouse, state, logs and env.sh.",
+)
+@click.option(
+    "--events",
+    type=click.IntRange(min=0),
+    default=2000,
+    show_default=True,
+    help="Synthetic events to send through first.",
+)
+@click.option(
+    "--partitions",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Partitions per topic.",
+)
+@example("etl dev        # then, in another shell: source .etl-dev/env.sh && etl status")
+def dev(work_dir: Path, events: int, partitions: int) -> None:
+    """Start the broker and the workers, and leave them running for the Operations commands.
+
+    Prints the environment to export (also written to DIR/env.sh) and runs
+    until Ctrl-C.
+    """
+    from ops import dev as ops
+
+    settings = state().settings()
+    if work_dir.exists() and any(work_dir.iterdir()) and not (work_dir / "env.sh").exists():
+        raise UserError(f"--dir {str(work_dir)!r} is not empty and not an etl dev directory")
+    stack = ops.start(settings, work_dir, events=events, partitions=partitions)
+    ops.print_exports(stack)
+    click.echo(ops.banner(stack), err=True)
+    code = ops.run_until_stopped(stack, lambda line: click.echo(line, err=True))
+    if code:
+        raise SystemExit(code)
 
 
 # ------------------------------------------------------------------- query
@@ -210,20 +306,17 @@ demo.help = (demo.help or "") + EXAMPLE + "etl demo --events 5000 --json"
     default="table",
     show_default=True,
 )
+@example('etl query "SELECT event, count(*) FROM events GROUP BY 1"')
 def query(sql: tuple[str, ...], warehouse: Path | None, fmt: str) -> None:
     """Run read-only SQL against the embedded warehouse."""
     from ops.query import QueryError, run_query
 
-    path = warehouse or state().settings().duckdb.path
+    path = warehouse or state().settings(destinations=False).duckdb.path
+    check_warehouse(path, "--warehouse" if warehouse else "ETL_DUCKDB__PATH")
     try:
         run_query(" ".join(sql), Path(path), fmt)
     except QueryError as exc:
         raise UserError(f"query: {exc}") from None
-
-
-query.help = (
-    (query.help or "") + EXAMPLE + 'etl query "SELECT event, count(*) FROM events GROUP BY 1"'
-)
 
 
 # ------------------------------------------------------------------ replay
@@ -282,6 +375,7 @@ query.help = (
 @click.option(
     "--json", "json_output", is_flag=True, default=False, help="Print one JSON summary on stdout."
 )
+@example("etl replay --source raw --from -2h --sinks duckdb --dry-run")
 def replay(
     source: str,
     window_from: str | None,
@@ -300,11 +394,11 @@ def replay(
     Idempotent (sinks upsert on message_id), resumable from a checkpoint, and
     the live consumer groups are never touched.
     """
+    settings = state().kafka_settings()  # before the heavy imports: a bad setup fails fast
     from ops.replay import ReplayInterrupted, ReplayState, make_plan, run_replay, state_path
     from ops.replay import dry_run as count_window
     from sinks.settings import sink_names
 
-    settings = state().settings()
     targets = split(sinks) or list(settings.sinks)
     unknown = [s for s in targets if s not in sink_names()]
     if unknown:
@@ -346,11 +440,6 @@ def replay(
     _print_replay(doc)
     if json_output:
         emit_json(doc)
-
-
-replay.help = (
-    (replay.help or "") + EXAMPLE + "etl replay --source raw --from -2h --sinks duckdb --dry-run"
-)
 
 
 def _print_replay(doc: dict[str, Any]) -> None:
@@ -416,6 +505,7 @@ def _print_replay(doc: dict[str, Any]) -> None:
     "--force", is_flag=True, default=False, help="Reset even while the group has live members."
 )
 @click.option("--json", "json_output", is_flag=True, default=False, help="Print JSON.")
+@example("etl offsets show --sink duckdb")
 def offsets(
     action: str,
     name: str,
@@ -427,11 +517,11 @@ def offsets(
     json_output: bool,
 ) -> None:
     """Show or reset a role's consumer-group offsets."""
+    settings = state().kafka_settings()  # before the heavy imports: a bad setup fails fast
     from etl.offsets import GroupBusyError, group_offsets, reset, rows_as_json
     from etl.role import Role
     from streams.roles import consumed_topics
 
-    settings = state().settings()
     if name != "normalize" and name not in settings.sinks:
         raise UserError(
             f"--sink {name!r} is not enabled (ETL_SINKS={','.join(settings.sinks)}); "
@@ -475,9 +565,6 @@ def offsets(
     Console().print(table)
 
 
-offsets.help = (offsets.help or "") + EXAMPLE + "etl offsets show --sink duckdb"
-
-
 # --------------------------------------------------------------------- dlq
 @cli.command()
 @click.argument("action", type=click.Choice(["list", "show", "requeue", "purge"]))
@@ -505,6 +592,7 @@ offsets.help = (offsets.help or "") + EXAMPLE + "etl offsets show --sink duckdb"
     "--yes", is_flag=True, default=False, help="Do not ask for confirmation (requeue, purge)."
 )
 @click.option("--json", "json_output", is_flag=True, default=False, help="Print JSON.")
+@example("etl dlq requeue --reason invalid_property --since -1d --yes")
 def dlq(
     action: str,
     reason: str | None,
@@ -519,10 +607,15 @@ def dlq(
     yes: bool,
     json_output: bool,
 ) -> None:
-    """Dead letters: list them by reason, show them, requeue them through the stages, purge them."""
+    """Dead letters: list them by reason, show them, requeue them through the stages, purge."""
+    if action == "list" and from_warehouse:
+        settings = state().settings(destinations=False)
+        check_warehouse(settings.duckdb.path)
+    else:
+        settings = state().kafka_settings()  # before the heavy imports: a bad setup fails fast
     from ops import dlq as ops
+    from ops.status import named_events
 
-    settings = state().settings()
     try:
         filters = ops.Filters.parse(reason, event, stage, since, until)
     except ValueError as exc:
@@ -531,7 +624,7 @@ def dlq(
         doc = (
             ops.summarize_warehouse(settings.duckdb.path)
             if from_warehouse
-            else ops.summarize(ops.read_dead_letters(settings, filters))
+            else named_events(ops.summarize(ops.read_dead_letters(settings, filters)))
         )
         if json_output:
             emit_json(doc)
@@ -603,42 +696,54 @@ def dlq(
             emit_json(doc)
 
 
-dlq.help = (
-    (dlq.help or "") + EXAMPLE + "etl dlq requeue --reason invalid_property --since -1d --yes"
-)
-
-
 # ------------------------------------------------------------------ status
 @cli.command()
 @click.option(
-    "--metrics", "metrics_urls", default=None, help="Workers' /metrics URLs, comma-separated."
+    "--metrics",
+    "metrics_urls",
+    default=None,
+    help="Workers' /metrics URLs, comma-separated (default: ETL_METRICS_URLS, else the local "
+    "workers' run files in the data dir).",
 )
 @click.option(
     "--interval",
-    type=float,
+    type=click.FloatRange(min=0),
     default=2.0,
     show_default=True,
-    help="Seconds between samples for rates.",
+    help="Seconds between samples for rates (--watch: between frames).",
 )
 @click.option("--no-dlq", is_flag=True, default=False, help="Skip reading the DLQ topic.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    default=False,
+    help="A live screen per role: lag, rates, dead-letter growth, sink health, back-off.",
+)
 @click.option("--json", "json_output", is_flag=True, default=False, help="Print JSON.")
-def status(metrics_urls: str | None, interval: float, no_dlq: bool, json_output: bool) -> None:
+@example("etl status --json", "etl status --watch")
+def status(
+    metrics_urls: str | None, interval: float, no_dlq: bool, watch: bool, json_output: bool
+) -> None:
     """Offsets, lag, rates, backpressure, gating and dead letters per group and partition."""
-    from ops.status import collect, render
+    if watch and json_output:
+        raise UserError("--watch draws a screen; use --json without --watch")
+    settings = state().kafka_settings()  # before the heavy imports: a bad setup fails fast
+    from ops import status as ops
 
-    doc = collect(
-        state().settings(),
-        metrics_urls=split(metrics_urls),
-        interval=interval,
-        include_dlq=not no_dlq,
-    )
+    if watch:
+        ops.watch(
+            settings,
+            metrics_urls=split(metrics_urls),
+            interval=max(interval, 0.5),
+            include_dlq=not no_dlq,
+        )
+        return
+    urls = ops.metrics_targets(settings, split(metrics_urls))
+    doc = ops.collect(settings, metrics_urls=urls, interval=interval, include_dlq=not no_dlq)
     if json_output:
         emit_json(doc)
     else:
-        render(doc)
-
-
-status.help = (status.help or "") + EXAMPLE + "etl status --json"
+        ops.render(doc)
 
 
 # ---------------------------------------------------------------- validate
@@ -649,12 +754,13 @@ status.help = (status.help or "") + EXAMPLE + "etl status --json"
     "json_output",
     is_flag=True,
     default=False,
-    help="One JSON object per line, then a summary.",
+    help="One JSON document: the summary and each line's outcome.",
 )
+@example("etl validate events.jsonl --json")
 def validate(path: Path, json_output: bool) -> None:
-    """Run the normalize stage (governance included) on each line of a JSON-lines file; no broker.
+    """Run the normalize stage (governance included) on each line of a JSON-lines file.
 
-    Exits 1 when any line is rejected.
+    No broker and no warehouse. Exits 1 when any line is rejected.
     """
     from ops.validate import print_outcomes, validate_file
 
@@ -662,9 +768,6 @@ def validate(path: Path, json_output: bool) -> None:
     print_outcomes(report, json_output=json_output)
     if report.rejected:
         raise SystemExit(1)
-
-
-validate.help = (validate.help or "") + EXAMPLE + "etl validate events.jsonl --json"
 
 
 # ------------------------------------------------------------------- flags
@@ -696,28 +799,27 @@ validate.help = (validate.help or "") + EXAMPLE + "etl validate events.jsonl --j
 @click.option("--distinct-id", default=None, help="get: evaluate for this user.")
 @click.option("--workspace", default=None, help="get: evaluate for this workspace.")
 @click.option("--json", "json_output", is_flag=True, default=False, help="Print JSON.")
+@example("etl flags set enable_guardrails_tracing --enabled --workspaces ws_1")
 def flags(action: str, key: str | None, json_output: bool, **opts: Any) -> None:
     """The flag database: list, get (evaluate), set, delete, migrate."""
     from ops.flags import FlagCommandError, run_flags_command
 
     try:
         out = run_flags_command(
-            [action, *([key] if key else [])], state().settings(), json_output=json_output, **opts
+            [action, *([key] if key else [])],
+            state().settings(destinations=False),
+            json_output=json_output,
+            **opts,
         )
     except FlagCommandError as exc:
         raise UserError(f"flags: {exc}") from None
     click.echo(out)
 
 
-flags.help = (
-    (flags.help or "")
-    + EXAMPLE
-    + "etl flags set enable_guardrails_tracing --enabled --workspaces ws_1"
-)
-
-
 def main(argv: list[str] | None = None) -> NoReturn:
     """Console entry point: click's own handling, plus one line (not a traceback) for bugs."""
+    from kafka.errors import KafkaError
+
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
@@ -732,6 +834,14 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except click.ClickException as exc:
         exc.show()
         raise SystemExit(exc.exit_code) from None
+    except KafkaError as exc:
+        # The broker failed the command (not a bug in it): one line, exit 1.
+        name = type(exc).__name__
+        text = " ".join(str(a) for a in exc.args)
+        click.echo(f"etl: Kafka: {name}{': ' + text if text else ''}", err=True)
+        if debug:
+            traceback.print_exc()
+        raise SystemExit(1) from None
     except KeyboardInterrupt as exc:
         # One line; an interrupted replay says where it resumes.
         click.echo(f"etl: {exc}" if str(exc) else "etl: interrupted", err=True)

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from mappers.normalize import Normalizer
 from ops.harness.broker import EmbeddedBroker
 from ops.harness.local_pipeline import LocalPipeline
 from ops.harness.synthetic import Generator
@@ -59,16 +60,9 @@ class DemoResult:
         }
 
 
-def count_events(value: bytes) -> int:
-    """How many events a raw message holds, counted the way the normalizer counts outcomes."""
-    try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return 1
-    if isinstance(doc, dict) and "batch" in doc and "event" not in doc and "type" not in doc:
-        batch = doc["batch"]
-        return len(batch) if isinstance(batch, list) and batch else 1
-    return 1
+def count_events(value: bytes, normalizer: Normalizer | None = None) -> int:
+    """How many events a raw message holds: the mapper's own count of its outcomes."""
+    return (normalizer or Normalizer()).outcomes(value)
 
 
 def input_lines(path: Path) -> Iterator[bytes]:
@@ -155,7 +149,7 @@ def run_demo(
         # The clock starts once the workers have joined their groups, so
         # events_per_second measures the pipeline, not process start-up.
         started = time.monotonic()
-        pipeline.produce(_values(events, input_path, seed, result))
+        pipeline.produce(_values(events, input_path, seed, result, Normalizer(settings.normalize)))
         limit = timeout if timeout is not None else 300 + result.produced / 500
         pipeline.wait_drained(
             limit,
@@ -194,18 +188,20 @@ def _wait_ready(workers: list[WorkerProcess], timeout: float) -> None:
         time.sleep(0.2)
 
 
-def _values(events: int, input_path: Path | None, seed: int, result: DemoResult) -> Iterator[bytes]:
-    """The raw messages to produce, counting messages and events as they go."""
+def _values(
+    events: int, input_path: Path | None, seed: int, result: DemoResult, counter: Normalizer
+) -> Iterator[bytes]:
+    """The raw messages to produce, counting messages and events (as the mapper will) as they go."""
     if input_path is not None:
         for line in input_lines(input_path):
             result.messages += 1
-            result.produced += count_events(line)
+            result.produced += count_events(line, counter)
             yield line
         return
     result.expected_valid = result.expected_rejected = 0
     for msg in Generator(seed=seed).messages(events):
         result.messages += 1
-        result.produced += msg.valid + msg.rejected
+        result.produced += count_events(msg.value, counter)
         result.expected_valid += msg.valid
         result.expected_rejected += msg.rejected
         yield msg.value

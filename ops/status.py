@@ -1,11 +1,13 @@
-"""``etl status``: one screen on the whole pipeline.
+"""``etl status``: one screen on the whole pipeline (``--watch``: a live one).
 
 Per consumer group and partition: committed offset, true end offset, lag.
 Rates come from the workers' ``/metrics`` when ``--metrics`` URLs are given
 (two scrapes ``interval`` seconds apart: events in/out per stage and sink,
 backpressure pauses, flag-gated counts); otherwise from two samples of the
 committed offsets (records/s per group).  DLQ counts by reason come from the
-DLQ topic (after the purge watermark).
+DLQ topic (after the purge watermark).  Without URLs, the local workers are
+found from their run files in the data dir (``streams.runfiles``), and
+``ETL_METRICS_URLS`` lists them in production.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from etl import kafka_tools
 from etl.offsets import beginning_offsets, group_offsets, topic_partitions
 from sinks.settings import Settings
+from streams import runfiles
 from streams.roles import consumed_topics
+
+#: A dead letter without an event name (unparseable input) is counted under this key.
+NO_EVENT = "(no event)"
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -83,6 +89,8 @@ def metric_rates(first: Samples, second: Samples, interval: float) -> dict[str, 
 
 def metric_state(samples: Samples) -> dict[str, Any]:
     paused: dict[str, str] = {}
+    backoff: dict[str, float] = defaultdict(float)
+    retries: dict[str, float] = defaultdict(float)
     stopped: list[str] = []
     faults: dict[str, list[str]] = defaultdict(list)
     gated: dict[str, float] = {}
@@ -91,6 +99,10 @@ def metric_state(samples: Samples) -> dict[str, Any]:
         labels = _labels(key)
         if name == "etl_sink_paused_since_seconds" and value > 0:
             paused[labels["sink"]] = datetime.fromtimestamp(value, UTC).isoformat()
+        elif name == "etl_sink_backpressure_seconds_total":
+            backoff[labels["sink"]] += value
+        elif name == "etl_sink_retries_total":
+            retries[labels["sink"]] += value
         elif name == "etl_sink_stopped" and value > 0:
             stopped.append(labels["sink"])
         elif name == "etl_sink_fault" and value > 0:
@@ -101,6 +113,8 @@ def metric_state(samples: Samples) -> dict[str, Any]:
             dlq_metric[labels["reason"]] += value
     return {
         "paused_since": paused,
+        "backoff_seconds_total": {k: round(v, 3) for k, v in backoff.items()},
+        "retries_total": dict(retries),
         "stopped": sorted(stopped),
         "environment_faults": {sink: sorted(causes) for sink, causes in sorted(faults.items())},
         "gated": gated,
@@ -180,6 +194,7 @@ def collect(
         "at": datetime.now(UTC).isoformat(),
         "groups": groups,
         "total_lag": sum(g["lag"] for g in groups),
+        "metrics_urls": list(metrics_urls or []),
     }
     if metrics_urls:
         second_scrape, unreachable = (
@@ -191,8 +206,139 @@ def collect(
     if include_dlq:
         from ops.dlq import read_dead_letters, summarize
 
-        doc["dlq"] = summarize(read_dead_letters(settings))
+        doc["dlq"] = named_events(summarize(read_dead_letters(settings)))
     return doc
+
+
+def named_events(summary: dict[str, Any]) -> dict[str, Any]:
+    """A DLQ summary whose ``by_event`` has no "None" key (letters that had no event name)."""
+    if "by_event" in summary:
+        summary["by_event"] = {
+            (NO_EVENT if k in (None, "None") else k): v for k, v in summary["by_event"].items()
+        }
+    return summary
+
+
+def metrics_targets(settings: Settings, given: list[str] | None = None) -> list[str]:
+    """Where to scrape: the URLs given, else ETL_METRICS_URLS, else the local run files."""
+    if given:
+        return given
+    if settings.metrics_urls:
+        return list(settings.metrics_urls)
+    return [str(d["metrics_url"]) for d in runfiles.discover(settings.data_dir)]
+
+
+def role_rows(doc: dict[str, Any], previous: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per role: lag, rates, dead-letter growth, sink health and back-off."""
+    m = doc.get("metrics") or {}
+    ins = m.get("events_in_per_second", {})
+    outs = m.get("events_out_per_second", {})
+    dlq_now = (doc.get("dlq") or {}).get("by_stage_reason", [])
+    dlq_before = ((previous or {}).get("dlq") or {}).get("by_stage_reason", [])
+
+    def dead(rows: list[dict[str, Any]], stage: str) -> int:
+        return sum(r["count"] for r in rows if r["stage"] == stage)
+
+    rows = []
+    for g in doc["groups"]:
+        name = g["name"]
+        stage = "normalize" if name == "normalize" else f"sink:{name}"
+        out = outs.get(stage, {})
+        if name in m.get("stopped", []):
+            health = "stopped (auth)"
+        elif name in m.get("paused_since", {}):
+            health = f"backing off since {m['paused_since'][name]}"
+        elif not m:
+            health = "no metrics"
+        else:
+            health = "ok"
+        rows.append(
+            {
+                "role": "normalize" if name == "normalize" else f"sink:{name}",
+                "group": g["group"],
+                "lag": g["lag"],
+                "records_per_second": g["records_per_second"],
+                "events_in_per_second": ins.get(stage, ins.get(name)),
+                "events_out_per_second": sum(out.values()) if out else None,
+                "dead_letters": dead(dlq_now, stage),
+                "dead_letters_new": dead(dlq_now, stage) - dead(dlq_before, stage)
+                if previous is not None
+                else 0,
+                "health": health,
+                "backoff_seconds_total": m.get("backoff_seconds_total", {}).get(name, 0.0),
+                "retries_total": m.get("retries_total", {}).get(name, 0.0),
+            }
+        )
+    return rows
+
+
+def screen(doc: dict[str, Any], previous: dict[str, Any] | None = None) -> Any:
+    """The ``--watch`` frame: a rich renderable of :func:`role_rows` and the workers found."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    dlq = doc.get("dlq") or {}
+    table = Table(
+        title=f"etl status --watch  {doc['at']}  total lag {doc['total_lag']}"
+        f"  dead letters {dlq.get('total', '-')}",
+        expand=False,
+    )
+    columns = ("role", "lag", "rec/s", "in/s", "out/s", "dlq", "dlq new", "health", "back-off s")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("role", "health") else "right")
+
+    def num(value: Any) -> str:
+        return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    for r in role_rows(doc, previous):
+        health = r["health"]
+        style = "green" if health == "ok" else "yellow" if health.startswith("backing") else "red"
+        table.add_row(
+            r["role"],
+            str(r["lag"]),
+            num(r["records_per_second"]),
+            num(r["events_in_per_second"]),
+            num(r["events_out_per_second"]),
+            str(r["dead_letters"]),
+            f"+{r['dead_letters_new']}" if r["dead_letters_new"] else "0",
+            Text(health, style=style),
+            num(r["backoff_seconds_total"]),
+        )
+    m = doc.get("metrics")
+    if m is None:
+        footer = "workers: none found (start one, or set ETL_METRICS_URLS / --metrics)"
+    else:
+        footer = f"workers scraped: {len(doc.get('metrics_urls', []))}"
+        if m.get("unreachable"):
+            footer += f"  unreachable: {', '.join(m['unreachable'])}"
+    return Group(table, Text(footer + "   (Ctrl-C to stop)", style="dim"))
+
+
+def watch(
+    settings: Settings,
+    *,
+    metrics_urls: list[str] | None = None,
+    interval: float = 2.0,
+    include_dlq: bool = True,
+    frames: int | None = None,
+    console: Any = None,
+) -> None:
+    """Redraw :func:`screen` every ``interval`` seconds (``frames`` bounds it, for tests)."""
+    from rich.live import Live
+
+    previous: dict[str, Any] | None = None
+    shown = 0
+    from rich.text import Text
+
+    with Live(console=console, auto_refresh=False, transient=False) as live:
+        live.update(Text("etl status --watch: taking the first samples..."), refresh=True)
+        while frames is None or shown < frames:
+            urls = metrics_targets(settings, metrics_urls)  # workers come and go
+            doc = collect(settings, metrics_urls=urls, interval=interval, include_dlq=include_dlq)
+            live.update(screen(doc, previous), refresh=True)
+            previous = doc
+            shown += 1
 
 
 def render(doc: dict[str, Any]) -> None:

@@ -62,7 +62,6 @@ class ValidationReport:
     def summary(self) -> dict[str, Any]:
         reasons = Counter(r["reason"] for o in self.lines for r in o.rejections)
         return {
-            "summary": True,
             "path": str(self.path),
             "lines": len(self.lines),
             "normalized": self.normalized,
@@ -103,9 +102,9 @@ def validate_file(settings: Settings, path: Path) -> ValidationReport:
 
 def print_outcomes(report: ValidationReport, *, json_output: bool) -> None:
     if json_output:
-        for outcome in report.lines:
-            click.echo(orjson.dumps(outcome.as_json()).decode())
-        click.echo(orjson.dumps(report.summary()).decode())
+        # One document, so that a script parses stdout whole.
+        doc = {**report.summary(), "outcomes": [o.as_json() for o in report.lines]}
+        click.echo(orjson.dumps(doc).decode())
         return
     for outcome in report.lines:
         names = ", ".join(e["event"] for e in outcome.events)

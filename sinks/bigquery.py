@@ -45,6 +45,7 @@ from sinks.schema import (
     STRING_ARRAY,
     TIMESTAMP,
     Column,
+    missing_columns,
 )
 from sinks.warehouse_sql import (
     MergingWarehouseSink,
@@ -293,6 +294,10 @@ class BigQuerySink(MergingWarehouseSink):
         self._create_table(
             "events", EVENTS_COLUMNS, partition="timestamp", cluster=["event", "workspace_id"]
         )
+        have = {f.name for f in self.client.get_table(self.table_id("events")).schema}
+        missing = missing_columns(have, EVENTS_COLUMNS)
+        if missing:
+            self._add_columns("events", missing)
         for table in self.schema.tables.values():
             self._create_table(
                 table.name, table.columns, partition="timestamp", cluster=["workspace_id"]

@@ -54,6 +54,7 @@ from sinks.schema import (
     Column,
     SchemaTracker,
     dedupe_last,
+    missing_columns,
     utcnow,
 )
 from sinks.warehouse_sql import DISCARD_KEY, EVENTS_KEY
@@ -280,6 +281,13 @@ class DuckDBSink(Sink):
     def _create_objects(self, con: duckdb.DuckDBPyConnection) -> None:
         con.execute("BEGIN")
         con.execute(self._ddl("events", EVENTS_COLUMNS, "message_id"))
+        have = con.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = 'main' AND table_name = 'events'"
+        ).fetchall()
+        for col in missing_columns({r[0] for r in have}, EVENTS_COLUMNS):
+            kind = DUCKDB_TYPES[col.type]
+            con.execute(f"ALTER TABLE events ADD COLUMN IF NOT EXISTS {quote(col.name)} {kind}")
         for table in self.schema.tables.values():
             con.execute(self._ddl(table.name, table.columns, "message_id"))
         con.execute(self._ddl("rejected_events", REJECTED_COLUMNS, "rejection_id"))

@@ -53,6 +53,11 @@ EVENTS_COLUMNS: tuple[Column, ...] = (
     Column("trace_id", STRING, "Trace id (properties.trace_id or $ai_trace_id)."),
     Column("timestamp", TIMESTAMP, "Event time, UTC, corrected for client clock skew."),
     Column("original_timestamp", TIMESTAMP, "Event time as the client's clock stated it, UTC."),
+    Column(
+        "stated_timestamp",
+        TIMESTAMP,
+        "The timestamp the caller set explicitly (Segment style `timestamp`), as given, UTC.",
+    ),
     Column("sent_at", TIMESTAMP, "When the client sent it (client clock), UTC."),
     Column("received_at", TIMESTAMP, "When the platform received it, UTC."),
     Column("loaded_at", TIMESTAMP, "When this row was last written to the warehouse, UTC."),
@@ -108,11 +113,23 @@ DISCARD_COLUMNS: tuple[Column, ...] = (
     Column("table_name", STRING, "Typed table."),
     Column("column_name", STRING, "Column the property maps to."),
     Column("property_key", STRING, "Property key as sent."),
-    Column("reason", STRING, "type_conflict, reserved_column or identifier_collision."),
+    Column(
+        "reason",
+        STRING,
+        "type_conflict, reserved_column, identifier_collision, column_budget or nul_key_collision.",
+    ),
     Column("value_type", STRING, "Logical type of the value that was sent."),
     Column("column_type", STRING, "Logical type of the existing column."),
     Column("discarded_at", TIMESTAMP, "UTC."),
 )
+
+
+def missing_columns(
+    existing: set[str] | frozenset[str], columns: tuple[Column, ...]
+) -> list[Column]:
+    """Base columns an existing table lacks (added on open, so older tables gain new fields)."""
+    have = {name.lower() for name in existing}
+    return [c for c in columns if c.name.lower() not in have]
 
 
 def _logical_type(annotation: Any) -> str:
@@ -205,11 +222,26 @@ class TypedPlan:
     discards: list[Discard] = field(default_factory=list)
 
 
+#: Columns a typed table may grow to (declared ones included); beyond it a new
+#: property stays in ``events.properties`` and leaves a ``column_budget`` discard.
+MAX_TYPED_COLUMNS = 200
+#: Longest name of a column made from a property key (longer names are cut with a hash).
+MAX_NEW_COLUMN_NAME = 64
+
+
 class SchemaTracker:
     """Knows each typed table's columns and plans rows and evolution for a batch."""
 
-    def __init__(self, max_identifier_length: int | None = None) -> None:
+    def __init__(
+        self, max_identifier_length: int | None = None, max_columns: int = MAX_TYPED_COLUMNS
+    ) -> None:
         self.max_identifier_length = max_identifier_length
+        self.max_columns = max_columns
+        self.new_name_length = min(
+            max_identifier_length or MAX_NEW_COLUMN_NAME, MAX_NEW_COLUMN_NAME
+        )
+        #: table -> column -> the property key that first claimed it (in this process).
+        self.owners: dict[str, dict[str, str]] = {}
         self.tables = typed_tables(max_identifier_length)
         self.by_event = {t.event: t for t in self.tables.values()}
         self.declared_names = {
@@ -224,15 +256,40 @@ class SchemaTracker:
         self.existing[table] = dict(columns)
 
     def column_for(self, key: str) -> str:
-        return normalize_identifier(key.lstrip("$"), self.max_identifier_length)
+        return normalize_identifier(key.lstrip("$"), self.new_name_length)
+
+    @staticmethod
+    def _mapper_discards(ev: dict[str, Any], table: str) -> list[Discard]:
+        """Discard rows for what the mapper set aside (NUL-stripped keys that met another key)."""
+        etl = (ev.get("context") or {}).get("etl")
+        if not isinstance(etl, dict):
+            return []
+        out = []
+        for hit in etl.get("key_collisions") or ():
+            if isinstance(hit, dict):
+                key = str(hit.get("key", ""))
+                out.append(
+                    Discard(
+                        ev["message_id"],
+                        table,
+                        str(hit.get("path", "")),
+                        key,
+                        "nul_key_collision",
+                        infer_type(hit.get("value")),
+                        None,
+                    )
+                )
+        return out
 
     def plan(self, events: list[dict[str, Any]]) -> TypedPlan:
         plan = TypedPlan()
         for ev in events:
             table = self.by_event.get(ev.get("event"))
+            plan.discards.extend(self._mapper_discards(ev, table.name if table else "events"))
             if table is None:
                 continue
             existing = self.existing[table.name]
+            claimed = self.owners.setdefault(table.name, {})
             row: dict[str, Any] = {
                 "message_id": ev["message_id"],
                 "timestamp": ev["timestamp"],
@@ -250,6 +307,8 @@ class SchemaTracker:
                     continue
                 if value is None or key == "workspace_id":
                     continue  # workspace_id is the source of the base column
+                if key.startswith("$"):
+                    continue  # PostHog's own properties ($lib, $groups...) are not user columns
                 column = self.column_for(key)
                 kind = infer_type(value)
                 if column in RESERVED_TYPED_COLUMNS or column in self.declared_names[table.name]:
@@ -265,7 +324,7 @@ class SchemaTracker:
                         )
                     )
                     continue
-                if owners.setdefault(column, key) != key:
+                if owners.setdefault(column, key) != key or claimed.setdefault(column, key) != key:
                     plan.discards.append(
                         Discard(
                             ev["message_id"],
@@ -279,6 +338,13 @@ class SchemaTracker:
                     )
                     continue
                 current = existing.get(column)
+                if current is None and len(existing) >= self.max_columns:
+                    plan.discards.append(
+                        Discard(
+                            ev["message_id"], table.name, column, key, "column_budget", kind, None
+                        )
+                    )
+                    continue
                 if current is None:
                     current = kind
                     existing[column] = kind

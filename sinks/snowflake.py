@@ -51,6 +51,7 @@ from sinks.schema import (
     STRING_ARRAY,
     TIMESTAMP,
     Column,
+    missing_columns,
 )
 from sinks.warehouse_sql import (
     MergingWarehouseSink,
@@ -396,6 +397,13 @@ class SnowflakeSink(MergingWarehouseSink):
     # ---------------------------------------------------------------- schema
     def _create_objects(self) -> None:
         self._exec(self._ddl("events", EVENTS_COLUMNS) + " CLUSTER BY (TO_DATE(TIMESTAMP), EVENT)")
+        have = self._exec(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = CURRENT_SCHEMA() AND UPPER(table_name) = 'EVENTS'"
+        ).fetchall()
+        missing = missing_columns({r[0] for r in have}, EVENTS_COLUMNS)
+        if missing:
+            self._add_columns("events", missing)
         for table in self.schema.tables.values():
             self._exec(
                 self._ddl(table.name, table.columns)

@@ -135,7 +135,12 @@ def test_batch_envelopes_keep_good_events_and_reject_bad_ones(envelope: dict, ke
         (Reason.NOT_AN_OBJECT, 2),
         (Reason.MISSING_IDENTITY, 3),
     ]
-    assert orjson.loads(rejections[1].raw) == {"event": "agent_created"}
+    # The dead letter keeps the envelope's fields (sent_at) beside the one item.
+    dead = orjson.loads(rejections[1].raw)
+    assert dead["batch"] == [{"event": "agent_created"}]
+    assert {k: v for k, v in dead.items() if k != "batch"} == {
+        k: v for k, v in envelope.items() if k != "batch"
+    }
     assert all(e["sent_at"] == datetime(2026, 11, 19, 9, 46, 41, tzinfo=UTC) for e in events)
 
 
@@ -502,3 +507,214 @@ def test_long_identifiers_are_cut_with_a_hash() -> None:
     assert normalize_identifier("🚀🚀") == normalize_identifier("🚀🚀") and normalize_identifier(
         "🚀🚀"
     ).startswith("_")
+
+
+# ------------------------------------------------------- issue 12: event time
+# Receive time (the Kafka timestamp) is KAFKA_DT = 2026-11-18T11:06:40Z.
+def test_rudder_explicit_timestamp_is_kept_as_given() -> None:
+    """rudder-sdk-node: the caller's past `timestamp` beside the call-time `originalTimestamp`."""
+    ev = one(
+        {
+            "type": "track",
+            "event": "flow_executed",
+            "userId": "u1",
+            "timestamp": "2026-11-16T08:00:00Z",
+            "originalTimestamp": "2026-11-18T11:06:39Z",
+            "sentAt": "2026-11-18T11:06:40Z",
+        }
+    )
+    assert ev["timestamp"] == datetime(2026, 11, 16, 8, 0, tzinfo=UTC)
+    assert ev["stated_timestamp"] == datetime(2026, 11, 16, 8, 0, tzinfo=UTC)
+    assert ev["original_timestamp"] == datetime(2026, 11, 18, 11, 6, 39, tzinfo=UTC)
+    assert ev["sent_at"] == datetime(2026, 11, 18, 11, 6, 40, tzinfo=UTC)
+
+
+def test_rudder_skew_rule_without_explicit_timestamp() -> None:
+    ev = one(
+        {
+            "type": "track",
+            "event": "x",
+            "userId": "u1",
+            "originalTimestamp": "2026-11-18T13:00:00Z",  # client clock two hours fast
+            "sentAt": "2026-11-18T13:00:05Z",
+        }
+    )
+    assert ev["timestamp"] == datetime(2026, 11, 18, 11, 6, 35, tzinfo=UTC)
+    assert ev["stated_timestamp"] is None
+
+
+def test_posthog_offset_wins_and_ignore_sent_at() -> None:
+    base = {"event": "x", "distinct_id": "u1", "sent_at": "2026-11-18T13:00:05Z"}
+    ev = one({**base, "timestamp": "2026-11-18T13:00:00Z", "offset": 2000})
+    assert ev["timestamp"] == datetime(2026, 11, 18, 11, 6, 38, tzinfo=UTC)
+    ev = one({**base, "timestamp": "2026-11-18T13:00:00Z"})
+    assert ev["timestamp"] == datetime(2026, 11, 18, 11, 6, 35, tzinfo=UTC)
+    ev = one({**base, "timestamp": "2026-11-18T13:00:00Z", "properties": {"$ignore_sent_at": True}})
+    assert ev["timestamp"] == datetime(2026, 11, 18, 13, 0, tzinfo=UTC)
+
+
+def test_posthog_future_timestamp_becomes_receive_time() -> None:
+    """PostHog ingestion: more than 23 hours after receipt -> the receive time (noted)."""
+    ev = one({"event": "x", "distinct_id": "u1", "timestamp": "2026-11-20T11:06:40Z"})
+    assert ev["timestamp"] == KAFKA_DT
+    assert ev["original_timestamp"] == datetime(2026, 11, 20, 11, 6, 40, tzinfo=UTC)
+    assert ev["context"]["etl"]["future_timestamp"].startswith("2026-11-20T11:06:40")
+    ev = one({"event": "x", "distinct_id": "u1", "timestamp": "2026-11-19T09:06:40Z"})
+    assert ev["timestamp"] == datetime(2026, 11, 19, 9, 6, 40, tzinfo=UTC)  # within 23 h: kept
+
+
+def test_posthog_node_v1_body_created_at_is_sent_at() -> None:
+    events, _ = run(
+        {
+            "created_at": "2026-11-18T11:06:41Z",
+            "batch": [{"event": "x", "distinct_id": "u1", "timestamp": "2026-11-18T11:06:31Z"}],
+        }
+    )
+    assert events[0]["sent_at"] == datetime(2026, 11, 18, 11, 6, 41, tzinfo=UTC)
+    assert events[0]["timestamp"] == datetime(2026, 11, 18, 11, 6, 30, tzinfo=UTC)
+
+
+def test_synthetic_stream_has_no_event_after_its_receipt() -> None:
+    from ops.harness.synthetic import Generator
+
+    gen = Generator(seed=3, malformed_rate=0.0, batch_rate=0.5)
+    n = Normalizer()
+    received_ms = int(gen.now.timestamp() * 1000) + 1500
+    later = 0
+    for msg in gen.messages(3000):
+        events, _ = n.normalize(
+            msg.value, topic="t", partition=0, offset=0, timestamp_ms=received_ms
+        )
+        later += sum(1 for ev in events if ev["timestamp"] > ev["received_at"])
+    assert later == 0
+
+
+# ---------------------------------------------------- issue 12: mapper fixes
+def test_nul_stripped_key_never_overwrites_another_key() -> None:
+    ev = one(
+        {"event": "x", "distinct_id": "u1", "properties": {"ab": "first", "a\u0000b": "second"}}
+    )
+    assert ev["properties"]["ab"] == "first"
+    hits = ev["context"]["etl"]["key_collisions"]
+    assert hits == [{"path": "properties.ab", "key": "a\\u0000b", "value": "second"}]
+    # The reverse order: the key as sent still wins.
+    ev = one(
+        {"event": "x", "distinct_id": "u1", "properties": {"a\u0000b": "second", "ab": "first"}}
+    )
+    assert ev["properties"]["ab"] == "first"
+    assert ev["context"]["etl"]["key_collisions"][0]["value"] == "second"
+
+
+@pytest.mark.parametrize("number", [2**63, 2**64 - 1, 2**64 + 7, 10**30, -(2**63) - 1])
+def test_integers_outside_int64_are_kept_exactly_as_text(number: int) -> None:
+    raw = b'{"event":"x","distinct_id":"u1","properties":{"big":%d,"ok":5}}' % number
+    ev = one(raw)
+    assert ev["properties"]["big"] == str(number)
+    assert ev["properties"]["ok"] == 5
+    assert ev["context"]["etl"]["big_integers"] == ["properties.big"]
+    dumps_event(ev)  # serialisable: orjson refuses integers beyond 64 bits
+
+
+def test_integers_outside_int64_in_a_batch_are_kept_exactly() -> None:
+    raw = b'{"batch":[{"event":"x","distinct_id":"u1","properties":{"n":%d}}]}' % (10**25 + 1)
+    events, rejections = run(raw)
+    assert not rejections
+    assert events[0]["properties"]["n"] == str(10**25 + 1)
+
+
+def test_typed_integer_outside_int64_is_rejected_naming_the_field() -> None:
+    raw = (
+        b'{"event":"rag_query_triggered","distinct_id":"u1","properties":{"sources_found":%d}}'
+        % (2**63)
+    )
+    r = rejected(raw)
+    assert r.reason == Reason.OUT_OF_RANGE
+    assert r.field == "properties.sources_found"
+
+
+def test_int64_limits_themselves_are_integers() -> None:
+    raw = b'{"event":"x","distinct_id":"u1","properties":{"a":%d,"b":%d}}' % (2**63 - 1, -(2**63))
+    ev = one(raw)
+    assert ev["properties"] == {"a": 2**63 - 1, "b": -(2**63)}
+
+
+def test_rejected_events_carry_the_message_id_when_known() -> None:
+    r = rejected({"event": "x", "uuid": "0190a0e8-7f8a-7cc0-9c62-5b1f9b0c1d2e"})
+    assert r.reason == Reason.MISSING_IDENTITY
+    assert r.message_id == "0190a0e8-7f8a-7cc0-9c62-5b1f9b0c1d2e"
+    r = rejected(
+        {"type": "track", "event": "x", "userId": "u", "messageId": "m-1", "timestamp": "?"}
+    )
+    assert r.message_id == "m-1"
+    _, rejections = run({"batch": [{"type": "track", "messageId": "m-2", "userId": "u"}]})
+    assert rejections[0].message_id == "m-2"
+
+
+def test_segment_page_category_is_kept() -> None:
+    ev = one(
+        {
+            "type": "page",
+            "userId": "u1",
+            "name": "Pricing",
+            "category": "Docs",
+            "properties": {"url": "https://example.com/p"},
+        }
+    )
+    assert ev["properties"]["name"] == "Pricing"
+    assert ev["properties"]["category"] == "Docs"
+
+
+def test_posthog_groupidentify_workspace_sets_workspace_id_and_no_user() -> None:
+    ev = one(
+        {
+            "event": "$groupidentify",
+            "distinct_id": "$workspace_ws_42",
+            "properties": {"$group_type": "workspace", "$group_key": "ws_42", "$group_set": {}},
+        }
+    )
+    assert ev["type"] == "group"
+    assert ev["workspace_id"] == "ws_42"
+    assert ev["user_id"] is None
+
+
+def test_posthog_anonymous_capture_has_no_user_id() -> None:
+    ev = one(
+        {
+            "event": "x",
+            "distinct_id": "0190a0e8-aaaa",
+            "properties": {"$process_person_profile": False},
+        }
+    )
+    assert ev["user_id"] is None
+    assert ev["anonymous_id"] == "0190a0e8-aaaa"
+    ev = one({"event": "x", "distinct_id": "dev-1", "properties": {"$device_id": "dev-1"}})
+    assert ev["user_id"] is None
+    assert ev["anonymous_id"] == "dev-1"
+    ev = one({"event": "x", "distinct_id": "user_7", "properties": {"$device_id": "dev-1"}})
+    assert (ev["user_id"], ev["anonymous_id"]) == ("user_7", "dev-1")
+
+
+def test_demo_counts_are_the_mappers_own_counts() -> None:
+    """A batch holding invalid UTF-8 still counts as its events (demo `produced`)."""
+    from ops.demo import count_events
+
+    values = [
+        b'{"batch":[{"event":"x","distinct_id":"u1","properties":{"s":"\xff"}},'
+        b'{"event":"y","distinct_id":"u2"},{"event":"z"}]}',
+        b"\xff\xfe not utf-8",
+        b"",
+        b'{"batch":[]}',
+        b'{"event":"x","distinct_id":"u","properties":{"n":123456789012345678901234}}',
+    ]
+    n = Normalizer()
+    for value in values:
+        events, rejections = n.normalize(
+            value, topic="t", partition=0, offset=0, timestamp_ms=KAFKA_TS
+        )
+        assert count_events(value) == len(events) + len(rejections), value
+
+
+def test_a_long_number_is_not_an_event_name() -> None:
+    r = rejected(b'{"event": 123456789012345678901234, "distinct_id": "u1"}')
+    assert r.reason == Reason.INVALID_EVENT_NAME
+    assert "got number" in r.error

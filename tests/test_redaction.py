@@ -280,3 +280,78 @@ def test_dead_letter_payloads_are_redacted_at_normalize() -> None:
     kept = normalizer.normalize(out_of_range, topic="raw", partition=0, offset=9, timestamp_ms=0)[1]
     NormalizeGovernance(_settings(keep_raw_in_warehouse=True)).apply([], kept)
     assert kept[0].raw == orjson.dumps(orjson.loads(out_of_range)["batch"][0])
+
+
+# ------------------------------------------------------------- issue 12
+@pytest.mark.parametrize(
+    "text",
+    [
+        "415 555 0134 415 555 0199",
+        "call 415-555-0134 415-555-0199 020 7946 0958",
+    ],
+)
+def test_adjacent_phone_numbers_are_masked(text: str) -> None:
+    masked = mask_text(text)
+    assert not any(ch.isdigit() for ch in masked), masked
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",  # AWS secret access key
+        "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",  # SendGrid
+        "xoxb-263594206564-2343594206574-FGqddMF8t08v8N7Oq4i57vs1",  # Slack bot
+        "https://hooks.slack.com/services/T0000/B0000/XXXXXXXXXXXXXXXXXXXXXXXX",
+        "npm_abcdefghijklmnopqrstuvwxyz0123456789",
+        "hf_abcdefghijklmnopqrstuvwxyzABCDEFGH",
+        "dapi0123456789abcdef0123456789abcdef",
+        "postgres://admin:s3cr3tpass@db.internal:5432/app",
+        "SK0123456789abcdef0123456789abcdef",  # Twilio
+        "ya29.a0AfH6SMBx-abcdefghijklmnopqrstuv",  # Google OAuth
+    ],
+)
+def test_more_secret_kinds_are_masked(secret: str) -> None:
+    masked = mask_text(f"creds: {secret} end")
+    assert SECRET_FRAGMENT(secret) not in masked, masked
+    assert "[secret]" in masked
+
+
+def SECRET_FRAGMENT(secret: str) -> str:  # noqa: N802 - reads as a constant in asserts
+    """The part of a secret that must not survive (the password in a URL, else all of it)."""
+    return "s3cr3tpass" if "://" in secret and "@" in secret else secret
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "mail j\u0430ne.d\u043ee@ex\u0430mple.com now",  # Cyrillic a and o
+        "mail jane.doe\uff20example.com now",  # fullwidth @
+        "mail \uff4a\uff41\uff4e\uff45@example.com now",  # fullwidth letters
+    ],
+)
+def test_lookalike_emails_are_masked(text: str) -> None:
+    masked = mask_text(text)
+    assert "[email]" in masked and "example" not in masked, masked
+
+
+def test_lookalike_text_without_pii_is_left_exactly() -> None:
+    text = "Привет, мир: ｆｕｌｌｗｉｄｔｈ text"
+    assert mask_text(text) == text
+
+
+def test_a_key_that_sanitises_onto_a_sensitive_field_is_redacted() -> None:
+    n = Normalizer()
+    for key in ("promptPreview", "Prompt-Preview", "PROMPT_PREVIEW"):
+        raw = orjson.dumps(
+            {
+                "event": "prompt_blocked",
+                "distinct_id": "u1",
+                "properties": {"match_score": 0.5, key: CORPUS[0]},
+            }
+        )
+        events, _ = n.normalize(raw, topic="t", partition=0, offset=0, timestamp_ms=0)
+        governance = NormalizeGovernance(_settings())
+        governance.apply(events)
+        governance.close()
+        text = dumps_event(events[0]).decode()
+        assert EMAILS[0] not in text and KEYS[0] not in text, (key, text)

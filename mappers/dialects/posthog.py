@@ -23,6 +23,7 @@ from mappers.identifiers import message_id
 #: PostHog's names for the non-track calls -> the unified ``type``.
 EVENT_TYPES = {
     "$identify": "identify",
+    "$set": "identify",  # posthog-python's set(): a person update without a new identity
     "$groupidentify": "group",
     "$pageview": "page",
     "$screen": "screen",
@@ -30,6 +31,39 @@ EVENT_TYPES = {
 }
 #: An ``offset`` beyond this (about a year, in ms) is not a send delay.
 MAX_OFFSET_MS = 3.2e10
+#: PostHog ingestion replaces an event time more than 23 hours after receipt with the receipt time.
+FUTURE_CUTOFF = timedelta(hours=23)
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def _user_id(name: str, distinct_id: str, properties: dict[str, Any]) -> str | None:
+    """distinct_id as a user id, unless it names a group or an anonymous visitor.
+
+    * ``$groupidentify`` is sent under a pseudo-id ``$<group type>_<group key>``;
+    * ``$process_person_profile: false`` is how the SDKs mark an anonymous
+      capture (no distinct_id given, or ``$anon``/device ids before identify);
+    * a distinct_id equal to the event's ``$device_id``/``$anon_distinct_id``
+      is the anonymous id itself.
+    """
+    if name == "$groupidentify":
+        return None
+    group_type = properties.get("$group_type")
+    if (
+        isinstance(group_type, str)
+        and distinct_id == f"${group_type}_{properties.get('$group_key')}"
+    ):
+        return None
+    if properties.get("$process_person_profile") is False:
+        return None
+    if name != "$identify" and distinct_id in (
+        properties.get("$device_id"),
+        properties.get("$anon_distinct_id"),
+    ):
+        return None
+    return distinct_id
 
 
 class PostHogDialect:
@@ -56,9 +90,12 @@ class PostHogDialect:
                 "distinct_id",
                 name,
             )
+        user_id = _user_id(name, distinct_id, properties)
         anonymous_id = optional_text(
             properties.get("$anon_distinct_id", properties.get("$device_id"))
         )
+        if anonymous_id is None and user_id is None and name != "$groupidentify":
+            anonymous_id = distinct_id
         for key in ("$set", "$set_once"):
             if isinstance(obj.get(key), dict) and key not in properties:
                 properties[key] = obj[key]
@@ -69,12 +106,14 @@ class PostHogDialect:
             groups = properties.get("$groups")
             if isinstance(groups, dict):
                 workspace = groups.get("workspace")
+        if workspace is None and properties.get("$group_type") == "workspace":
+            workspace = properties.get("$group_key")  # $groupidentify of a workspace
         return Reading(
             type=EVENT_TYPES.get(name, "track"),
             event=name,
             message_id=mid,
             distinct_id=distinct_id,
-            user_id=distinct_id,
+            user_id=user_id,
             anonymous_id=anonymous_id,
             properties=properties,
             context=context,
@@ -86,23 +125,36 @@ class PostHogDialect:
                 sent=TimeField("sent_at", obj.get("sent_at", envelope_sent_at)),
                 received=TimeField("received_at", obj.get("received_at")),
                 offset_ms=obj.get("offset"),
+                ignore_sent_at=_truthy(properties.get("$ignore_sent_at")),
             ),
         )
 
     def event_time(self, times: ParsedTimes) -> datetime:
-        original, sent_at, received_at = times.original, times.sent, times.received
-        # Clock skew: the interval between creating and sending the event is
-        # measured on the client's own clock, so subtracting it from the
-        # server's receive time is right even when that clock is wrong.
-        if original is not None and sent_at is not None:
-            return received_at - (sent_at - original)
-        if original is not None:
-            return original
+        """PostHog ingestion's rule (plugin-server ``parseEventTimestamp``).
+
+        ``offset`` wins; else ``timestamp`` corrected by ``sent_at`` (unless
+        ``$ignore_sent_at``); else ``timestamp``; else the receive time.  The
+        interval between creating and sending is measured on the client's own
+        clock, so adding it to the server's receive time is right even when
+        that clock is wrong.  A result more than 23 hours after receipt is
+        replaced by the receive time (noted in ``context.etl``).
+        """
+        original, received_at = times.original, times.received
+        sent_at = None if times.ignore_sent_at else times.sent
         offset_ms = times.offset_ms
         if (
             isinstance(offset_ms, (int, float))
             and not isinstance(offset_ms, bool)
             and 0 <= offset_ms < MAX_OFFSET_MS
         ):
-            return received_at - timedelta(milliseconds=offset_ms)
-        return received_at
+            result = received_at - timedelta(milliseconds=offset_ms)
+        elif original is not None and sent_at is not None:
+            result = received_at + (original - sent_at)
+        elif original is not None:
+            result = original
+        else:
+            result = received_at
+        if result - received_at > FUTURE_CUTOFF:
+            times.notes["future_timestamp"] = result.isoformat()
+            result = received_at
+        return result

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from datetime import datetime
 from typing import Any, Protocol
 
 from mappers.errors import EventRejected, Reason
 from mappers.jsontypes import json_type
+from mappers.sanitise import BigInt
 
 MAX_NAME_LENGTH = 200
 
@@ -34,6 +36,8 @@ class Times:
     received: TimeField
     #: PostHog's ``offset``: milliseconds between the event and the send.
     offset_ms: Any = None
+    #: PostHog's ``$ignore_sent_at``: the client asked that ``sent_at`` not correct its clock.
+    ignore_sent_at: bool = False
 
 
 @dataclass(slots=True)
@@ -43,6 +47,9 @@ class ParsedTimes:
     sent: datetime | None
     received: datetime
     offset_ms: Any = None
+    ignore_sent_at: bool = False
+    #: What the event-time rule did beyond the plain rule (noted in ``context.etl``).
+    notes: dict[str, Any] = dc_field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -76,7 +83,7 @@ def event_name(value: Any) -> str:
     """A track event's name: a non-empty string of at most 200 characters (NULs stripped)."""
     if value is None:
         raise EventRejected(Reason.MISSING_EVENT_NAME, "event has no name", "event")
-    if not isinstance(value, str):
+    if not isinstance(value, str) or isinstance(value, BigInt):  # a long number is no name
         raise EventRejected(
             Reason.INVALID_EVENT_NAME,
             f"event name must be a string, got {json_type(value)}",

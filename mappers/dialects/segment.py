@@ -57,6 +57,12 @@ class SegmentDialect:
             and "name" not in properties
         ):
             properties["name"] = obj["name"]
+        if (
+            etype in ("page", "screen")
+            and isinstance(obj.get("category"), str)
+            and "category" not in properties
+        ):
+            properties["category"] = obj["category"]
         user_id = identity(obj.get("userId"), "userId")
         anonymous_id = identity(obj.get("anonymousId"), "anonymousId")
         if user_id is None and anonymous_id is None:
@@ -77,7 +83,7 @@ class SegmentDialect:
                 workspace = groups.get("workspace")
         if etype == "alias" and "previousId" in obj and "previous_id" not in properties:
             properties["previous_id"] = obj["previousId"]
-        has_original = "originalTimestamp" in obj
+        has_original = obj.get("originalTimestamp") is not None
         return Reading(
             type=etype,
             event=name,
@@ -92,21 +98,27 @@ class SegmentDialect:
             times=Times(
                 original=TimeField(
                     "originalTimestamp" if has_original else "timestamp",
-                    obj.get("originalTimestamp", obj.get("timestamp")),
+                    obj["originalTimestamp"] if has_original else obj.get("timestamp"),
                 ),
-                stated=TimeField("timestamp", obj.get("timestamp") if has_original else None),
+                stated=TimeField("timestamp", obj.get("timestamp")),
                 sent=TimeField("sentAt", obj.get("sentAt", envelope_sent_at)),
                 received=TimeField("receivedAt", obj.get("receivedAt")),
             ),
         )
 
     def event_time(self, times: ParsedTimes) -> datetime:
-        original, sent_at, received_at = times.original, times.sent, times.received
-        # Segment's skew correction: timestamp = receivedAt - (sentAt - originalTimestamp).
-        if original is not None and sent_at is not None:
-            return received_at - (sent_at - original)
+        """rudder-server's rule (processor ``enhanceWithTimeFields``).
+
+        An explicit ``timestamp`` is the event time, kept as given.  Otherwise
+        ``timestamp = receivedAt - (sentAt - originalTimestamp)``, where a
+        missing ``sentAt`` means no correction and a missing
+        ``originalTimestamp`` means the receive time.
+        """
         if times.stated is not None:
             return times.stated
-        if original is not None:
+        original, sent_at, received_at = times.original, times.sent, times.received
+        if original is None:
+            return received_at
+        if sent_at is None:
             return original
-        return received_at
+        return received_at - (sent_at - original)

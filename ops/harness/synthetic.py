@@ -82,6 +82,8 @@ class Generator:
         self.now = now or datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
         self.workspaces = [f"ws_{i:03d}" for i in range(25)]
         self.users = [f"user_{i:05d}" for i in range(5000)]
+        #: One client clock per batch: its items and its sentAt share the same skew.
+        self._batch_skew: timedelta | None = None
         names, weights = zip(*EVENT_WEIGHTS, strict=True)
         self._names = list(names)
         self._weights = list(weights)
@@ -107,7 +109,11 @@ class Generator:
 
     def batch(self, n: int) -> SyntheticMessage:
         segment = self.rng.random() < 0.4
-        items: list[Any] = [self.event(segment, in_batch=True) for _ in range(max(1, n))]
+        self._batch_skew = self._clock_skew()
+        try:
+            items: list[Any] = [self.event(segment, in_batch=True) for _ in range(max(1, n))]
+        finally:
+            skew, self._batch_skew = self._batch_skew, None
         rejected = 0
         if self.rng.random() < 0.1:
             # One bad item inside an otherwise good batch: it alone is rejected.
@@ -117,7 +123,8 @@ class Generator:
             items[0] = bad
             rejected = 1
         key = "sentAt" if segment else "sent_at"
-        envelope = {"batch": items, key: self._iso(self.now + timedelta(seconds=1))}
+        # Sent after every item was created, on the same (possibly wrong) clock.
+        envelope = {"batch": items, key: self._iso(self.now + skew + timedelta(seconds=1))}
         if not segment:
             envelope["api_key"] = "phc_demo"
         return SyntheticMessage(orjson.dumps(envelope), len(items) - rejected, rejected)
@@ -196,9 +203,7 @@ class Generator:
 
     def _base(self, name: str, segment: bool, in_batch: bool = False) -> dict[str, Any]:
         user = self.rng.choice(self.users)
-        skew = timedelta(
-            seconds=self.rng.choice([0, 0, 0, 0, -300, 3600])
-        )  # some clients' clocks are off
+        skew = self._batch_skew if self._batch_skew is not None else self._clock_skew()
         created = self.now - timedelta(seconds=self.rng.uniform(0, 86400 * 3)) + skew
         workspace = self.rng.choice(self.workspaces)
         if segment:
@@ -228,9 +233,20 @@ class Generator:
                 "$lib_version": "7.0.0",
             },
         }
+        if not in_batch:
+            # The client's send time, on its own clock: lets the skew be corrected.
+            ev["sent_at"] = self._iso(created + timedelta(milliseconds=self.rng.randint(5, 2000)))
         if self.rng.random() < 0.9:
             ev["uuid"] = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
         return ev
+
+    def _client_now(self) -> datetime:
+        """Now on the client's clock (a batch's items share their batch's skew)."""
+        return self.now + (self._batch_skew or timedelta(0))
+
+    def _clock_skew(self) -> timedelta:
+        # Some clients' clocks are off (five minutes slow, an hour fast).
+        return timedelta(seconds=self.rng.choice([0, 0, 0, 0, -300, 3600]))
 
     def properties(self, name: str) -> dict[str, Any]:
         rng = self.rng
@@ -313,13 +329,14 @@ class Generator:
                 "userId": user,
                 "traits": traits,
                 "messageId": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
-                "timestamp": self._iso(self.now),
+                # The SDK's call time; an explicit `timestamp` would be kept as given.
+                "originalTimestamp": self._iso(self._client_now()),
             }
         return {
             "event": "$identify",
             "distinct_id": user,
             "$set": traits,
-            "timestamp": self._iso(self.now),
+            "timestamp": self._iso(self._client_now()),
             "uuid": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
         }
 
@@ -333,13 +350,14 @@ class Generator:
                 "userId": user,
                 "properties": {"path": path},
                 "messageId": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
-                "timestamp": self._iso(self.now),
+                # The SDK's call time; an explicit `timestamp` would be kept as given.
+                "originalTimestamp": self._iso(self._client_now()),
             }
         return {
             "event": "$pageview",
             "distinct_id": user,
             "properties": {"$current_url": "https://app.example.com" + path},
-            "timestamp": self._iso(self.now),
+            "timestamp": self._iso(self._client_now()),
             "uuid": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
         }
 
