@@ -6,7 +6,16 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: install demo test lint bench clean
 
-install: $(STAMP)
+# dbt-duckdb pins pathspec below what the pinned mypy needs: it gets its own venv.
+DBT_VENV := .venv-dbt
+DBT_STAMP := $(DBT_VENV)/.installed-dbt-1.10
+
+install: $(STAMP) $(DBT_STAMP)
+
+$(DBT_STAMP):
+	@test -x $(DBT_VENV)/bin/python || $(PYTHON) -m venv $(DBT_VENV)
+	$(DBT_VENV)/bin/python -m pip install --quiet "dbt-core>=1.8,<1.11" "dbt-duckdb>=1.8,<1.10"
+	@touch $(DBT_STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,4 +39,4 @@ bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .venv-bqemu .venv-dbt .etl .etl-dev warehouse.duckdb .pytest_cache
+	rm -rf $(VENV) .venv-bqemu $(DBT_VENV) .etl .etl-dev warehouse.duckdb .pytest_cache

@@ -72,19 +72,48 @@ def column_table(columns: Any) -> str:
 
     lines = ["| Column | Type (DuckDB) | Meaning |", "|---|---|---|"]
     for c in columns:
-        lines.append(f"| `{c.name}` | {DUCKDB_TYPES[c.type]} | {c.description} |")
+        kind = DUCKDB_TYPES.get(c.type, c.type.upper())
+        lines.append(f"| `{c.name}` | {kind} | {c.description} |")
+    return "\n".join(lines)
+
+
+def view_table() -> str:
+    """Every view and each of its columns (metric views, then the RudderStack layout)."""
+    from sinks.schema import LAYOUT_BASE_COLUMNS, LAYOUT_VIEW_COLUMNS, METRIC_VIEW_COLUMNS
+
+    lines = ["| View | Grain | Column | Meaning |", "|---|---|---|---|"]
+    for view, (grain, columns) in METRIC_VIEW_COLUMNS.items():
+        for i, c in enumerate(columns):
+            lines.append(
+                f"| {f'`{view}`' if i == 0 else ''} | {grain if i == 0 else ''} "
+                f"| `{c.name}` | {c.description} |"
+            )
+    for view, (grain, extra) in LAYOUT_VIEW_COLUMNS.items():
+        columns = ", ".join(f"`{c.name}` ({c.description.rstrip('.')})" for c in extra)
+        lines.append(f"| `{view}` | one row per {grain} | all below, plus | {columns} |")
+    for c in LAYOUT_BASE_COLUMNS:
+        lines.append(f"| (layout views) | | `{c.name}` | {c.description} |")
     return "\n".join(lines)
 
 
 def generated_sections() -> dict[str, str]:
     """Marker name -> generated markdown, for every generated block of the README."""
-    from sinks.schema import DISCARD_COLUMNS, EVENTS_COLUMNS, REJECTED_COLUMNS
+    from sinks.schema import (
+        ALIASES_COLUMNS,
+        DISCARD_COLUMNS,
+        EVENTS_COLUMNS,
+        REJECTED_COLUMNS,
+        USERS_COLUMNS,
+    )
 
     return {
         "config-table": config_table(),
         "events-table": column_table(EVENTS_COLUMNS),
         "rejected-table": column_table(REJECTED_COLUMNS),
         "discards-table": column_table(DISCARD_COLUMNS),
+        "users-table": column_table(USERS_COLUMNS),
+        "aliases-table": column_table(ALIASES_COLUMNS),
+        "views-table": view_table(),
     }
 
 

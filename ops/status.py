@@ -203,6 +203,10 @@ def collect(
         doc["metrics"] = {**metric_state(second_scrape), "unreachable": unreachable}
         if interval > 0:
             doc["metrics"].update(metric_rates(first_scrape, second_scrape, elapsed))
+    # Projected loads a day under each sink's flush policy (vendor quotas and cost).
+    from streams.batching import projected_loads
+
+    doc["loads"] = projected_loads(settings, {g["name"]: g["records_per_second"] for g in groups})
     if include_dlq:
         from ops.dlq import read_dead_letters, summarize
 
@@ -394,6 +398,20 @@ def render(doc: dict[str, Any]) -> None:
         console.print(f"flag-gated: {m['gated'] or 'none'}")
         if m["unreachable"]:
             console.print(f"[yellow]unreachable: {', '.join(m['unreachable'])}[/yellow]")
+    if doc.get("loads"):
+        loads = Table(title="projected loads per day (flush policy)")
+        for col in ("sink", "events/s", "policy", "loads/day", "max wait s"):
+            loads.add_column(col)
+        for p in doc["loads"]:
+            rate = f"{p['events_per_second']:g}" + ("" if p["measured"] else " (nominal)")
+            policy = (
+                f"{p['max_events']} ev / {p['max_seconds']:g} s, >= {p['min_interval']:g} s apart"
+            )
+            behind = " [red]falls behind[/red]" if p["falls_behind"] else ""
+            loads.add_row(
+                p["sink"], rate, policy, f"{p['loads_per_day']}{behind}", str(p["max_wait_seconds"])
+            )
+        console.print(loads)
     dlq = doc.get("dlq")
     if dlq is not None:
         t = Table(title=f"dead letters: {dlq['total']}")

@@ -36,6 +36,21 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True, slots=True)
+class FlushPolicy:
+    """When the delivering agent closes a batch and loads it (``streams.batching``).
+
+    A batch closes at ``max_events`` or ``max_bytes``, or ``max_seconds`` after its
+    first event - but never sooner than ``min_interval`` after the previous load
+    started, so a steady stream makes at most ``86400 / min_interval`` loads a day.
+    """
+
+    max_events: int
+    max_seconds: float
+    max_bytes: int | None = None
+    min_interval: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Capabilities:
     #: Longest identifier the destination accepts (None = no practical limit).
     max_identifier_length: int | None = None
@@ -49,6 +64,8 @@ class Capabilities:
     stores_rejected: bool = False
     #: Warehouses keep typed tables and evolve their schema.
     is_warehouse: bool = False
+    #: How often to load (None = the delivery settings: batch_max_events / flush_interval).
+    flush: FlushPolicy | None = None
 
 
 @dataclass(slots=True)

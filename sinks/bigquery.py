@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 from pydantic import Field
 
-from etl.config import SinkSection
 from sinks.base import BatchRejectedError, RetryableSinkError, SinkAuthError
 from sinks.schema import (
+    ALIASES_COLUMNS,
     BOOLEAN,
     DISCARD_COLUMNS,
     EVENTS_COLUMNS,
@@ -44,11 +46,14 @@ from sinks.schema import (
     STRING,
     STRING_ARRAY,
     TIMESTAMP,
+    USERS_COLUMNS,
     Column,
     missing_columns,
 )
 from sinks.warehouse_sql import (
+    LoadPolicySettings,
     MergingWarehouseSink,
+    StagingNames,
     merge_statement,
     parse_timestamp,
 )
@@ -59,7 +64,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("etl.sinks.bigquery")
 
 
-class BigQuerySettings(SinkSection):
+class BigQuerySettings(LoadPolicySettings):
     vendor_env: ClassVar[dict[str, str]] = {
         "GOOGLE_CLOUD_PROJECT": "project",
         "BIGQUERY_DATASET": "dataset",
@@ -73,7 +78,18 @@ class BigQuerySettings(SinkSection):
     api_endpoint: str | None = Field(
         None, description="Explicit endpoint; anonymous credentials are used with it (emulators)."
     )
+    # 960 loads a day: each is a MERGE per table, and a table takes 1,500 modifications a day.
+    min_load_interval: float = Field(
+        90.0,
+        ge=0,
+        description="Fewest seconds between two loads of this worker (caps loads per day).",
+    )
 
+
+#: Loads per staging table before the next one (far below 1,500 modifications a day).
+STAGING_LOADS = 500
+#: A staging table left by a crashed worker is deleted by BigQuery after this.
+STAGING_EXPIRATION = timedelta(hours=6)
 
 BIGQUERY_TYPES = {
     STRING: "STRING",
@@ -129,41 +145,51 @@ def _quote(name: str) -> str:
     return f"`{name}`"
 
 
+def _windowed(column: str, by: str) -> str:
+    return ",\n".join(
+        f"PERCENTILE_CONT({column}, {q}) OVER (PARTITION BY {by}) AS p{p}"
+        for p, q in (("50", "0.5"), ("95", "0.95"), ("99", "0.99"))
+    )
+
+
+def _picked(prefix: str) -> str:
+    return ",\n".join(f"ROUND(MAX(p{p}), 1) AS p{p}_{prefix}" for p in ("50", "95", "99"))
+
+
+_RAG_GROUP = "DATE(`timestamp`), workspace_id, vector_db_used"
+
+
 def view_sql(table: Any) -> dict[str, str]:
-    """The analysts' views in BigQuery SQL; ``table(name)`` gives a qualified table name.
+    """The DuckDB views (sinks/duckdb.py) in BigQuery SQL; ``table(name)`` qualifies a name.
 
     PERCENTILE_CONT is analytic-only in BigQuery: percentiles come from a window
     over the group's key in a subquery, then one value per group (MAX of a
     constant).  Exact, like DuckDB's quantile_cont and Snowflake's PERCENTILE_CONT.
+    ``DATE(timestamp)`` is the UTC day.
     """
     return {
         "flow_success_daily": f"""
-            SELECT day,
+            SELECT day, workspace_id,
                    COUNT(*) AS flows,
                    COUNTIF(success) AS succeeded,
                    COUNTIF(success IS NOT NULL) AS with_outcome,
-                   COUNTIF(success) / NULLIF(COUNTIF(success IS NOT NULL), 0) AS success_rate,
-                   MAX(p50) AS p50_time_ms,
-                   MAX(p95) AS p95_time_ms
-            FROM (SELECT DATE(`timestamp`) AS day, success,
-                         PERCENTILE_CONT(time_ms, 0.5) OVER (PARTITION BY DATE(`timestamp`)) AS p50,
-                         PERCENTILE_CONT(time_ms, 0.95) OVER (PARTITION BY DATE(`timestamp`)) AS p95
+                   ROUND(COUNTIF(success) / NULLIF(COUNTIF(success IS NOT NULL), 0), 4)
+                       AS success_rate,
+                   {_picked("time_ms")}
+            FROM (SELECT DATE(`timestamp`) AS day, workspace_id, success,
+                         {_windowed("time_ms", "DATE(`timestamp`), workspace_id")}
                   FROM {table("flow_executed")})
-            GROUP BY day""",
+            GROUP BY day, workspace_id""",
         "tool_latency": f"""
-            SELECT tool_type,
+            SELECT day, workspace_id, tool_type,
                    COUNT(*) AS calls,
-                   MAX(p50) AS p50_latency_ms,
-                   MAX(p95) AS p95_latency_ms,
-                   MAX(p99) AS p99_latency_ms,
-                   COUNTIF(status IS NOT NULL AND status NOT IN ('success', 'ok'))
-                       / COUNT(*) AS error_rate
-            FROM (SELECT tool_type, status,
-                         PERCENTILE_CONT(latency_ms, 0.5) OVER (PARTITION BY tool_type) AS p50,
-                         PERCENTILE_CONT(latency_ms, 0.95) OVER (PARTITION BY tool_type) AS p95,
-                         PERCENTILE_CONT(latency_ms, 0.99) OVER (PARTITION BY tool_type) AS p99
+                   {_picked("latency_ms")},
+                   ROUND(COUNTIF(status IS NOT NULL AND status NOT IN ('success', 'ok'))
+                       / COUNT(*), 4) AS error_rate
+            FROM (SELECT DATE(`timestamp`) AS day, workspace_id, tool_type, status,
+                         {_windowed("latency_ms", "DATE(`timestamp`), workspace_id, tool_type")}
                   FROM {table("tool_used")})
-            GROUP BY tool_type""",
+            GROUP BY day, workspace_id, tool_type""",
         "llm_cost_daily": f"""
             SELECT DATE(`timestamp`) AS day,
                    ai_model AS model,
@@ -172,30 +198,49 @@ def view_sql(table: Any) -> dict[str, str]:
                    COUNT(*) AS generations,
                    SUM(ai_input_tokens) AS input_tokens,
                    SUM(ai_output_tokens) AS output_tokens,
-                   SUM(ai_total_cost_usd) AS cost_usd
+                   ROUND(SUM(ai_total_cost_usd), 6) AS cost_usd
             FROM {table("ai_generation")}
             GROUP BY day, model, provider, workspace_id""",
         "blocked_prompt_rate": f"""
-            SELECT workspace_id,
+            SELECT DATE(`timestamp`) AS day, workspace_id,
                    COUNTIF(event = 'prompt_blocked') AS blocked_prompts,
                    COUNTIF(event = 'flow_executed') AS flow_runs,
                    COUNT(*) AS events,
-                   COUNTIF(event = 'prompt_blocked')
-                       / NULLIF(COUNTIF(event IN ('prompt_blocked', 'flow_executed')), 0)
+                   ROUND(COUNTIF(event = 'prompt_blocked')
+                       / NULLIF(COUNTIF(event IN ('prompt_blocked', 'flow_executed')), 0), 4)
                        AS blocked_rate
             FROM {table("events")} WHERE type = 'track'
-            GROUP BY workspace_id""",
+            GROUP BY day, workspace_id""",
         "rag_latency": f"""
-            SELECT vector_db AS vector_db,
+            SELECT day, workspace_id, vector_db,
                    COUNT(*) AS queries,
-                   MAX(p50) AS p50_latency_ms,
-                   MAX(p95) AS p95_latency_ms,
-                   AVG(sources_found) AS avg_sources_found
-            FROM (SELECT vector_db_used AS vector_db, sources_found,
-                         PERCENTILE_CONT(latency_ms, 0.5) OVER (PARTITION BY vector_db_used) AS p50,
-                         PERCENTILE_CONT(latency_ms, 0.95) OVER (PARTITION BY vector_db_used) AS p95
+                   {_picked("latency_ms")},
+                   ROUND(AVG(sources_found), 2) AS avg_sources_found
+            FROM (SELECT DATE(`timestamp`) AS day, workspace_id,
+                         vector_db_used AS vector_db, sources_found,
+                         {_windowed("latency_ms", _RAG_GROUP)}
                   FROM {table("rag_query_triggered")})
-            GROUP BY vector_db""",
+            GROUP BY day, workspace_id, vector_db""",
+    }
+
+
+def layout_view_sql(table: Any) -> dict[str, str]:
+    """RudderStack's per-call tables as views over ``events``."""
+
+    def view(kind: str, extra: str = "") -> str:
+        return f"""
+            SELECT message_id AS id, message_id, anonymous_id, user_id, distinct_id,
+                   workspace_id, DATE(`timestamp`) AS day,
+                   `timestamp`, original_timestamp, sent_at, received_at,
+                   loaded_at AS uuid_ts, {extra}properties, context
+            FROM {table("events")} WHERE type = '{kind}'"""
+
+    return {
+        "tracks": view("track", "event, event AS event_text, "),
+        "identifies": view("identify", "JSON_QUERY(context, '$.traits') AS traits, "),
+        "pages": view("page", "event AS name, "),
+        "screens": view("screen", "event AS name, "),
+        "groups": view("group", "workspace_id AS group_id, "),
     }
 
 
@@ -228,6 +273,7 @@ class BigQuerySink(MergingWarehouseSink):
         self._owns_client = client is None
         self._token = uuid.uuid4().hex[:8]
         self._staging_tables: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._names = StagingNames("_etl_stg_", self._token, STAGING_LOADS)
         self._initialised = False
 
     # ------------------------------------------------------------ connection
@@ -277,6 +323,7 @@ class BigQuerySink(MergingWarehouseSink):
             except Exception as exc:  # best effort; the next start reuses/replaces it anyway
                 log.warning("could not drop staging table %s: %s", staging, exc)
         self._staging_tables.clear()
+        self._names.current.clear()
         if self._owns_client:
             self._client.close()
             self._client = None
@@ -306,11 +353,18 @@ class BigQuerySink(MergingWarehouseSink):
             "rejected_events", REJECTED_COLUMNS, partition="rejected_at", cluster=["reason"]
         )
         self._create_table(
-            "schema_discards", DISCARD_COLUMNS, partition=None, cluster=["table_name"]
+            "schema_discards", DISCARD_COLUMNS, partition="discarded_at", cluster=["table_name"]
         )
-        for name, sql in view_sql(self.qualified).items():
+        # Partitioned: partitioned tables have their own, higher daily modification quota.
+        self._create_table(
+            "users", USERS_COLUMNS, partition="first_identified_at", cluster=["user_id"]
+        )
+        self._create_table("aliases", ALIASES_COLUMNS, partition="timestamp", cluster=["user_id"])
+        views = view_sql(self.qualified) | layout_view_sql(self.qualified)
+        for name, sql in views.items():
             self._query(f"CREATE OR REPLACE VIEW {self.qualified(name)} AS {sql}")
         self._load_columns()
+        self._sweep_staging()
         self._initialised = True
 
     def _create_table(
@@ -381,8 +435,8 @@ class BigQuerySink(MergingWarehouseSink):
     def _add_columns(self, table: str, columns: list[Column]) -> None:
         for col in columns:  # one ADD COLUMN per statement (the emulator's limit)
             self._query(
-                f"ALTER TABLE {self.qualified(table)} ADD COLUMN IF NOT EXISTS {_quote(col.name)} "
-                f"{BIGQUERY_TYPES[col.type]}"
+                f"ALTER TABLE {self.qualified(table)} ADD COLUMN IF NOT EXISTS "
+                f"{_quote(col.name)} {BIGQUERY_TYPES[col.type]}"
             )
             log.info(
                 "schema evolution: added column %s.%s %s", table, col.name, BIGQUERY_TYPES[col.type]
@@ -393,6 +447,53 @@ class BigQuerySink(MergingWarehouseSink):
         if missing:
             current.schema = list(current.schema) + missing
             self.client.update_table(current, ["schema"])
+
+    def _staging_name(self, table: str) -> str:
+        """This load's staging table; the previous one is deleted when the name moves on.
+
+        Every load job counts against its staging table's 1,500 modifications a
+        day; a new table every ``STAGING_LOADS`` loads (and every hour) keeps each
+        one far below that at any flush policy.
+        """
+        name, previous = self._names.name(table, time.time())
+        if previous is not None and self._staging_tables.pop(previous, None) is not None:
+            self.client.delete_table(self.table_id(previous), not_found_ok=True)
+        return name
+
+    def _sweep_staging(self) -> None:
+        """Delete staging tables that crashed workers left (their hour is past the bound)."""
+        now, bound = time.time(), self.settings.bigquery.staging_max_age_hours
+        for item in self.client.list_tables(self.dataset_id):
+            if self._names.stale(item.table_id, now, bound):
+                self.client.delete_table(self.table_id(item.table_id), not_found_ok=True)
+                log.info("dropped stale staging table %s", item.table_id)
+
+    def _create_staging(self, staging: str, columns: tuple[Column, ...]) -> None:
+        """Staging tables expire on their own: a SIGKILLed worker leaves nothing for long."""
+        from google.cloud import bigquery
+
+        table = bigquery.Table(self.table_id(staging), schema=[schema_field(c) for c in columns])
+        table.expires = datetime.now(UTC) + STAGING_EXPIRATION
+        self.client.create_table(table, exists_ok=True)
+
+    def _select(
+        self, table: str, columns: tuple[Column, ...], key: str, values: list[str]
+    ) -> list[dict[str, Any]]:
+        from google.cloud import bigquery
+
+        names = [c.name for c in columns]
+        select = ", ".join(
+            f"TO_JSON_STRING({_quote(n)}) AS {_quote(n)}" if c.type == JSON else _quote(n)
+            for n, c in zip(names, columns, strict=True)
+        )
+        config = bigquery.QueryJobConfig(
+            query_parameters=[bigquery.ArrayQueryParameter("keys", "STRING", values)]
+        )
+        job = self.client.query(
+            f"SELECT {select} FROM {self.qualified(table)} WHERE {_quote(key)} IN UNNEST(@keys)",
+            job_config=config,
+        )
+        return [dict(zip(names, row.values(), strict=True)) for row in job.result()]
 
     def _merge(
         self,
@@ -406,7 +507,7 @@ class BigQuerySink(MergingWarehouseSink):
         from google.api_core import exceptions as gexc
         from google.cloud import bigquery
 
-        staging = f"_etl_stg_{table}_{self._token}"
+        staging = self._staging_name(table)
         config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
             schema=[schema_field(c) for c in columns],
@@ -418,9 +519,12 @@ class BigQuerySink(MergingWarehouseSink):
             # The emulator keeps an existing table's schema on WRITE_TRUNCATE (BigQuery replaces
             # it): after schema evolution, start the staging table afresh.
             self.client.delete_table(self.table_id(staging), not_found_ok=True)
+            self._staging_tables.pop(staging, None)
+        if staging not in self._staging_tables:
+            self._create_staging(staging, columns)
         self._staging_tables[staging] = signature
-        # size=None: a resumable upload (multipart is refused by emulators;
-        # resumable scales to GBs).
+        self._names.count_load(table)
+        # size=None: a resumable upload (emulators refuse multipart; resumable scales to GBs).
         job = self.client.load_table_from_file(
             io.BytesIO(ndjson(columns, rows)), self.table_id(staging), size=None, job_config=config
         )

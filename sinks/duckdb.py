@@ -39,8 +39,11 @@ import pyarrow as pa
 from pydantic import Field
 
 from etl.config import SinkSection
-from sinks.base import Capabilities, RetryableSinkError, Sink, WriteResult
+from sinks.base import Capabilities, FlushPolicy, RetryableSinkError, Sink, WriteResult
+from sinks.identity import alias_keys, merge_aliases, merge_users, user_keys
 from sinks.schema import (
+    ALIASES_COLUMNS,
+    ALIASES_KEY,
     BOOLEAN,
     DISCARD_COLUMNS,
     EVENTS_COLUMNS,
@@ -51,6 +54,8 @@ from sinks.schema import (
     STRING,
     STRING_ARRAY,
     TIMESTAMP,
+    USERS_COLUMNS,
+    USERS_KEY,
     Column,
     SchemaTracker,
     dedupe_last,
@@ -99,7 +104,7 @@ DUCKDB_TYPES = {
     INTEGER: "BIGINT",
     FLOAT: "DOUBLE",
     BOOLEAN: "BOOLEAN",
-    TIMESTAMP: "TIMESTAMP",
+    TIMESTAMP: "TIMESTAMPTZ",
     JSON: "JSON",
     STRING_ARRAY: "VARCHAR[]",
 }
@@ -121,9 +126,8 @@ def quote(identifier: str) -> str:
 def _select_expr(col: Column) -> str:
     q = quote(col.name)
     if col.type == TIMESTAMP:
-        # Values are RFC 3339 with Z; go through TIMESTAMPTZ so an explicit
-        # offset would be honoured, then store naive UTC.
-        return f"CAST(CAST({q} AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS TIMESTAMP) AS {q}"
+        # RFC 3339 text; an explicit offset is honoured, the instant is stored zoned.
+        return f"CAST({q} AS TIMESTAMPTZ) AS {q}"
     if col.type == JSON:
         return f"CAST({q} AS JSON) AS {q}"
     return q
@@ -135,56 +139,82 @@ def _json_text(value: Any) -> str | None:
     return orjson.dumps(value).decode()
 
 
+# Every view is by UTC day and workspace; latencies have p50/p95/p99 (1 decimal),
+# rates 4 decimals, costs 6 (micro-dollars).  ``timezone('UTC', ts)`` takes the UTC
+# day whatever the reader's session time zone.
+_DAY = """CAST(timezone('UTC', "timestamp") AS DATE)"""
+
+
+def _quantiles(column: str, prefix: str) -> str:
+    return ",\n".join(
+        f"round(quantile_cont({column}, {q}), 1) AS p{p}_{prefix}"
+        for p, q in (("50", "0.5"), ("95", "0.95"), ("99", "0.99"))
+    )
+
+
 VIEWS: dict[str, str] = {
-    "flow_success_daily": """
-        SELECT CAST(date_trunc('day', "timestamp") AS DATE) AS day,
+    "flow_success_daily": f"""
+        SELECT {_DAY} AS day, workspace_id,
                count(*) AS flows,
                count(*) FILTER (WHERE success) AS succeeded,
                count(*) FILTER (WHERE success IS NOT NULL) AS with_outcome,
-               CAST(count(*) FILTER (WHERE success) AS DOUBLE)
-                   / NULLIF(count(*) FILTER (WHERE success IS NOT NULL), 0) AS success_rate,
-               quantile_cont(time_ms, 0.5) AS p50_time_ms,
-               quantile_cont(time_ms, 0.95) AS p95_time_ms
-        FROM flow_executed GROUP BY 1""",
-    "tool_latency": """
-        SELECT tool_type,
+               round(CAST(count(*) FILTER (WHERE success) AS DOUBLE)
+                   / NULLIF(count(*) FILTER (WHERE success IS NOT NULL), 0), 4) AS success_rate,
+               {_quantiles("time_ms", "time_ms")}
+        FROM flow_executed GROUP BY 1, 2""",
+    "tool_latency": f"""
+        SELECT {_DAY} AS day, workspace_id, tool_type,
                count(*) AS calls,
-               quantile_cont(latency_ms, 0.5) AS p50_latency_ms,
-               quantile_cont(latency_ms, 0.95) AS p95_latency_ms,
-               quantile_cont(latency_ms, 0.99) AS p99_latency_ms,
-               CAST(
-                   count(*) FILTER (WHERE status IS NOT NULL AND status NOT IN ('success', 'ok'))
-                   AS DOUBLE
-               ) / count(*) AS error_rate
-        FROM tool_used GROUP BY 1""",
-    "llm_cost_daily": """
-        SELECT CAST(date_trunc('day', "timestamp") AS DATE) AS day,
+               {_quantiles("latency_ms", "latency_ms")},
+               round(CAST(count(*) FILTER (
+                   WHERE status IS NOT NULL AND status NOT IN ('success', 'ok')) AS DOUBLE)
+                   / count(*), 4) AS error_rate
+        FROM tool_used GROUP BY 1, 2, 3""",
+    "llm_cost_daily": f"""
+        SELECT {_DAY} AS day,
                ai_model AS model,
                ai_provider AS provider,
                workspace_id,
                count(*) AS generations,
                CAST(sum(ai_input_tokens) AS BIGINT) AS input_tokens,
                CAST(sum(ai_output_tokens) AS BIGINT) AS output_tokens,
-               sum(ai_total_cost_usd) AS cost_usd
+               round(sum(ai_total_cost_usd), 6) AS cost_usd
         FROM ai_generation GROUP BY 1, 2, 3, 4""",
-    "blocked_prompt_rate": """
-        SELECT e.workspace_id,
-               count(*) FILTER (WHERE e.event = 'prompt_blocked') AS blocked_prompts,
-               count(*) FILTER (WHERE e.event = 'flow_executed') AS flow_runs,
+    "blocked_prompt_rate": f"""
+        SELECT {_DAY} AS day, workspace_id,
+               count(*) FILTER (WHERE event = 'prompt_blocked') AS blocked_prompts,
+               count(*) FILTER (WHERE event = 'flow_executed') AS flow_runs,
                count(*) AS events,
-               CAST(count(*) FILTER (WHERE e.event = 'prompt_blocked') AS DOUBLE)
-                   / NULLIF(
-                       count(*) FILTER (WHERE e.event IN ('prompt_blocked', 'flow_executed')), 0
-                   )
+               round(CAST(count(*) FILTER (WHERE event = 'prompt_blocked') AS DOUBLE)
+                   / NULLIF(count(*) FILTER (
+                       WHERE event IN ('prompt_blocked', 'flow_executed')), 0), 4)
                    AS blocked_rate
-        FROM events e WHERE e.type = 'track' GROUP BY 1""",
-    "rag_latency": """
-        SELECT vector_db_used AS vector_db,
+        FROM events WHERE type = 'track' GROUP BY 1, 2""",
+    "rag_latency": f"""
+        SELECT {_DAY} AS day, workspace_id, vector_db_used AS vector_db,
                count(*) AS queries,
-               quantile_cont(latency_ms, 0.5) AS p50_latency_ms,
-               quantile_cont(latency_ms, 0.95) AS p95_latency_ms,
-               avg(sources_found) AS avg_sources_found
-        FROM rag_query_triggered GROUP BY 1""",
+               {_quantiles("latency_ms", "latency_ms")},
+               round(avg(sources_found), 2) AS avg_sources_found
+        FROM rag_query_triggered GROUP BY 1, 2, 3""",
+}
+
+
+def _layout_view(kind: str, extra: str = "") -> str:
+    """RudderStack's per-call tables as views over ``events``."""
+    return f"""
+        SELECT message_id AS id, message_id, anonymous_id, user_id, distinct_id,
+               workspace_id, {_DAY} AS day,
+               "timestamp", original_timestamp, sent_at, received_at,
+               loaded_at AS uuid_ts, {extra}properties, context
+        FROM events WHERE type = '{kind}'"""
+
+
+LAYOUT_VIEWS: dict[str, str] = {
+    "tracks": _layout_view("track", "event, event AS event_text, "),
+    "identifies": _layout_view("identify", "context -> 'traits' AS traits, "),
+    "pages": _layout_view("page", "event AS name, "),
+    "screens": _layout_view("screen", "event AS name, "),
+    "groups": _layout_view("group", "workspace_id AS group_id, "),
 }
 
 
@@ -198,6 +228,11 @@ class DuckDBSink(Sink):
             max_batch_events=settings.delivery.batch_max_events,
             stores_rejected=True,
             is_warehouse=True,
+            # Embedded: a load costs nothing but a transaction, so stay low-latency.
+            flush=FlushPolicy(
+                max_events=settings.delivery.batch_max_events,
+                max_seconds=settings.delivery.flush_interval,
+            ),
         )
 
     def __init__(self, settings: Settings, path: Path | None = None) -> None:
@@ -292,9 +327,40 @@ class DuckDBSink(Sink):
             con.execute(self._ddl(table.name, table.columns, "message_id"))
         con.execute(self._ddl("rejected_events", REJECTED_COLUMNS, "rejection_id"))
         con.execute(self._ddl("schema_discards", DISCARD_COLUMNS, DISCARD_KEY))
-        for name, sql in VIEWS.items():
+        con.execute(self._ddl("users", USERS_COLUMNS, USERS_KEY))
+        con.execute(self._ddl("aliases", ALIASES_COLUMNS, ALIASES_KEY))
+        self._zone_timestamps(con)
+        for name, sql in (VIEWS | LAYOUT_VIEWS).items():
             con.execute(f"CREATE OR REPLACE VIEW {quote(name)} AS {sql}")
         con.execute("COMMIT")
+
+    def _zone_timestamps(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Upgrade naive TIMESTAMP columns (warehouses made before zoned time) in place.
+
+        The naive values were always UTC, so reading them AT TIME ZONE 'UTC' keeps
+        every instant exactly.
+        """
+        declared = {
+            "events": EVENTS_COLUMNS,
+            "rejected_events": REJECTED_COLUMNS,
+            "schema_discards": DISCARD_COLUMNS,
+            "users": USERS_COLUMNS,
+            "aliases": ALIASES_COLUMNS,
+            **{t.name: t.columns for t in self.schema.tables.values()},
+        }
+        naive = con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = 'main' AND data_type = 'TIMESTAMP'"
+        ).fetchall()
+        for table, column in naive:
+            wanted = {c.name: c.type for c in declared.get(table, ())}
+            if wanted.get(column) != TIMESTAMP:
+                continue
+            con.execute(
+                f"ALTER TABLE {quote(table)} ALTER COLUMN {quote(column)} SET DATA TYPE "
+                f"TIMESTAMPTZ USING ({quote(column)} AT TIME ZONE 'UTC')"
+            )
+            log.info("migration: %s.%s TIMESTAMP -> TIMESTAMPTZ (values are UTC)", table, column)
 
     @staticmethod
     def _ddl(table: str, columns: tuple[Column, ...], key: str | tuple[str, ...]) -> str:
@@ -307,7 +373,7 @@ class DuckDBSink(Sink):
             "WHERE table_schema = 'main' AND table_name IN (SELECT unnest(?))",
             [list(self.schema.tables)],
         ).fetchall()
-        reverse = {v: k for k, v in DUCKDB_TYPES.items()}
+        reverse = {v: k for k, v in DUCKDB_TYPES.items()} | {"TIMESTAMP WITH TIME ZONE": TIMESTAMP}
         found: dict[str, dict[str, str]] = {}
         for table, column, data_type in rows:
             found.setdefault(table, {})[column] = reverse.get(data_type, JSON)
@@ -355,6 +421,7 @@ class DuckDBSink(Sink):
                 self._upsert(
                     con, "schema_discards", DISCARD_COLUMNS, list(discards.values()), DISCARD_KEY
                 )
+            self._write_identity(con, events)
             con.execute("COMMIT")
         except BaseException:
             self._rollback(con)
@@ -363,6 +430,29 @@ class DuckDBSink(Sink):
         finally:
             self._release()
         return WriteResult(written=len(events))
+
+    def _write_identity(self, con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> None:
+        """``users`` and ``aliases``, merged with their current rows in the same transaction."""
+        now = utcnow()
+        for table, columns, key, keys, merge in (
+            ("users", USERS_COLUMNS, USERS_KEY, user_keys(events), merge_users),
+            ("aliases", ALIASES_COLUMNS, ALIASES_KEY, alias_keys(events), merge_aliases),
+        ):
+            if not keys:
+                continue
+            select = ", ".join(
+                f"CAST({quote(c.name)} AS VARCHAR)" if c.type == JSON else quote(c.name)
+                for c in columns
+            )
+            cur = con.execute(
+                f"SELECT {select} FROM {quote(table)} "
+                f"WHERE {quote(key[0])} IN (SELECT unnest(?::VARCHAR[]))",
+                [keys],
+            )
+            existing = [
+                dict(zip([c.name for c in columns], r, strict=True)) for r in cur.fetchall()
+            ]
+            self._upsert(con, table, columns, merge(events, existing, now), key)
 
     def write_rejected(self, records: list[dict[str, Any]]) -> None:
         seen: dict[str, dict[str, Any]] = {r["rejection_id"]: r for r in records}

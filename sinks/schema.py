@@ -124,6 +124,157 @@ DISCARD_COLUMNS: tuple[Column, ...] = (
 )
 
 
+# Identity: derived from identify and alias calls; both merges are order-independent
+# and idempotent (sinks/identity.py), so redelivery and replay change nothing.
+USERS_COLUMNS: tuple[Column, ...] = (
+    Column("user_id", STRING, "Unique key: the known user id (erasure deletes by it)."),
+    Column(
+        "traits",
+        JSON,
+        "Latest value of every trait, merged from identify calls in order of event time.",
+    ),
+    Column("workspace_id", STRING, "Workspace of the latest identify call."),
+    Column("first_identified_at", TIMESTAMP, "Event time of the first identify call, UTC."),
+    Column("last_identified_at", TIMESTAMP, "Event time of the latest identify call, UTC."),
+    Column("last_message_id", STRING, "message_id of the latest identify call."),
+    Column(
+        "trait_versions",
+        JSON,
+        "Per trait: [event time, message_id] of the call its value came from (merge order).",
+    ),
+    Column("loaded_at", TIMESTAMP, "When this row was last written, UTC."),
+)
+USERS_KEY = ("user_id",)
+
+ALIASES_COLUMNS: tuple[Column, ...] = (
+    Column(
+        "previous_id",
+        STRING,
+        "Unique key: an anonymous id or previous user id (erasure deletes by it or user_id).",
+    ),
+    Column("user_id", STRING, "The user it belongs to (joins to users.user_id)."),
+    Column(
+        "source",
+        STRING,
+        "identify (anonymous id seen on an identify call) or alias (an alias call).",
+    ),
+    Column("message_id", STRING, "The call that made the link (the latest one wins)."),
+    Column("timestamp", TIMESTAMP, "Event time of that call, UTC."),
+    Column("loaded_at", TIMESTAMP, "When this row was last written, UTC."),
+)
+ALIASES_KEY = ("previous_id",)
+
+
+# The analysts' views (same columns in the three warehouses), for the data dictionary.
+_DAY_COL = Column("day", "date", "UTC day of the event time.")
+_WS_COL = Column("workspace_id", STRING, "Workspace (NULL when the event named none).")
+
+
+def _quantile_cols(what: str, unit: str) -> tuple[Column, ...]:
+    return tuple(
+        Column(f"p{p}_{what}", FLOAT, f"{p}th percentile of {unit} (linear interpolation, 0.1).")
+        for p in ("50", "95", "99")
+    )
+
+
+METRIC_VIEW_COLUMNS: dict[str, tuple[str, tuple[Column, ...]]] = {
+    "flow_success_daily": (
+        "day × workspace",
+        (
+            _DAY_COL,
+            _WS_COL,
+            Column("flows", INTEGER, "flow_executed events."),
+            Column("succeeded", INTEGER, "Flows with success = true."),
+            Column("with_outcome", INTEGER, "Flows that reported success at all."),
+            Column("success_rate", FLOAT, "succeeded / with_outcome, 4 decimals."),
+            *_quantile_cols("time_ms", "time_ms"),
+        ),
+    ),
+    "tool_latency": (
+        "day × workspace × tool type",
+        (
+            _DAY_COL,
+            _WS_COL,
+            Column("tool_type", STRING, "Tool type."),
+            Column("calls", INTEGER, "tool_used events."),
+            *_quantile_cols("latency_ms", "latency_ms"),
+            Column("error_rate", FLOAT, "Share with a status other than success/ok, 4 decimals."),
+        ),
+    ),
+    "llm_cost_daily": (
+        "day × model × provider × workspace",
+        (
+            _DAY_COL,
+            Column("model", STRING, "$ai_model."),
+            Column("provider", STRING, "$ai_provider."),
+            _WS_COL,
+            Column("generations", INTEGER, "$ai_generation events."),
+            Column("input_tokens", INTEGER, "Sum of $ai_input_tokens."),
+            Column("output_tokens", INTEGER, "Sum of $ai_output_tokens."),
+            Column("cost_usd", FLOAT, "Sum of $ai_total_cost_usd, 6 decimals (micro-dollars)."),
+        ),
+    ),
+    "blocked_prompt_rate": (
+        "day × workspace",
+        (
+            _DAY_COL,
+            _WS_COL,
+            Column("blocked_prompts", INTEGER, "prompt_blocked events."),
+            Column("flow_runs", INTEGER, "flow_executed events."),
+            Column("events", INTEGER, "All track events."),
+            Column(
+                "blocked_rate",
+                FLOAT,
+                "blocked / (blocked + flow runs), 4 decimals: the share of prompt-bearing "
+                "activity that was blocked (an estimate).",
+            ),
+        ),
+    ),
+    "rag_latency": (
+        "day × workspace × vector DB",
+        (
+            _DAY_COL,
+            _WS_COL,
+            Column("vector_db", STRING, "vector_db_used."),
+            Column("queries", INTEGER, "rag_query_triggered events."),
+            *_quantile_cols("latency_ms", "latency_ms"),
+            Column("avg_sources_found", FLOAT, "Mean sources_found, 2 decimals."),
+        ),
+    ),
+}
+
+# RudderStack's per-call tables, as views over ``events`` (``aliases`` is the id map table).
+LAYOUT_BASE_COLUMNS: tuple[Column, ...] = (
+    Column("id", STRING, "RudderStack's name for message_id."),
+    Column("message_id", STRING, "Unique key; joins to events.message_id."),
+    Column("anonymous_id", STRING, "Anonymous id (resolve through aliases.previous_id)."),
+    Column("user_id", STRING, "Known user id (joins to users.user_id)."),
+    Column("distinct_id", STRING, "PostHog distinct_id, or userId else anonymousId."),
+    Column("workspace_id", STRING, "Workspace."),
+    _DAY_COL,
+    Column("timestamp", TIMESTAMP, "Event time."),
+    Column("original_timestamp", TIMESTAMP, "Event time by the client's clock."),
+    Column("sent_at", TIMESTAMP, "When the client sent it."),
+    Column("received_at", TIMESTAMP, "When the platform received it."),
+    Column("uuid_ts", TIMESTAMP, "RudderStack's name for loaded_at."),
+    Column("properties", JSON, "Event properties."),
+    Column("context", JSON, "Event context."),
+)
+LAYOUT_VIEW_COLUMNS: dict[str, tuple[str, tuple[Column, ...]]] = {
+    "tracks": (
+        "track calls",
+        (
+            Column("event", STRING, "Event name."),
+            Column("event_text", STRING, "Event name (RudderStack's copy)."),
+        ),
+    ),
+    "identifies": ("identify calls", (Column("traits", JSON, "Traits sent with the call."),)),
+    "pages": ("page calls", (Column("name", STRING, "Event name ($pageview, page name)."),)),
+    "screens": ("screen calls", (Column("name", STRING, "Event name ($screen, screen name)."),)),
+    "groups": ("group calls", (Column("group_id", STRING, "The group (workspace) id."),)),
+}
+
+
 def missing_columns(
     existing: set[str] | frozenset[str], columns: tuple[Column, ...]
 ) -> list[Column]:

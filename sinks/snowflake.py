@@ -28,6 +28,7 @@ import logging
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -37,9 +38,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ConfigDict, Field, SecretStr
 
-from etl.config import SinkSection
 from sinks.base import RetryableSinkError, SinkAuthError
 from sinks.schema import (
+    ALIASES_COLUMNS,
     BOOLEAN,
     DISCARD_COLUMNS,
     EVENTS_COLUMNS,
@@ -50,11 +51,14 @@ from sinks.schema import (
     STRING,
     STRING_ARRAY,
     TIMESTAMP,
+    USERS_COLUMNS,
     Column,
     missing_columns,
 )
 from sinks.warehouse_sql import (
+    LoadPolicySettings,
     MergingWarehouseSink,
+    StagingNames,
     merge_statement,
     parse_timestamp,
 )
@@ -65,7 +69,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("etl.sinks.snowflake")
 
 
-class SnowflakeSettings(SinkSection):
+class SnowflakeSettings(LoadPolicySettings):
     model_config = ConfigDict(populate_by_name=True)
     vendor_env: ClassVar[dict[str, str]] = {
         "SNOWFLAKE_ACCOUNT": "account",
@@ -114,7 +118,7 @@ SNOWFLAKE_TYPES = {
     INTEGER: "NUMBER(38,0)",
     FLOAT: "FLOAT",
     BOOLEAN: "BOOLEAN",
-    TIMESTAMP: "TIMESTAMP_NTZ",
+    TIMESTAMP: "TIMESTAMP_TZ",
     JSON: "VARIANT",
     STRING_ARRAY: "ARRAY",
 }
@@ -129,6 +133,7 @@ REVERSE_TYPES = {
     "DOUBLE": FLOAT,
     "BOOLEAN": BOOLEAN,
     "TIMESTAMP_NTZ": TIMESTAMP,
+    "TIMESTAMP_TZ": TIMESTAMP,
     "TIMESTAMP": TIMESTAMP,
     "VARIANT": JSON,
     "OBJECT": JSON,
@@ -141,7 +146,7 @@ ARROW_TYPES = {
     INTEGER: pa.int64(),
     FLOAT: pa.float64(),
     BOOLEAN: pa.bool_(),
-    TIMESTAMP: pa.timestamp("us"),
+    TIMESTAMP: pa.timestamp("us", tz="UTC"),
     JSON: pa.string(),
     STRING_ARRAY: pa.string(),
 }
@@ -158,52 +163,77 @@ def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+# The DuckDB views (sinks/duckdb.py) in Snowflake SQL: same columns, rounding and answers.
+_DAY = "TO_DATE(CONVERT_TIMEZONE('UTC', timestamp))"
+
+
+def _quantiles(column: str, prefix: str) -> str:
+    return ",\n".join(
+        f"ROUND(PERCENTILE_CONT({q}) WITHIN GROUP (ORDER BY {column}), 1) AS p{p}_{prefix}"
+        for p, q in (("50", "0.5"), ("95", "0.95"), ("99", "0.99"))
+    )
+
+
 VIEWS: dict[str, str] = {
-    "flow_success_daily": """
-        SELECT CAST(DATE_TRUNC('day', timestamp) AS DATE) AS day,
+    "flow_success_daily": f"""
+        SELECT {_DAY} AS day, workspace_id,
                COUNT(*) AS flows,
                COUNT_IF(success) AS succeeded,
                COUNT_IF(success IS NOT NULL) AS with_outcome,
-               CAST(COUNT_IF(success) AS FLOAT)
-                   / NULLIF(COUNT_IF(success IS NOT NULL), 0) AS success_rate,
-               PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY time_ms) AS p50_time_ms,
-               PERCENTILE_CONT(0.95) WITHIN GROUP (ORDER BY time_ms) AS p95_time_ms
-        FROM flow_executed GROUP BY 1""",
-    "tool_latency": """
-        SELECT tool_type,
+               ROUND(CAST(COUNT_IF(success) AS FLOAT)
+                   / NULLIF(COUNT_IF(success IS NOT NULL), 0), 4) AS success_rate,
+               {_quantiles("time_ms", "time_ms")}
+        FROM flow_executed GROUP BY 1, 2""",
+    "tool_latency": f"""
+        SELECT {_DAY} AS day, workspace_id, tool_type,
                COUNT(*) AS calls,
-               PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50_latency_ms,
-               PERCENTILE_CONT(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95_latency_ms,
-               PERCENTILE_CONT(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99_latency_ms,
-               CAST(COUNT_IF(status IS NOT NULL AND status NOT IN ('success', 'ok')) AS FLOAT)
-                   / COUNT(*) AS error_rate
-        FROM tool_used GROUP BY 1""",
-    "llm_cost_daily": """
-        SELECT CAST(DATE_TRUNC('day', timestamp) AS DATE) AS day,
+               {_quantiles("latency_ms", "latency_ms")},
+               ROUND(CAST(COUNT_IF(status IS NOT NULL AND status NOT IN ('success', 'ok')) AS FLOAT)
+                   / COUNT(*), 4) AS error_rate
+        FROM tool_used GROUP BY 1, 2, 3""",
+    "llm_cost_daily": f"""
+        SELECT {_DAY} AS day,
                ai_model AS model,
                ai_provider AS provider,
                workspace_id,
                COUNT(*) AS generations,
                SUM(ai_input_tokens) AS input_tokens,
                SUM(ai_output_tokens) AS output_tokens,
-               SUM(ai_total_cost_usd) AS cost_usd
+               ROUND(SUM(ai_total_cost_usd), 6) AS cost_usd
         FROM ai_generation GROUP BY 1, 2, 3, 4""",
-    "blocked_prompt_rate": """
-        SELECT workspace_id,
+    "blocked_prompt_rate": f"""
+        SELECT {_DAY} AS day, workspace_id,
                COUNT_IF(event = 'prompt_blocked') AS blocked_prompts,
                COUNT_IF(event = 'flow_executed') AS flow_runs,
                COUNT(*) AS events,
-               CAST(COUNT_IF(event = 'prompt_blocked') AS FLOAT)
-                   / NULLIF(COUNT_IF(event IN ('prompt_blocked', 'flow_executed')), 0)
+               ROUND(CAST(COUNT_IF(event = 'prompt_blocked') AS FLOAT)
+                   / NULLIF(COUNT_IF(event IN ('prompt_blocked', 'flow_executed')), 0), 4)
                    AS blocked_rate
-        FROM events WHERE type = 'track' GROUP BY 1""",
-    "rag_latency": """
-        SELECT vector_db_used AS vector_db,
+        FROM events WHERE type = 'track' GROUP BY 1, 2""",
+    "rag_latency": f"""
+        SELECT {_DAY} AS day, workspace_id, vector_db_used AS vector_db,
                COUNT(*) AS queries,
-               PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50_latency_ms,
-               PERCENTILE_CONT(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95_latency_ms,
-               AVG(sources_found) AS avg_sources_found
-        FROM rag_query_triggered GROUP BY 1""",
+               {_quantiles("latency_ms", "latency_ms")},
+               ROUND(AVG(sources_found), 2) AS avg_sources_found
+        FROM rag_query_triggered GROUP BY 1, 2, 3""",
+}
+
+
+def _layout_view(kind: str, extra: str = "") -> str:
+    return f"""
+        SELECT message_id AS id, message_id, anonymous_id, user_id, distinct_id,
+               workspace_id, {_DAY} AS day,
+               timestamp, original_timestamp, sent_at, received_at,
+               loaded_at AS uuid_ts, {extra}properties, context
+        FROM events WHERE type = '{kind}'"""
+
+
+LAYOUT_VIEWS: dict[str, str] = {
+    "tracks": _layout_view("track", "event, event AS event_text, "),
+    "identifies": _layout_view("identify", "GET(context, 'traits') AS traits, "),
+    "pages": _layout_view("page", "event AS name, "),
+    "screens": _layout_view("screen", "event AS name, "),
+    "groups": _layout_view("group", "workspace_id AS group_id, "),
 }
 
 
@@ -246,6 +276,8 @@ class SnowflakeSink(MergingWarehouseSink):
         self._conn: Any = None
         self._token = uuid.uuid4().hex[:8].upper()
         self._stage = f"_ETL_STAGE_{self._token}"
+        # Snowflake has no per-table load quota: rotate by the hour only.
+        self._names = StagingNames("_ETL_STG_", self._token, rotate_loads=2**62)
         self._staging_signature: dict[str, tuple[tuple[str, str], ...]] = {}
         self._tmp = Path(tempfile.mkdtemp(prefix="etl-snowflake-"))
         self._initialised = False
@@ -276,7 +308,10 @@ class SnowflakeSink(MergingWarehouseSink):
         if s.host is not None:
             kwargs["protocol"] = s.protocol
             # Emulators and private links have no telemetry endpoint.
-            kwargs["session_parameters"] = {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False}
+            kwargs["session_parameters"] = {
+                "TIMEZONE": "UTC",
+                "CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False,
+            }
         return {k: v for k, v in kwargs.items() if v is not None}
 
     def _private_key_der(self) -> bytes:
@@ -329,6 +364,7 @@ class SnowflakeSink(MergingWarehouseSink):
         self._staging_signature.clear()  # a new session: verify staging tables again
         if not self._initialised:
             self._create_objects()
+            self._sweep_staging()
             self._initialised = True
         self._load_columns()
         return conn
@@ -342,12 +378,13 @@ class SnowflakeSink(MergingWarehouseSink):
             return
         try:
             cur = conn.cursor()
-            for table in list(self._staging_signature):
-                cur.execute(f"DROP TABLE IF EXISTS {self._staging_name(table)}")
+            for staging in list(self._names.current.values()):
+                cur.execute(f"DROP TABLE IF EXISTS {ident(staging)}")
         except Exception as exc:  # best effort: the staging tables are recreated or dropped later
             log.warning("could not drop staging tables: %s", exc)
         finally:
             self._staging_signature.clear()
+            self._names.current.clear()
             try:
                 conn.close()
             except Exception:
@@ -411,8 +448,43 @@ class SnowflakeSink(MergingWarehouseSink):
             )
         self._exec(self._ddl("rejected_events", REJECTED_COLUMNS))
         self._exec(self._ddl("schema_discards", DISCARD_COLUMNS))
-        for name, sql in VIEWS.items():
+        self._exec(self._ddl("users", USERS_COLUMNS))
+        self._exec(self._ddl("aliases", ALIASES_COLUMNS))
+        self._zone_timestamps()
+        for name, sql in (VIEWS | LAYOUT_VIEWS).items():
             self._exec(f"CREATE OR REPLACE VIEW {ident(name)} AS {sql}")
+
+    def _zone_timestamps(self) -> None:
+        """Upgrade TIMESTAMP_NTZ columns (schemas made before zoned time) in place.
+
+        Snowflake cannot change NTZ to TZ with ALTER COLUMN, so each column is
+        copied into a zoned one (values are UTC and so is the session's TIMEZONE, which
+        the cast reads them in), then swapped in under the old name.
+        """
+        declared = {
+            "events": EVENTS_COLUMNS,
+            "rejected_events": REJECTED_COLUMNS,
+            "schema_discards": DISCARD_COLUMNS,
+            "users": USERS_COLUMNS,
+            "aliases": ALIASES_COLUMNS,
+            **{t.name: t.columns for t in self.schema.tables.values()},
+        }
+        naive = self._exec(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = CURRENT_SCHEMA() AND data_type = 'TIMESTAMP_NTZ'"
+        ).fetchall()
+        for table, column in naive:
+            wanted = {c.name: c.type for c in declared.get(str(table).lower(), ())}
+            if wanted.get(str(column).lower()) != TIMESTAMP:
+                continue
+            t, c, tmp = ident(str(table)), ident(str(column)), ident(f"{column}__etl_tz")
+            self._exec(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {tmp} TIMESTAMP_TZ")
+            self._exec(f"UPDATE {t} SET {tmp} = CAST({c} AS TIMESTAMP_TZ)")
+            self._exec(f"ALTER TABLE {t} DROP COLUMN {c}")
+            self._exec(f"ALTER TABLE {t} RENAME COLUMN {tmp} TO {c}")
+            log.info(
+                "migration: %s.%s TIMESTAMP_NTZ -> TIMESTAMP_TZ (values are UTC)", table, column
+            )
 
     @staticmethod
     def _ddl(
@@ -459,11 +531,40 @@ class SnowflakeSink(MergingWarehouseSink):
                 SNOWFLAKE_TYPES[col.type],
             )
 
-    def _staging_name(self, table: str) -> str:
-        return f"_ETL_STG_{table.upper()}_{self._token}"
+    def _select(
+        self, table: str, columns: tuple[Column, ...], key: str, values: list[str]
+    ) -> list[dict[str, Any]]:
+        names = [c.name for c in columns]
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(values), 1000):
+            chunk = values[start : start + 1000]
+            marks = ", ".join(["%s"] * len(chunk))
+            cur = self._exec(
+                f"SELECT {', '.join(ident(n) for n in names)} FROM {ident(table)} "
+                f"WHERE {ident(key)} IN ({marks})",
+                chunk,
+            )
+            out.extend(dict(zip(names, row, strict=True)) for row in cur.fetchall())
+        return out
+
+    def _sweep_staging(self) -> None:
+        """Drop staging tables that crashed workers left (their hour is past the bound)."""
+        now, bound = time.time(), self.settings.snowflake.staging_max_age_hours
+        rows = self._exec(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = CURRENT_SCHEMA() AND STARTSWITH(table_name, '_ETL_STG_')"
+        ).fetchall()
+        for (name,) in rows:
+            if self._names.stale(str(name), now, bound):
+                self._exec(f"DROP TABLE IF EXISTS {ident(str(name))}")
+                log.info("dropped stale staging table %s", name)
 
     def _prepare_staging(self, table: str, columns: tuple[Column, ...]) -> str:
-        staging = self._staging_name(table)
+        staging, previous = self._names.name(table.upper(), time.time())
+        staging = ident(staging)
+        if previous is not None:  # moved on to this hour's table
+            self._exec(f"DROP TABLE IF EXISTS {ident(previous)}")
+            self._staging_signature.pop(table, None)
         signature = tuple((c.name, c.type) for c in columns)
         if self._staging_signature.get(table) == signature:
             self._exec(f"TRUNCATE TABLE {staging}")

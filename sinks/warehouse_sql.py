@@ -12,11 +12,19 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sinks.base import Capabilities, Sink, WriteResult
+from pydantic import Field
+
+from etl.config import SinkSection
+from sinks.base import Capabilities, FlushPolicy, Sink, WriteResult
+from sinks.identity import alias_keys, merge_aliases, merge_users, user_keys
 from sinks.schema import (
+    ALIASES_COLUMNS,
+    ALIASES_KEY,
     DISCARD_COLUMNS,
     EVENTS_COLUMNS,
     REJECTED_COLUMNS,
+    USERS_COLUMNS,
+    USERS_KEY,
     Column,
     SchemaTracker,
     TypedPlan,
@@ -28,8 +36,86 @@ if TYPE_CHECKING:
     from sinks.settings import Settings
 
 
+class LoadPolicySettings(SinkSection):
+    """Flush-policy settings of a warehouse that loads in bulk (Snowflake, BigQuery).
+
+    The defaults load about once a minute: BigQuery counts every load job and
+    MERGE against a table's daily modification quota, and each Snowflake MERGE
+    wakes the virtual warehouse (billed per second, 60 s minimum).
+    """
+
+    flush_max_events: int = Field(
+        50_000, ge=1, description="Most events per load (one staging load + MERGE per table)."
+    )
+    flush_max_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Most encoded bytes per load."
+    )
+    flush_max_seconds: float = Field(
+        60.0, gt=0, description="Longest an event waits for its load, seconds."
+    )
+    min_load_interval: float = Field(
+        60.0,
+        ge=0,
+        description="Fewest seconds between two loads of this worker (caps loads per day).",
+    )
+    staging_max_age_hours: float = Field(
+        2.0,
+        ge=0,
+        description="On start, drop staging tables made longer ago than this (crashed workers'; "
+        "live workers move to a new one every hour).",
+    )
+
+    def flush_policy(self) -> FlushPolicy:
+        return FlushPolicy(
+            max_events=self.flush_max_events,
+            max_bytes=self.flush_max_bytes,
+            max_seconds=self.flush_max_seconds,
+            min_interval=self.min_load_interval,
+        )
+
+
+class StagingNames:
+    """Names of one sink instance's staging tables: ``<prefix><table>_<token>_<hour>_<n>``.
+
+    The name carries the hour it was made (hours since the epoch, hex) and a
+    generation that moves on every ``rotate_loads`` loads, so a live worker moves
+    to a fresh table every hour (and before a table's daily modification quota),
+    and a table whose hour is older than the bound belongs to a worker that is gone:
+    the next start drops it without asking the warehouse for metadata.
+    """
+
+    def __init__(self, prefix: str, token: str, rotate_loads: int) -> None:
+        self.prefix, self.token, self.rotate_loads = prefix, token, rotate_loads
+        self.loads: dict[str, int] = {}
+        self.current: dict[str, str] = {}
+
+    def name(self, table: str, now: float) -> tuple[str, str | None]:
+        """(name for this load, the previous name of ``table`` when it just rotated)."""
+        generation = self.loads.get(table, 0) // self.rotate_loads
+        name = f"{self.prefix}{table}_{self.token}_{int(now // 3600):x}_{generation}"
+        previous = self.current.get(table)
+        self.current[table] = name
+        return name, (previous if previous not in (None, name) else None)
+
+    def count_load(self, table: str) -> None:
+        self.loads[table] = self.loads.get(table, 0) + 1
+
+    def stale(self, name: str, now: float, max_age_hours: float) -> bool:
+        """A staging table (of any worker) made more than ``max_age_hours`` ago."""
+        mine = {n.lower() for n in self.current.values()}
+        if not name.lower().startswith(self.prefix.lower()) or name.lower() in mine:
+            return False
+        try:
+            _, _, hour, _ = name.rsplit("_", 3)
+            made = int(hour, 16)
+        except ValueError:
+            return False
+        # 0: every other instance's table (one worker per destination, e.g. after a SIGKILL).
+        return max_age_hours == 0 or made + 1 <= now / 3600 - max_age_hours
+
+
 def parse_timestamp(value: Any) -> datetime | None:
-    """RFC 3339 text (or a datetime) -> naive UTC datetime; warehouses store UTC."""
+    """RFC 3339 text (or a datetime) -> naive UTC datetime (the instant, for zoned columns)."""
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
@@ -101,11 +187,15 @@ class MergingWarehouseSink(Sink):
 
     @classmethod
     def declare_capabilities(cls, settings: Settings) -> Capabilities:
+        section: LoadPolicySettings = getattr(settings, cls.name)
+        policy = section.flush_policy()
         return Capabilities(
             max_identifier_length=cls.identifier_limit,
-            max_batch_events=settings.delivery.batch_max_events,
+            # One write (one load and MERGE per table) per flushed batch.
+            max_batch_events=policy.max_events,
             stores_rejected=True,
             is_warehouse=True,
+            flush=policy,
         )
 
     def __init__(self, settings: Settings) -> None:
@@ -133,6 +223,12 @@ class MergingWarehouseSink(Sink):
     ) -> None:
         raise NotImplementedError
 
+    def _select(
+        self, table: str, columns: tuple[Column, ...], key: str, values: list[str]
+    ) -> list[dict[str, Any]]:
+        """Rows of ``table`` whose ``key`` is one of ``values`` (parameterised)."""
+        raise NotImplementedError
+
     # -- shared write path -------------------------------------------------
     def write(self, events: list[dict[str, Any]]) -> WriteResult:
         events = dedupe_last(events)
@@ -150,10 +246,22 @@ class MergingWarehouseSink(Sink):
             if plan.discards:
                 self._merge("schema_discards", DISCARD_COLUMNS, discard_rows(plan), DISCARD_KEY)
             self._merge("events", EVENTS_COLUMNS, event_rows(events, utcnow()), EVENTS_KEY)
+            # Derived from events, so after them: a crash here is repaired by redelivery.
+            self._write_identity(events)
         except BaseException:
             self.schema.forget_new_columns(plan)
             raise
         return WriteResult(written=len(events))
+
+    def _write_identity(self, events: list[dict[str, Any]]) -> None:
+        now = utcnow()
+        for table, columns, key, keys, merge in (
+            ("users", USERS_COLUMNS, USERS_KEY, user_keys(events), merge_users),
+            ("aliases", ALIASES_COLUMNS, ALIASES_KEY, alias_keys(events), merge_aliases),
+        ):
+            if keys:
+                existing = self._select(table, columns, key[0], keys)
+                self._merge(table, columns, merge(events, existing, now), key)
 
     def write_rejected(self, records: list[dict[str, Any]]) -> None:
         unique = list({r["rejection_id"]: r for r in records}.values())

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 import faust
 
 from etl.role import Role
+from sinks.base import FlushPolicy
 from sinks.registry import build_sink, capabilities
 from streams import web
 from streams.app import EtlApp, create_app
-from streams.batching import chunk_batches, events_in, records_in, records_of
+from streams.batching import chunk_batches, events_in, policy_for, records_in, records_of
 from streams.delivery import DeliveryInterrupted
 from streams.lag import LagReporter
 from streams.logs import batch_context
@@ -92,7 +93,11 @@ def _normalize_agents(app: EtlApp) -> None:
         await asyncio.to_thread(stage.start)
         try:
             async for batch in chunk_batches(
-                stream, NORMALIZE_BATCH_RECORDS, NORMALIZE_BATCH_SECONDS, records_in
+                stream,
+                FlushPolicy(
+                    max_events=NORMALIZE_BATCH_RECORDS, max_seconds=NORMALIZE_BATCH_SECONDS
+                ),
+                records_in,
             ):
                 if not batch:
                     continue
@@ -111,14 +116,13 @@ def _sink_agents(app: EtlApp, name: str) -> None:
     settings = app.settings
     output = FaustOutput(app, f"sink:{name}", RetryPolicy.from_settings(settings))
     stage = SinkStage(settings, build_sink(settings, name), DeadLetters(output, settings))
-    delivery = settings.delivery
+    # The sink's flush policy: how many loads a day it makes (its vendor's quotas and cost).
+    policy = policy_for(stage.sink.capabilities, settings)
 
     @app.agent(app.chunk_topic(settings.kafka.normalized_topic), name=f"deliver_{name}")
     async def deliver(stream: faust.StreamT) -> None:
         try:
-            async for batch in chunk_batches(
-                stream, delivery.batch_max_events, delivery.flush_interval, events_in
-            ):
+            async for batch in chunk_batches(stream, policy, events_in):
                 if not batch:
                     await stage.idle()
                     continue
@@ -135,9 +139,7 @@ def _sink_agents(app: EtlApp, name: str) -> None:
 
         @app.agent(app.chunk_topic(settings.kafka.dlq_topic), name=f"rejected_{name}")
         async def store_rejected(stream: faust.StreamT) -> None:
-            async for batch in chunk_batches(
-                stream, delivery.batch_max_events, delivery.flush_interval, records_in
-            ):
+            async for batch in chunk_batches(stream, policy, records_in):
                 if not batch:
                     continue
                 records = records_of(batch)

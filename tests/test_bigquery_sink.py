@@ -299,3 +299,37 @@ def test_a_column_added_between_batches_reaches_the_merge(sink) -> None:
         ("evo-2", None, None),
         ("hostile-1", None, 1),
     ]
+
+
+def test_staging_tables_rotate_below_the_daily_quota_and_a_crash_leaves_none(
+    sink,
+    bigquery_emulator,  # noqa: F811
+    bigquery_dataset,  # noqa: F811
+) -> None:
+    """Each load job counts against its staging table's 1,500 modifications a day: a new
+    staging table every STAGING_LOADS loads, set to expire (on BigQuery; bqemulator ignores
+    expirations), and the next start deletes what a SIGKILLed worker left."""
+    sink._names.rotate_loads = 2  # STAGING_LOADS, made small
+    events = unified(KNOWN_RAW)
+    for _ in range(3):
+        sink.write(events[:2])
+
+    def staging() -> list[str]:
+        tables = sink.client.list_tables(sink.dataset_id)
+        return sorted(t.table_id for t in tables if t.table_id.startswith("_etl_stg_"))
+
+    # ai_generation and events, each on its second staging table; the first ones are gone.
+    assert [t.rsplit("_", 1)[1] for t in staging()] == ["1", "1"], staging()
+    assert q(sink, "SELECT COUNT(*) FROM `{t}.events`") == [(2,)]
+    # SIGKILL: nothing is closed.  The next start (bound 0 h) removes the orphan.
+    settings, _ = bigquery_target(bigquery_emulator, bigquery_dataset)
+    settings = settings.model_copy(update={"staging_max_age_hours": 0.0})
+    successor = BigQuerySink(Settings(bigquery=settings))
+    successor.open()
+    try:
+        assert staging() == []
+        successor.write(events[2:4])
+        assert q(sink, "SELECT COUNT(*) FROM `{t}.events`") == [(4,)]
+    finally:
+        successor.close()
+    assert staging() == []

@@ -4,7 +4,7 @@ workers, into the DuckDB warehouse: exact rows, exact rejections, reconciled cou
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 
@@ -212,8 +212,9 @@ def test_both_styles_and_envelopes_land_exactly_once(make_pipeline) -> None:
     assert by_id["55555555-5555-4555-8555-555555555555"][2] == "ユーザー🙂"
 
     ts = dict(warehouse_rows(db, "SELECT message_id, timestamp FROM events"))
-    assert ts["11111111-1111-4111-8111-111111111111"] == datetime(2026, 11, 19, 9, 0)
-    assert ts["seg-flow-1"] == datetime(2026, 11, 19, 9, 5)
+    # Zoned: the UTC instant, whatever the reader's session zone.
+    assert ts["11111111-1111-4111-8111-111111111111"] == datetime(2026, 11, 19, 9, 0, tzinfo=UTC)
+    assert ts["seg-flow-1"] == datetime(2026, 11, 19, 9, 5, tzinfo=UTC)
 
     ((props, context),) = warehouse_rows(
         db,
@@ -387,11 +388,12 @@ def test_views_answer_the_analyst_questions(make_pipeline) -> None:
         "SELECT day, model, provider, workspace_id, generations, input_tokens, cost_usd "
         "FROM llm_cost_daily",
     ) == [(datetime(2026, 11, 19).date(), "m1", "p1", "ws_a", 2, 20, 0.75)]
+    # By day and workspace: the flows are on 2026-11-19, the block on the day it arrived.
     assert warehouse_rows(
         db,
-        "SELECT workspace_id, blocked_prompts, flow_runs, blocked_rate FROM blocked_prompt_rate "
-        "WHERE workspace_id = 'ws_a'",
-    ) == [("ws_a", 1, 4, 0.2)]
+        "SELECT workspace_id, sum(blocked_prompts), sum(flow_runs) FROM blocked_prompt_rate "
+        "WHERE workspace_id = 'ws_a' GROUP BY 1",
+    ) == [("ws_a", 1, 4)]
     assert warehouse_rows(
         db, "SELECT vector_db, queries, p50_latency_ms, avg_sources_found FROM rag_latency"
     ) == [("pgvector", 3, 200.0, 2.0)]

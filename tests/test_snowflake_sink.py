@@ -224,7 +224,7 @@ def test_write_rejected_merges_on_rejection_id(sink) -> None:
         "SELECT rejection_id, reason, error, raw_payload, source_offset, rejected_at::string "
         "FROM rejected_events",
     ) == [
-        ("rej-1", "invalid_json", "updated", "not json", 7, "2026-11-19 09:00:00"),
+        ("rej-1", "invalid_json", "updated", "not json", 7, "2026-11-19 09:00:00+00"),
     ]
 
 
@@ -348,3 +348,38 @@ def test_a_column_added_between_batches_reaches_the_merge(sink) -> None:
         ("evo-2", None, None),
         ("hostile-1", None, 1),
     ]
+
+
+def test_a_crashed_workers_staging_tables_are_dropped_by_the_next_start(
+    sink,
+    snowflake_conn_kwargs,  # noqa: F811
+) -> None:
+    """Staging names carry the hour they were made; a start drops those older than the
+    bound (``staging_max_age_hours``), so a SIGKILLed worker leaves nothing behind."""
+    sink.write(unified(KNOWN_RAW))
+
+    def staging() -> list[str]:
+        return [
+            r[0]
+            for r in rows(
+                sink,
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+                "CURRENT_SCHEMA() AND STARTSWITH(table_name, '_ETL_STG_')",
+            )
+        ]
+
+    left = staging()
+    assert left and all(sink._token in name for name in left), left
+    # SIGKILL: the sink is never closed.  A successor starts with a 0 h bound.
+    kwargs = {**snowflake_conn_kwargs, "database": SNOWFLAKE_TEST_DATABASE}
+    kwargs["schema"] = sink.schema_name
+    settings = Settings()
+    settings.snowflake.staging_max_age_hours = 0.0
+    successor = SnowflakeSink(settings, connect_kwargs=kwargs)
+    successor.open()
+    try:
+        assert staging() == []
+        assert successor.write(unified(KNOWN_RAW[:2])).written == 2
+    finally:
+        successor.close()
+    assert staging() == []

@@ -136,9 +136,9 @@ def known_events() -> list[dict[str, Any]]:
 KNOWN_RAW = [orjson.dumps(e) for e in known_events()]
 BAD_RAW = {
     b"not json at all": "invalid_json",
-    (
-        b'{"event": "tool_used", "distinct_id": "u", "properties": {"latency_ms": "fast"}}'
-    ): "invalid_property",
+    b'{"event": "tool_used", "distinct_id": "u", "properties": {"latency_ms": "fast"}}': (
+        "invalid_property"
+    ),
 }
 
 # Worked out by hand from known_events(); percentiles are linear interpolation (PERCENTILE_CONT).
@@ -148,21 +148,138 @@ EXPECTED_VIEWS: dict[str, list[tuple[Any, ...]]] = {
         (date(2026, 11, 19), "gpt-4o", "openai", "ws_a", 2, 1500, 300, 0.375),
         (date(2026, 11, 20), "gpt-4o", "openai", "ws_a", 1, 100, 50, 0.5),
     ],
+    # day, workspace, flows, succeeded, with_outcome, success_rate, p50, p95, p99
     "flow_success_daily": [
-        (date(2026, 11, 19), 4, 2, 3, round(2 / 3, 6), 250.0, 385.0),
-        (date(2026, 11, 20), 1, 1, 1, 1.0, 50.0, 50.0),
+        (date(2026, 11, 19), "ws_a", 2, 2, 2, 1.0, 150.0, 195.0, 199.0),
+        (date(2026, 11, 19), "ws_b", 2, 0, 1, 0.0, 350.0, 395.0, 399.0),
+        (date(2026, 11, 20), "ws_a", 1, 1, 1, 1.0, 50.0, 50.0, 50.0),
     ],
-    "tool_latency": [("http", 4, 25.0, 38.5, 39.7, 0.25), ("sql", 1, 5.0, 5.0, 5.0, 0.0)],
-    "rag_latency": [("pinecone", 1, 7.0, 7.0, 1.0), ("qdrant", 2, 20.0, 29.0, 3.0)],
-    "blocked_prompt_rate": [("ws_a", 1, 3, 12, 0.25), ("ws_b", 2, 2, 8, 0.5)],
+    "tool_latency": [
+        (date(2026, 11, 19), "ws_a", "http", 4, 25.0, 38.5, 39.7, 0.25),
+        (date(2026, 11, 19), "ws_a", "sql", 1, 5.0, 5.0, 5.0, 0.0),
+    ],
+    "rag_latency": [
+        (date(2026, 11, 19), "ws_b", "pinecone", 1, 7.0, 7.0, 7.0, 1.0),
+        (date(2026, 11, 19), "ws_b", "qdrant", 2, 20.0, 29.0, 29.8, 3.0),
+    ],
+    # 1 blocked of 3 prompt_blocked/flow_executed is 0.3333 (rates have 4 decimals).
+    "blocked_prompt_rate": [
+        (date(2026, 11, 19), "ws_a", 1, 2, 10, 0.3333),
+        (date(2026, 11, 19), "ws_b", 2, 2, 8, 0.5),
+        (date(2026, 11, 20), "ws_a", 0, 1, 2, 0.0),
+    ],
 }
 VIEW_ORDER = {
     "llm_cost_daily": "1, 2",
-    "flow_success_daily": "1",
-    "tool_latency": "1",
-    "rag_latency": "1",
-    "blocked_prompt_rate": "1",
+    "flow_success_daily": "1, 2",
+    "tool_latency": "1, 2, 3",
+    "rag_latency": "1, 2, 3",
+    "blocked_prompt_rate": "1, 2",
 }
+LAYOUT_COUNTS = {"tracks": 20, "identifies": 4, "pages": 0, "screens": 0, "groups": 0}
+
+
+# ------------------------------------------------------------------ identity
+def _seg(kind: str, mid: str, ts: str, **fields: Any) -> bytes:
+    return orjson.dumps({"type": kind, "messageId": mid, "timestamp": ts, **fields})
+
+
+IDENTITY_RAW = [
+    # u1: anonymous a1 signs up, changes plan later; an older call arrives last.
+    _seg(
+        "identify",
+        "id-2",
+        "2026-11-19T10:00:00+02:00",  # 08:00 UTC
+        userId="u1",
+        anonymousId="a1",
+        traits={"plan": "pro", "email": "u1@example.com"},
+        context={"groupId": "ws_a"},
+    ),
+    _seg("identify", "id-3", "2026-11-20T09:00:00Z", userId="u1", traits={"plan": "team"}),
+    _seg(
+        "identify",
+        "id-1",
+        "2026-11-18T09:00:00Z",
+        userId="u1",
+        anonymousId="a0",
+        traits={"plan": "free", "name": "Ada", "email": "old@example.com"},
+    ),
+    _seg("alias", "al-1", "2026-11-19T12:00:00Z", userId="u1", previousId="legacy-7"),
+    # u2 via PostHog's $identify / $create_alias.
+    orjson.dumps(
+        {
+            "event": "$identify",
+            "distinct_id": "u2",
+            "uuid": "0192f8a0-0000-7000-8000-0000000000a1",
+            "timestamp": "2026-11-19T07:00:00Z",
+            "properties": {
+                "$anon_distinct_id": "a2",
+                "$set": {"plan": "free"},
+                "workspace_id": "ws_b",
+            },
+        }
+    ),
+    orjson.dumps(
+        {
+            "event": "$create_alias",
+            "distinct_id": "u2",
+            "uuid": "0192f8a0-0000-7000-8000-0000000000a2",
+            "timestamp": "2026-11-19T07:30:00Z",
+            "properties": {"alias": "u2-old"},
+        }
+    ),
+    # a1 is later linked to u3 by a newer alias call: the latest link wins.
+    _seg("alias", "al-2", "2026-11-21T00:00:00Z", userId="u3", previousId="a1"),
+]
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+EXPECTED_USERS = [
+    (
+        "u1",
+        {"email": "u1@example.com", "name": "Ada", "plan": "team"},
+        None,  # the latest call (id-3) named no workspace
+        utc(2026, 11, 18, 9),
+        utc(2026, 11, 20, 9),
+        "id-3",
+    ),
+    (
+        "u2",
+        {"plan": "free"},
+        "ws_b",
+        utc(2026, 11, 19, 7),
+        utc(2026, 11, 19, 7),
+        "0192f8a0-0000-7000-8000-0000000000a1",
+    ),
+]
+EXPECTED_ALIASES = [
+    ("a0", "u1", "identify", "id-1", utc(2026, 11, 18, 9)),
+    ("a1", "u3", "alias", "al-2", utc(2026, 11, 21)),
+    ("a2", "u2", "identify", "0192f8a0-0000-7000-8000-0000000000a1", utc(2026, 11, 19, 7)),
+    ("legacy-7", "u1", "alias", "al-1", utc(2026, 11, 19, 12)),
+    ("u2-old", "u2", "alias", "0192f8a0-0000-7000-8000-0000000000a2", utc(2026, 11, 19, 7, 30)),
+]
+USERS_SQL = (
+    "SELECT user_id, traits, workspace_id, first_identified_at, last_identified_at, "
+    "last_message_id FROM {} ORDER BY user_id"
+)
+ALIASES_SQL = "SELECT previous_id, user_id, source, message_id, timestamp FROM {} ORDER BY 1"
+
+
+def _aware(value: Any) -> Any:
+    if isinstance(value, datetime):
+        assert value.tzinfo is not None, f"naive timestamp {value!r}: time must be zoned"
+        return value.astimezone(UTC)
+    if isinstance(value, str) and value.startswith("{"):
+        return orjson.loads(value)
+    return value
+
+
+def zoned_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    return [tuple(_aware(v) for v in row) for row in rows]
 
 
 def norm(value: Any) -> Any:
@@ -180,6 +297,14 @@ def norm_rows(rows: Any) -> list[tuple[Any, ...]]:
     return [tuple(norm(v) for v in row) for row in rows]
 
 
+# Tests load at once; production defaults load about once a minute (test_load_policy.py).
+FAST_LOADS: dict[str, Any] = {"flush_max_seconds": 0.5, "min_load_interval": 0.0}
+
+
+def fast_loads_env(section: str) -> dict[str, str]:
+    return {f"ETL_{section}__{k.upper()}": str(v) for k, v in FAST_LOADS.items()}
+
+
 # ------------------------------------------------------------------ Snowflake
 def snowflake_target(kwargs: dict[str, Any]) -> tuple[SnowflakeSettings, dict[str, str], str]:
     """Settings + worker env for a fresh schema on the fakesnow server."""
@@ -193,6 +318,7 @@ def snowflake_target(kwargs: dict[str, Any]) -> tuple[SnowflakeSettings, dict[st
         host=kwargs["host"],
         port=kwargs["port"],
         protocol=kwargs["protocol"],
+        **FAST_LOADS,
     )
     env = {
         "SNOWFLAKE_ACCOUNT": kwargs["account"],
@@ -203,6 +329,7 @@ def snowflake_target(kwargs: dict[str, Any]) -> tuple[SnowflakeSettings, dict[st
         "ETL_SNOWFLAKE__HOST": kwargs["host"],
         "ETL_SNOWFLAKE__PORT": str(kwargs["port"]),
         "ETL_SNOWFLAKE__PROTOCOL": kwargs["protocol"],
+        **fast_loads_env("SNOWFLAKE"),
     }
     return settings, env, schema
 
@@ -220,11 +347,14 @@ def snowflake_rows(
 # ------------------------------------------------------------------- BigQuery
 def bigquery_target(emulator: Any, dataset_id: str) -> tuple[BigQuerySettings, dict[str, str]]:
     project, dataset = dataset_id.split(".")
-    settings = BigQuerySettings(project=project, dataset=dataset, api_endpoint=emulator.endpoint)
+    settings = BigQuerySettings(
+        project=project, dataset=dataset, api_endpoint=emulator.endpoint, **FAST_LOADS
+    )
     env = {
         "GOOGLE_CLOUD_PROJECT": project,
         "BIGQUERY_DATASET": dataset,
         "ETL_BIGQUERY__API_ENDPOINT": emulator.endpoint,
+        **fast_loads_env("BIGQUERY"),
     }
     return settings, env
 
@@ -240,11 +370,11 @@ def bigquery_rows(client: Any, sql: str, params: list[Any] | None = None) -> lis
 @pytest.mark.slow
 def test_same_input_same_views_in_duckdb_snowflake_and_bigquery(
     make_pipeline,
-    snowflake_emulator,  # noqa: F811  (pytest fixture)
-    snowflake_conn_kwargs,  # noqa: F811  (pytest fixture)
-    bigquery_emulator,  # noqa: F811  (pytest fixture)
-    bigquery_client,  # noqa: F811  (pytest fixture)
-    bigquery_dataset,  # noqa: F811  (pytest fixture)
+    snowflake_emulator,  # noqa: F811
+    snowflake_conn_kwargs,  # noqa: F811
+    bigquery_emulator,  # noqa: F811
+    bigquery_client,  # noqa: F811
+    bigquery_dataset,  # noqa: F811
 ) -> None:
     sf_settings, sf_env, schema = snowflake_target(snowflake_conn_kwargs)
     bq_settings, bq_env = bigquery_target(bigquery_emulator, bigquery_dataset)
@@ -254,7 +384,7 @@ def test_same_input_same_views_in_duckdb_snowflake_and_bigquery(
         bigquery=bq_settings,
         extra_env={**sf_env, **bq_env},
     )
-    pipeline.produce(KNOWN_RAW + list(BAD_RAW))
+    pipeline.produce(KNOWN_RAW + IDENTITY_RAW + list(BAD_RAW))
     pipeline.start()
     pipeline.wait_drained(timeout=120)
     pipeline.check_alive()
@@ -295,12 +425,58 @@ def test_same_input_same_views_in_duckdb_snowflake_and_bigquery(
         }
         assert got == {"duckdb": rows, "snowflake": rows, "bigquery": rows}, view
 
+    # Per person: users and aliases, whatever order the partitions delivered the calls in.
+    def bq_users(sql: str) -> str:
+        return sql.replace("traits,", "TO_JSON_STRING(traits),")
+
+    for table, sql, expected_rows in (
+        ("users", USERS_SQL, EXPECTED_USERS),
+        ("aliases", ALIASES_SQL, EXPECTED_ALIASES),
+    ):
+        got = {
+            "duckdb": zoned_rows(warehouse_rows(duck, sql.format(table))),
+            "snowflake": zoned_rows(snowflake_rows(snowflake_emulator, schema, sql.format(table))),
+            "bigquery": zoned_rows(
+                bigquery_rows(
+                    bigquery_client, bq_users(sql).format(f"`{bigquery_dataset}.{table}`")
+                )
+            ),
+        }
+        assert got == {
+            "duckdb": expected_rows,
+            "snowflake": expected_rows,
+            "bigquery": expected_rows,
+        }
+    # The familiar layout, and this week's question per workspace.
+    for view, n in LAYOUT_COUNTS.items():
+        sql = "SELECT COUNT(*), COUNT(DISTINCT id) FROM {}"
+        got = {
+            "duckdb": warehouse_rows(duck, sql.format(view)),
+            "snowflake": snowflake_rows(snowflake_emulator, schema, sql.format(view)),
+            "bigquery": bigquery_rows(bigquery_client, sql.format(f"`{bigquery_dataset}.{view}`")),
+        }
+        assert got == {"duckdb": [(n, n)], "snowflake": [(n, n)], "bigquery": [(n, n)]}, view
+    week = (
+        "SELECT workspace_id, tool_type, SUM(calls), MAX(p95_latency_ms) FROM {} "
+        "WHERE day BETWEEN DATE '2026-11-16' AND DATE '2026-11-22' "
+        "GROUP BY workspace_id, tool_type ORDER BY 2 DESC"
+    )
+    slowest = [("ws_a", "sql", 1, 5.0), ("ws_a", "http", 4, 38.5)]
+    assert norm_rows(warehouse_rows(duck, week.format("tool_latency"))) == slowest
+    assert norm_rows(snowflake_rows(snowflake_emulator, schema, week.format("tool_latency"))) == (
+        slowest
+    )
+    assert (
+        norm_rows(bigquery_rows(bigquery_client, week.format(f"`{bigquery_dataset}.tool_latency`")))
+        == slowest
+    )
+
     # Same rows, same keys, and the same dead letters everywhere.
     count = (
         "SELECT event, COUNT(*), COUNT(DISTINCT message_id) FROM {} GROUP BY event ORDER BY event"
     )
     by_event = norm_rows(warehouse_rows(duck, count.format("events")))
-    assert sum(r[1] for r in by_event) == len(KNOWN_RAW)
+    assert sum(r[1] for r in by_event) == len(KNOWN_RAW) + len(IDENTITY_RAW)
     assert norm_rows(snowflake_rows(snowflake_emulator, schema, count.format("events"))) == by_event
     assert (
         norm_rows(bigquery_rows(bigquery_client, count.format(f"`{bigquery_dataset}.events`")))
@@ -381,6 +557,7 @@ def run_killed_then_replayed(
         extra_env={
             **env,
             "ETL_DELIVERY__BATCH_MAX_EVENTS": "40",
+            f"ETL_{target.upper()}__FLUSH_MAX_EVENTS": "40",
             # The killed member leaves the group sooner, so its successor starts sooner.
             "ETL_KAFKA__SESSION_TIMEOUT": "6",
             "ETL_KAFKA__REBALANCE_TIMEOUT": "6",
