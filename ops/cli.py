@@ -50,6 +50,15 @@ def _version() -> str:
         return "0+unknown"
 
 
+class Interrupted(click.ClickException):
+    """Stopped by SIGINT/SIGTERM: one line (where to resume), exit 130."""
+
+    exit_code = 130
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"etl: {self.format_message()}", err=True)
+
+
 class UserError(click.ClickException):
     """A problem the user can fix: one line, exit 2."""
 
@@ -300,11 +309,14 @@ def dev(work_dir: Path, events: int, partitions: int) -> None:
 @example('etl query "SELECT event, count(*) FROM events GROUP BY 1"')
 def query(sql: tuple[str, ...], warehouse: Path | None, fmt: str) -> None:
     """Run read-only SQL against the embedded warehouse."""
-    from ops.query import run_query
+    from ops.query import QueryError, run_query
 
     path = warehouse or state().settings(destinations=False).duckdb.path
     check_warehouse(path, "--warehouse" if warehouse else "ETL_DUCKDB__PATH")
-    run_query(" ".join(sql), Path(path), fmt)
+    try:
+        run_query(" ".join(sql), Path(path), fmt)
+    except QueryError as exc:
+        raise UserError(f"query: {exc}") from None
 
 
 # ------------------------------------------------------------------ replay
@@ -383,7 +395,7 @@ def replay(
     the live consumer groups are never touched.
     """
     settings = state().kafka_settings()  # before the heavy imports: a bad setup fails fast
-    from ops.replay import ReplayState, make_plan, run_replay, state_path
+    from ops.replay import ReplayInterrupted, ReplayState, make_plan, run_replay, state_path
     from ops.replay import dry_run as count_window
     from sinks.settings import sink_names
 
@@ -415,9 +427,16 @@ def replay(
         if existing is not None and not existing.done and not restart:
             plan = existing.plan  # resume with the window planned the first time
             click.echo(f"etl: resuming replay {plan.replay_id} from its checkpoint", err=True)
-        doc = run_replay(
-            settings, plan, rate=rate, restart=restart, progress=not no_progress and not json_output
-        )
+        try:
+            doc = run_replay(
+                settings,
+                plan,
+                rate=rate,
+                restart=restart,
+                progress=not no_progress and not json_output,
+            )
+        except ReplayInterrupted as exc:
+            raise Interrupted(str(exc)) from None
     _print_replay(doc)
     if json_output:
         emit_json(doc)
@@ -946,8 +965,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
         if debug:
             traceback.print_exc()
         raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        click.echo("etl: interrupted", err=True)
+    except KeyboardInterrupt as exc:
+        # One line; an interrupted replay says where it resumes.
+        click.echo(f"etl: {exc}" if str(exc) else "etl: interrupted", err=True)
         raise SystemExit(130) from None
     except ConfigError as exc:  # found after settings loaded, e.g. a bad tracking plan
         click.echo(f"etl: {exc}", err=True)

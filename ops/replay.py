@@ -24,6 +24,11 @@ DLQ topic.
   doubles); ``--restart`` starts over an unfinished one.
 * **Idempotent.** Every sink is idempotent on ``message_id``, and dead letters
   on their ``rejection_id``.
+* **Interrupted.** SIGINT or SIGTERM ends the sinks' retries (nothing is
+  isolated or dead-lettered for it), lets the write in progress finish, keeps
+  the checkpoint at the last batch every sink accepted and raises
+  :class:`ReplayInterrupted` (``etl replay`` exits 130 with one line saying
+  where the same command resumes).  A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import asyncio
 import hashlib
 import logging
 import os
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -52,6 +59,61 @@ from sinks.settings import Settings
 log = logging.getLogger("etl.replay")
 
 SOURCES = ("raw", "normalized")
+
+
+class ReplayInterrupted(KeyboardInterrupt):
+    """A replay stopped by a signal; its message says where running it again resumes."""
+
+    def __init__(self, state: ReplayState) -> None:
+        remaining = state.remaining()
+        where = (
+            ", ".join(f"partition {p} offset {s}" for p, (s, _) in sorted(remaining.items()))
+            or "nothing left"
+        )
+        super().__init__(
+            f"replay {state.plan.replay_id} interrupted; run the same command again to resume "
+            f"at {where} (checkpoint {state.path})"
+        )
+        self.state = state
+
+
+class _Interrupts:
+    """SIGINT/SIGTERM during a replay: stop the stages' retries and cancel the main task."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.pipeline: InProcessPipeline | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def bind(self, pipeline: InProcessPipeline) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.pipeline = pipeline
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt  # a second signal: stop now
+        self.event.set()
+        log.warning(
+            "replay: %s received; stopping after the write in progress", signal.Signals(signum).name
+        )
+        if self.pipeline is not None:
+            for stage in self.pipeline.sink_stages:
+                stage.stop()
+        if self.loop is not None and self.task is not None:
+            self.loop.call_soon_threadsafe(self.task.cancel)
 
 
 @dataclass
@@ -231,9 +293,16 @@ def make_plan(
 
 
 def read_window(
-    kc: KafkaConsumer, topic: str, ranges: dict[int, tuple[int, int]], max_records: int
+    kc: KafkaConsumer,
+    topic: str,
+    ranges: dict[int, tuple[int, int]],
+    max_records: int,
+    stopping: threading.Event | None = None,
 ) -> Iterator[tuple[int, list[Any]]]:
-    """Yield (partition, records) chunks covering exactly ``[start, end)`` per partition."""
+    """Yield (partition, records) chunks covering exactly ``[start, end)`` per partition.
+
+    Ends early (raising KeyboardInterrupt) once ``stopping`` is set.
+    """
     todo = {TopicPartition(topic, p): (s, e) for p, (s, e) in ranges.items() if s < e}
     if not todo:
         return
@@ -242,6 +311,8 @@ def read_window(
         kc.seek(tp, start)
     idle_since = time.monotonic()
     while todo:
+        if stopping is not None and stopping.is_set():
+            raise KeyboardInterrupt
         batch = kc.poll(timeout_ms=500, max_records=max_records)
         if not any(batch.values()):
             if time.monotonic() - idle_since > 30:
@@ -346,13 +417,32 @@ def run_replay(
         state = ReplayState(path, plan)
         state.save()
     assert state is not None
-    return asyncio.run(
-        _replay(settings.model_copy(update={"replay": True}), state, rate, progress, resumed)
-    )
+    interrupts = _Interrupts()
+    try:
+        with interrupts:
+            return asyncio.run(
+                _replay(
+                    settings.model_copy(update={"replay": True}),
+                    state,
+                    rate,
+                    progress,
+                    resumed,
+                    interrupts,
+                )
+            )
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        if interrupts.event.is_set():
+            raise ReplayInterrupted(state) from None
+        raise
 
 
 async def _replay(
-    settings: Settings, state: ReplayState, rate: float | None, show_progress: bool, resumed: bool
+    settings: Settings,
+    state: ReplayState,
+    rate: float | None,
+    show_progress: bool,
+    resumed: bool,
+    interrupts: _Interrupts | None = None,
 ) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import (
@@ -368,6 +458,9 @@ async def _replay(
     remaining = state.remaining()
     todo = sum(e - s for s, e in remaining.values())
     pipeline = InProcessPipeline(settings, plan.sinks, normalize=plan.source == "raw")
+    if interrupts is not None:
+        interrupts.bind(pipeline)
+    stopping = interrupts.event if interrupts is not None else None
     max_records = 2000 if not rate else int(max(1, min(2000, rate / 5)))
     records_read = events_read = 0
     started = time.monotonic()
@@ -387,11 +480,13 @@ async def _replay(
         await pipeline.open()
         with progress:
             task = progress.add_task("replay", total=todo, eps=0.0)
-            for partition, records in read_window(kc, plan.topic, remaining, max_records):
+            for partition, records in read_window(kc, plan.topic, remaining, max_records, stopping):
                 if plan.source == "raw":
                     events_read += (await pipeline.raw(records)).normalized
                 else:
                     events_read += await pipeline.normalized(records)
+                # Only after every target sink accepted the batch (an interrupt
+                # cancels before this line, so the checkpoint never runs ahead).
                 state.positions[partition] = records[-1].offset + 1
                 state.save()
                 records_read += len(records)

@@ -92,6 +92,7 @@ def metric_state(samples: Samples) -> dict[str, Any]:
     backoff: dict[str, float] = defaultdict(float)
     retries: dict[str, float] = defaultdict(float)
     stopped: list[str] = []
+    faults: dict[str, list[str]] = defaultdict(list)
     gated: dict[str, float] = {}
     dlq_metric: dict[str, float] = defaultdict(float)
     for (name, key), value in samples.items():
@@ -104,6 +105,8 @@ def metric_state(samples: Samples) -> dict[str, Any]:
             retries[labels["sink"]] += value
         elif name == "etl_sink_stopped" and value > 0:
             stopped.append(labels["sink"])
+        elif name == "etl_sink_fault" and value > 0:
+            faults[labels["sink"]].append(labels["cause"])
         elif name == "etl_gated_total":
             gated[f"{labels.get('sink')}/{labels.get('flag')}"] = value
         elif name == "etl_dlq_total":
@@ -113,6 +116,7 @@ def metric_state(samples: Samples) -> dict[str, Any]:
         "backoff_seconds_total": {k: round(v, 3) for k, v in backoff.items()},
         "retries_total": dict(retries),
         "stopped": sorted(stopped),
+        "environment_faults": {sink: sorted(causes) for sink, causes in sorted(faults.items())},
         "gated": gated,
         "dlq_by_reason_since_start": dict(dlq_metric),
     }
@@ -384,6 +388,13 @@ def render(doc: dict[str, Any]) -> None:
             f"paused by backpressure: {m['paused_since'] or 'none'}   "
             f"stopped (auth): {m['stopped'] or 'none'}"
         )
+        faults = m.get("environment_faults") or {}
+        if faults:
+            console.print(
+                "[red]paused by the environment: "
+                + ", ".join(f"{sink} ({', '.join(c)})" for sink, c in faults.items())
+                + "[/red]"
+            )
         console.print(f"flag-gated: {m['gated'] or 'none'}")
         if m["unreachable"]:
             console.print(f"[yellow]unreachable: {', '.join(m['unreachable'])}[/yellow]")

@@ -12,8 +12,13 @@ offset commit.  The contract, in the spirit of Kafka Connect's ``put``/``flush``
 * it raises :class:`BatchRejectedError` when the destination refuses the batch
   as a whole without saying which event is bad (HTTP 400): the runtime bisects;
 * it raises :class:`SinkAuthError` on 401/403: the sink stops loudly;
-* anything else is unexpected: retried a few times, then bisected, and a single
-  event that still fails is dead-lettered with the error.
+* a fault of the environment (no space, permission denied, read-only file
+  system, I/O error, a lock held, connection refused, the executor shutting
+  down) is never a verdict on the events: :meth:`Sink.environment_cause` names
+  it, and the runtime pauses and retries the same batch until it succeeds;
+* anything else is unexpected: retried a few times, then bisected; before a
+  single event is dead-lettered, :meth:`Sink.probe` makes a known-good write,
+  and if that fails too the fault is the environment's, not the event's.
 
 Each sink declares its :class:`Capabilities`; the runtime and the shared schema
 module read them instead of branching on sink names.
@@ -22,6 +27,7 @@ module read them instead of branching on sink names.
 from __future__ import annotations
 
 import abc
+import errno
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -97,6 +103,70 @@ class SinkAuthError(SinkError):
     """Credentials refused (401/403): the sink stops until fixed."""
 
 
+#: Causes of environment faults, as logged and as the ``cause`` label of ``etl_sink_fault``.
+CAUSES = ("no_space", "read_only", "permission", "lock", "connection", "io", "shutdown")
+
+_ERRNO_CAUSES = {
+    errno.ENOSPC: "no_space",
+    errno.EDQUOT: "no_space",
+    errno.EFBIG: "no_space",
+    errno.EROFS: "read_only",
+    errno.EACCES: "permission",
+    errno.EPERM: "permission",
+    errno.EIO: "io",
+    errno.ECONNREFUSED: "connection",
+    errno.ECONNRESET: "connection",
+    errno.ECONNABORTED: "connection",
+    errno.EHOSTUNREACH: "connection",
+    errno.ENETUNREACH: "connection",
+    errno.ETIMEDOUT: "connection",
+}
+# Drivers often wrap the OS error in their own exception and keep only its text.
+_TEXT_CAUSES = (
+    ("cannot schedule new futures after shutdown", "shutdown"),
+    ("interpreter shutdown", "shutdown"),
+    ("no space left", "no_space"),
+    ("disk quota exceeded", "no_space"),
+    ("file too large", "no_space"),
+    ("read-only file system", "read_only"),
+    ("permission denied", "permission"),
+    ("operation not permitted", "permission"),
+    ("could not set lock", "lock"),
+    ("conflicting lock", "lock"),
+    ("locked by another process", "lock"),
+    ("database is locked", "lock"),
+    ("connection refused", "connection"),
+    ("input/output error", "io"),
+    ("could not write file", "io"),
+    ("could not read from file", "io"),
+    ("cannot open file", "io"),
+    ("database has been invalidated", "io"),
+)
+
+
+def environment_cause(exc: BaseException) -> str | None:
+    """The environment fault behind ``exc`` (one of :data:`CAUSES`), or None if there is none.
+
+    Looks through the chain of causes, so a driver's wrapper of an OSError counts.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            cause = _ERRNO_CAUSES.get(current.errno or -1)
+            if cause is None and isinstance(current, ConnectionError):
+                cause = "connection"
+            if cause is not None:
+                return cause
+        text = str(current).lower()
+        for needle, cause in _TEXT_CAUSES:
+            if needle in text:
+                return cause
+        current = current.__cause__ or current.__context__
+    return None
+
+
 class Sink(abc.ABC):
     """Base of every destination.  Subclasses live one per module in ``sinks/``."""
 
@@ -124,6 +194,19 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     def write(self, events: list[dict[str, Any]]) -> WriteResult:
         """Durably deliver ``events`` (unified-event dicts, JSON types) or raise a SinkError."""
+
+    def environment_cause(self, exc: BaseException) -> str | None:
+        """The environment fault behind ``exc`` (see :data:`CAUSES`); None: maybe the events'."""
+        return environment_cause(exc)
+
+    def probe(self) -> None:
+        """A known-good write touching the same place as ``write`` (raise if it fails).
+
+        Called before an event is dead-lettered for an unexpected error: if the
+        probe fails too, the fault is the destination's, not the event's.  The
+        default has nothing to try (the event is judged on its own error).
+        """
+        return None
 
     def write_rejected(self, records: list[dict[str, Any]]) -> None:
         """Store dead letters (only for sinks whose capabilities say ``stores_rejected``)."""

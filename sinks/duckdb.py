@@ -11,13 +11,24 @@ uniqueness already holds because DuckDB admits one writing process per file.)
 The sink holds the file while batches keep coming and gives the lock back
 when idle or after ``max_hold_seconds``, so several writers (scale-out,
 ``etl replay``) and ``etl query`` take turns; a lock held by someone else is
-a retryable error - the partition waits, nothing is lost.
+a retryable error - the partition waits, nothing is lost.  A reader that
+finds the file locked leaves a read request next to it
+(:func:`read_request_path`); the sink gives the lock back after its current
+batch and waits briefly for the reader to get in, so reads never starve.
+
+Disk full, read-only files or directories, permission errors and I/O errors
+are faults of the environment (:meth:`DuckDBSink.environment_cause`): the
+runtime retries the batch until they are fixed, never dead-letters it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +69,22 @@ if TYPE_CHECKING:
     from sinks.settings import Settings
 
 log = logging.getLogger("etl.sinks.duckdb")
+
+#: How long a read request stays valid, and how long the sink waits for the reader to get in.
+READ_REQUEST_TTL = 10.0
+READER_GRACE = 1.0
+
+
+def read_request_path(path: Path) -> Path:
+    """The file a waiting reader creates next to the warehouse (its content: the reader's PID)."""
+    return path.with_name(path.name + ".read-request")
+
+
+def _read_requested(path: Path) -> bool:
+    try:
+        return time.time() - read_request_path(path).stat().st_mtime < READ_REQUEST_TTL
+    except OSError:
+        return False
 
 
 class DuckDBSettings(SinkSection):
@@ -236,6 +263,10 @@ class DuckDBSink(Sink):
         if self._con is not None:
             return self._con
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A reader asked for the file: let it in before taking the lock back.
+        deadline = time.monotonic() + READER_GRACE
+        while _read_requested(self.path) and time.monotonic() < deadline:
+            time.sleep(0.01)
         try:
             con = duckdb.connect(str(self.path))
         except duckdb.IOException as exc:
@@ -244,15 +275,41 @@ class DuckDBSink(Sink):
                     f"warehouse file {self.path} is locked by another process", retry_after=0.2
                 ) from None
             raise
-        con.execute("SET TimeZone = 'UTC'")
-        con.execute(f"SET memory_limit = '{self.settings.duckdb.memory_limit_mb}MB'")
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            con.execute(f"SET memory_limit = '{self.settings.duckdb.memory_limit_mb}MB'")
+            if not self._initialised:
+                self._create_objects(con)
+                self._initialised = True
+            self._load_columns(con)
+        except BaseException:
+            # Half-opened (e.g. a read-only file): never reuse it.
+            con.close()
+            raise
         self._con = con
         self._opened_at = time.monotonic()
-        if not self._initialised:
-            self._create_objects(con)
-            self._initialised = True
-        self._load_columns(con)
         return con
+
+    def environment_cause(self, exc: BaseException) -> str | None:
+        cause = super().environment_cause(exc)
+        if cause is None and isinstance(exc, duckdb.IOException | duckdb.FatalException):
+            cause = "io"  # the file system failed us, whatever the event
+        return cause
+
+    def probe(self) -> None:
+        """A known-good write: replace the one row of ``_etl_probe`` (a WAL write and commit)."""
+        con = self._connect()
+        try:
+            con.execute("BEGIN")
+            con.execute("CREATE TABLE IF NOT EXISTS _etl_probe (sink VARCHAR, probed_at TIMESTAMP)")
+            con.execute("DELETE FROM _etl_probe")
+            con.execute("INSERT INTO _etl_probe VALUES (?, ?)", [self.name, utcnow()])
+            con.execute("COMMIT")
+        except BaseException:
+            self._rollback(con)
+            raise
+        finally:
+            self._release()
 
     def close(self) -> None:
         if self._con is not None:
@@ -425,8 +482,11 @@ class DuckDBSink(Sink):
 
     def _release(self) -> None:
         # Give the file lock back now and then even under load, so that
-        # readers and other writers get their turn.
-        if time.monotonic() - self._opened_at >= self.settings.duckdb.max_hold_seconds:
+        # readers and other writers get their turn - at once if a reader waits.
+        if (
+            time.monotonic() - self._opened_at >= self.settings.duckdb.max_hold_seconds
+            or _read_requested(self.path)
+        ):
             self.close()
 
     def _rollback(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -598,20 +658,57 @@ class DuckDBSink(Sink):
         return len(con.execute(sql + " RETURNING 1", params).fetchall())
 
 
-def wait_for_lock(path: Path, timeout: float, read_only: bool = True) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse for reading, waiting while a worker holds the write lock."""
+def lock_holder(exc: BaseException) -> int | None:
+    """The PID DuckDB names in a lock conflict, if it names one."""
+    match = re.search(r"\(PID (\d+)\)", str(exc))
+    return int(match.group(1)) if match else None
+
+
+def wait_for_lock(
+    path: Path,
+    timeout: float,
+    read_only: bool = True,
+    *,
+    lockdown: bool = False,
+    on_wait: Callable[[int | None], None] | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse for reading, waiting while a worker holds the write lock.
+
+    While it waits it leaves a read request next to the file, so the sink
+    lets it in after its current batch instead of taking the lock straight
+    back; ``on_wait(pid)`` is called once, with the writer's PID if known.
+    ``lockdown`` also disables external access (files outside the warehouse,
+    ``COPY ... TO``, ``ATTACH``, extensions) and locks the configuration.
+    """
     deadline = time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        try:
-            con = duckdb.connect(str(path), read_only=read_only)
-            con.execute("SET TimeZone = 'UTC'")
-            return con
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
+    request = read_request_path(path)
+    requested = False
+    delay = 0.01
+    try:
+        while True:
+            try:
+                con = duckdb.connect(str(path), read_only=read_only)
+                con.execute("SET TimeZone = 'UTC'")
+                if lockdown:
+                    con.execute("SET enable_external_access = false")
+                    con.execute("SET lock_configuration = true")
+                return con
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                if not requested:
+                    requested = True
+                    if on_wait is not None:
+                        on_wait(lock_holder(exc))
+                # Refreshed while waiting, so a long wait stays within the TTL.
+                with contextlib.suppress(OSError):
+                    request.write_text(str(os.getpid()))
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+    finally:
+        if requested:
+            with contextlib.suppress(OSError):
+                request.unlink()
 
 
 SINK = DuckDBSink

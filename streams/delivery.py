@@ -5,16 +5,26 @@ each write, and it returns from :meth:`Deliverer.deliver` only when every
 event of the batch was durably accepted by the sink or dead-lettered.  The
 agent acks the Kafka offsets after that, so offsets commit only after a
 durable write - and since Faust acks even when an agent raises, nothing here
-ever raises out of ``deliver`` except cancellation.
+ever raises out of ``deliver`` except cancellation (:class:`DeliveryInterrupted`
+when the process is stopping).
+
+Errors are judged by cause, not by count.  A fault of the environment (disk
+full, read-only, permission, lock, connection, shutdown; see
+``sinks.base.environment_cause``) pauses the sink and retries the same batch
+until it succeeds, with the cause in the logs and the ``etl_sink_fault`` gauge.
+Only errors that may depend on the events are bisected, and only after a
+known-good probe write succeeds; otherwise the fault is the destination's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from mappers.errors import Reason, Rejection
 from sinks.base import (
@@ -29,6 +39,35 @@ from streams import metrics
 from streams.retry import backoff
 
 log = logging.getLogger("etl.delivery")
+T = TypeVar("T")
+
+#: How long a cancelled delivery waits for the sink call in progress to end.
+WRITE_GRACE_SECONDS = 30.0
+
+#: What a dead letter the warehouse refuses as it is keeps (its identity, reason and source).
+REDUCED_DEAD_LETTER_FIELDS = frozenset(
+    {
+        "rejection_id",
+        "reason",
+        "field",
+        "stage",
+        "event",
+        "message_id",
+        "raw_encoding",
+        "raw_size",
+        "raw_sha256",
+        "source_topic",
+        "source_partition",
+        "source_offset",
+        "batch_index",
+        "rejected_at",
+    }
+)
+
+
+class DeliveryInterrupted(asyncio.CancelledError):
+    """The process is stopping: the batch is left unacked, to be redelivered (never isolated)."""
+
 
 #: Sends dead letters (rejection, source coordinates) and waits for the broker.
 DeadLetterFn = Callable[[list[tuple[Rejection, str, int, int]], str], Awaitable[None]]
@@ -55,6 +94,8 @@ class Deliverer:
         self.unexpected_attempts = unexpected_attempts
         self.auth_retry_interval = auth_retry_interval
         self.encode = encode
+        #: Set when the process is stopping: retries end, nothing is isolated or dead-lettered.
+        self.stopping = threading.Event()
 
     # ------------------------------------------------------------ public API
     async def deliver(self, events: list[dict[str, Any]]) -> None:
@@ -118,10 +159,12 @@ class Deliverer:
         attempt = 0
         unexpected = 0
         paused_at: float | None = None
+        fault: str | None = None
         while True:
+            self._check_stopping()
             started = time.monotonic()
             try:
-                result = await asyncio.to_thread(write, events)
+                result = await self._in_thread(write, events)
             except asyncio.CancelledError:
                 raise
             except RetryableSinkError as exc:
@@ -132,6 +175,7 @@ class Deliverer:
                 )
                 delay = min(delay, max(self.retry_max, 1.0) * 10)
                 kind = "retryable"
+                fault = self._set_fault(fault, self.sink.environment_cause(exc))
                 log.warning(
                     "sink %s: %s; retrying in %.2fs (attempt %d)",
                     self.name,
@@ -152,36 +196,70 @@ class Deliverer:
                 kind = "auth"
             except BatchRejectedError as exc:
                 await self._bisect(events, write, str(exc), rejected=rejected)
-                self._resume(paused_at)
+                self._resume(paused_at, fault)
                 return
-            except Exception as exc:  # noqa: BLE001 - unexpected sink failure
-                unexpected += 1
-                if unexpected >= self.unexpected_attempts:
-                    log.error(
-                        "sink %s: %d failures in a row (%s: %s); isolating bad events",
+            except Exception as exc:  # noqa: BLE001 - classified below
+                cause = self.sink.environment_cause(exc)
+                if cause == "shutdown" or self.stopping.is_set():
+                    # Not the events' fault and nothing to retry: leave the
+                    # batch unacked, so it is redelivered after the restart.
+                    log.warning(
+                        "sink %s: shutting down during a write; %d events stay uncommitted",
                         self.name,
-                        unexpected,
+                        len(events),
+                    )
+                    self._resume(paused_at, fault)
+                    raise DeliveryInterrupted(f"sink {self.name}: shutting down") from None
+                if cause is None:
+                    unexpected += 1
+                    if unexpected >= self.unexpected_attempts:
+                        cause = await self._probe()
+                        if cause is None:
+                            log.error(
+                                "sink %s: %d failures in a row (%s: %s) and a probe write "
+                                "succeeds; isolating bad events",
+                                self.name,
+                                unexpected,
+                                type(exc).__name__,
+                                exc,
+                            )
+                            await self._bisect(
+                                events, write, f"{type(exc).__name__}: {exc}", rejected=rejected
+                            )
+                            self._resume(paused_at, fault)
+                            return
+                        # The destination cannot take even a known-good write.
+                        unexpected = 0
+                if cause is not None:
+                    fault = self._set_fault(fault, cause)
+                    delay = backoff(attempt, self.retry_initial, self.retry_max)
+                    kind = f"environment:{cause}"
+                    log.warning(
+                        "sink %s PAUSED by its environment (%s: %s: %s); %d events wait, "
+                        "offsets do not advance; retrying in %.2fs",
+                        self.name,
+                        cause,
                         type(exc).__name__,
                         exc,
+                        len(events),
+                        delay,
                     )
-                    await self._bisect(
-                        events, write, f"{type(exc).__name__}: {exc}", rejected=rejected
+                else:
+                    delay = backoff(attempt, self.retry_initial, self.retry_max)
+                    kind = "unexpected"
+                    log.warning(
+                        "sink %s: unexpected %s: %s; retrying in %.2fs",
+                        self.name,
+                        type(exc).__name__,
+                        exc,
+                        delay,
                     )
-                    self._resume(paused_at)
-                    return
-                delay = backoff(attempt, self.retry_initial, self.retry_max)
-                kind = "unexpected"
-                log.warning(
-                    "sink %s: unexpected %s: %s; retrying in %.2fs",
-                    self.name,
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
             else:
                 metrics.SINK_LATENCY.labels(self.name).observe(time.monotonic() - started)
                 metrics.BATCH_SIZE.labels(self.name).observe(len(events))
-                self._resume(paused_at)
+                if fault is not None:
+                    log.warning("sink %s: resumed after %s", self.name, fault)
+                self._resume(paused_at, fault)
                 if result.rejected:
                     await self._dead_letter(result.rejected)
                 if not rejected:
@@ -191,13 +269,69 @@ class Deliverer:
             if paused_at is None:
                 paused_at = time.time()
                 metrics.PAUSED_SINCE.labels(self.name).set(paused_at)
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
             metrics.BACKPRESSURE_SECONDS.labels(self.name).inc(delay)
             attempt += 1
 
-    def _resume(self, paused_at: float | None) -> None:
+    @staticmethod
+    async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+        """Run a sink call in a thread; on cancellation, let it finish before passing it on.
+
+        A write in progress is not abandoned under the sink's feet (its
+        connection is closed next); its batch stays unacked either way.
+        """
+        task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        # Its outcome is read even when nobody awaits it any more (no "never retrieved").
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait({task}, timeout=WRITE_GRACE_SECONDS)
+            raise
+
+    def _check_stopping(self) -> None:
+        if self.stopping.is_set():
+            raise DeliveryInterrupted(f"sink {self.name}: shutting down")
+
+    async def _sleep(self, delay: float) -> None:
+        # Short steps, so a shutdown does not wait out a long back-off.
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            self._check_stopping()
+            await asyncio.sleep(min(left, 0.25))
+        self._check_stopping()
+
+    async def _probe(self) -> str | None:
+        """None if a known-good write succeeds; else the environment fault it met."""
+        try:
+            await self._in_thread(self.sink.probe)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of a known-good write
+            cause = self.sink.environment_cause(exc) or "io"
+            log.warning(
+                "sink %s: probe write failed too (%s: %s): the fault is the destination's",
+                self.name,
+                type(exc).__name__,
+                exc,
+            )
+            return cause
+        return None
+
+    def _set_fault(self, current: str | None, cause: str | None) -> str | None:
+        if cause is None or cause == current:
+            return current
+        if current is not None:
+            metrics.SINK_FAULT.labels(self.name, current).set(0)
+        metrics.SINK_FAULT.labels(self.name, cause).set(1)
+        return cause
+
+    def _resume(self, paused_at: float | None, fault: str | None = None) -> None:
         if paused_at is not None:
             metrics.PAUSED_SINCE.labels(self.name).set(0)
+        if fault is not None:
+            metrics.SINK_FAULT.labels(self.name, fault).set(0)
         metrics.SINK_STOPPED.labels(self.name).set(0)
 
     async def _bisect(
@@ -210,21 +344,57 @@ class Deliverer:
     ) -> None:
         if len(events) == 1:
             if rejected:
-                # A dead letter the warehouse cannot store: nothing further to
-                # send it to, so say so loudly (it stays in the DLQ topic).
-                log.error(
-                    "sink %s: could not store dead letter %s: %s",
-                    self.name,
-                    events[0].get("rejection_id"),
-                    error,
-                )
-                metrics.DLQ.labels(self.stage, "unstorable_dead_letter").inc()
+                await self._store_reduced(events[0], write, error)
                 return
             await self._dead_letter([SinkRejection(events[0], Reason.SINK_REJECTED, error)])
             return
         middle = len(events) // 2
         await self._write(events[:middle], write, rejected=rejected)
         await self._write(events[middle:], write, rejected=rejected)
+
+    async def _store_reduced(
+        self,
+        record: dict[str, Any],
+        write: Callable[[list[dict[str, Any]]], WriteResult],
+        error: str,
+    ) -> None:
+        """A dead letter the warehouse refuses: store it without its payload, never drop it.
+
+        Its offset commits only after this returns, so it keeps being retried
+        (with back-off) until the reduced record is stored.
+        """
+        log.error(
+            "sink %s: cannot store dead letter %s as it is (%s); storing it without its payload",
+            self.name,
+            record.get("rejection_id"),
+            error,
+        )
+        metrics.DLQ.labels(self.stage, "dead_letter_stored_reduced").inc()
+        reduced = {
+            k: v for k, v in record.items() if k in REDUCED_DEAD_LETTER_FIELDS and v is not None
+        }
+        reduced["raw_payload"] = None
+        reduced["error"] = (f"{record.get('error') or ''} [payload not storable: {error}]")[:2000]
+        attempt = 0
+        while True:
+            self._check_stopping()
+            try:
+                await self._in_thread(write, [reduced])
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried until stored
+                delay = backoff(attempt, self.retry_initial, self.retry_max)
+                log.error(
+                    "sink %s: dead letter %s still not stored (%s: %s); retrying in %.2fs",
+                    self.name,
+                    record.get("rejection_id"),
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                await self._sleep(delay)
+                attempt += 1
 
     async def _dead_letter(self, refused: list[SinkRejection]) -> None:
         items = []

@@ -73,6 +73,12 @@ SINK_STOPPED = Gauge(
     ["sink"],
     registry=REGISTRY,
 )
+SINK_FAULT = Gauge(
+    "etl_sink_fault",
+    "1 while a sink is paused by a fault of its environment (disk full, read-only, lock, ...).",
+    ["sink", "cause"],
+    registry=REGISTRY,
+)
 GATED = Counter(
     "etl_gated_total",
     "Events not forwarded because a feature flag is off.",

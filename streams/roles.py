@@ -27,6 +27,7 @@ from sinks.registry import build_sink, capabilities
 from streams import web
 from streams.app import EtlApp, create_app
 from streams.batching import chunk_batches, events_in, policy_for, records_in, records_of
+from streams.delivery import DeliveryInterrupted
 from streams.lag import LagReporter
 from streams.logs import batch_context
 from streams.outputs import DeadLetters, FaustOutput
@@ -64,6 +65,14 @@ def build_worker(settings: Settings, role: Role) -> EtlApp:
     web.install(app)
     LagReporter(app).install()
     return app
+
+
+async def _until_cancelled() -> None:
+    """The process is stopping: hold the unacked batch until Faust cancels the agent.
+
+    Raising instead would count as an agent crash, and Faust would restart it.
+    """
+    await asyncio.Event().wait()
 
 
 async def _ack_all(stream: faust.StreamT, events: list[Any]) -> None:
@@ -118,7 +127,10 @@ def _sink_agents(app: EtlApp, name: str) -> None:
                     await stage.idle()
                     continue
                 with batch_context(stage=stage.name, records=sum(records_in(e) for e in batch)):
-                    await stage.receive(records_of(batch))
+                    try:
+                        await stage.receive(records_of(batch))
+                    except DeliveryInterrupted:
+                        await _until_cancelled()
                 await _ack_all(stream, batch)
         finally:
             stage.sink.close()
@@ -132,9 +144,18 @@ def _sink_agents(app: EtlApp, name: str) -> None:
                     continue
                 records = records_of(batch)
                 with batch_context(stage=f"dlq:{name}", records=len(records)):
-                    await stage.store_rejected(records)
+                    try:
+                        await stage.store_rejected(records)
+                    except DeliveryInterrupted:
+                        await _until_cancelled()
                 await _ack_all(stream, batch)
 
     @app.task
     async def open_sink() -> None:
         await stage.open()
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def stop_retries(sender: Any, **kwargs: Any) -> None:
+        # A shutdown ends the sink's retries at once; the batch in hand is
+        # not acked, so it is redelivered - never isolated or dead-lettered.
+        stage.stop()

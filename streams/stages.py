@@ -366,6 +366,10 @@ class SinkStage:
             store, what=f"{self.name}: storing {len(letters)} dead letters", policy=self.policy
         )
 
+    def stop(self) -> None:
+        """The process is stopping: end retries now; the batch in hand stays unacked."""
+        self.deliverer.stopping.set()
+
     async def idle(self) -> None:
         """No input for a flush interval: let the sink release what it holds
         (file locks, buffers).
