@@ -1,18 +1,2 @@
 -- RudderStack's identifies table: identify calls from events.
-select
-    message_id as id,
-    message_id,
-    anonymous_id,
-    user_id,
-    distinct_id,
-    workspace_id,
-    "timestamp",
-    original_timestamp,
-    sent_at,
-    received_at,
-    loaded_at as uuid_ts,
-    event,
-    properties,
-    context
-from {{ source('etl', 'events') }}
-where type = 'identify'
+{{ events_of_type('identify') }}
