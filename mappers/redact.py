@@ -341,11 +341,8 @@ class Redactor:
             text = raw.decode("utf-8", "replace")
             masked = mask_text(text)
             return (masked.encode(), {}) if masked != text else None
-        items = (
-            doc.get("batch")
-            if isinstance(doc, dict) and isinstance(doc.get("batch"), list)
-            else [doc]
-        )
+        batch = doc.get("batch") if isinstance(doc, dict) else None
+        items: list[Any] = batch if isinstance(batch, list) else [doc]
         changed = False
         hashes: dict[str, str] = {}
         for item in items:

@@ -129,10 +129,16 @@ def schema_field(col: Column) -> Any:
 
     if col.type == STRING_ARRAY:
         return bigquery.SchemaField(
-            col.name, "STRING", mode="REPEATED", description=col.description or None
+            col.name,
+            "STRING",
+            mode="REPEATED",
+            description=col.description or None,  # type: ignore[arg-type]
         )
     return bigquery.SchemaField(
-        col.name, FIELD_TYPES[col.type], mode="NULLABLE", description=col.description or None
+        col.name,
+        FIELD_TYPES[col.type],
+        mode="NULLABLE",
+        description=col.description or None,  # type: ignore[arg-type]
     )
 
 

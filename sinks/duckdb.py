@@ -421,8 +421,8 @@ class DuckDBSink(Sink):
                 self._delete_keys(con, self.schema.tables, replaced)
             for table, rows in plan.rows.items():
                 existing = self.schema.existing[table]
-                columns = tuple(Column(name, kind) for name, kind in existing.items())
-                self._upsert(con, table, columns, rows, EVENTS_KEY, delete=False)
+                typed_columns = tuple(Column(name, kind) for name, kind in existing.items())
+                self._upsert(con, table, typed_columns, rows, EVENTS_KEY, delete=False)
             if plan.discards:
                 now = utcnow().isoformat() + "Z"
                 discards = {

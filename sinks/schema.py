@@ -435,7 +435,8 @@ class SchemaTracker:
     def plan(self, events: list[dict[str, Any]]) -> TypedPlan:
         plan = TypedPlan()
         for ev in events:
-            table = self.by_event.get(ev.get("event"))
+            name = ev.get("event")
+            table = self.by_event.get(name) if isinstance(name, str) else None
             plan.discards.extend(self._mapper_discards(ev, table.name if table else "events"))
             if table is None:
                 continue
@@ -497,6 +498,7 @@ class SchemaTracker:
                     )
                     continue
                 if current is None:
+                    assert kind is not None  # None values never reach a column (skipped above)
                     current = kind
                     existing[column] = kind
                     plan.new_columns.setdefault(table.name, []).append(

@@ -21,7 +21,7 @@ def install(app: EtlApp) -> None:
     async def healthz(web: Any, request: Any) -> Any:
         return web.json({"status": "ok", "role": role})
 
-    @app.on_partitions_assigned.connect  # type: ignore[misc]
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         app.joined.set()
 
