@@ -826,7 +826,7 @@ flags.help = (
 # -------------------------------------------------------------------- plan
 @cli.group()
 def plan() -> None:
-    """The tracking plan (event contracts): check a file against it, export it as JSON Schema."""
+    """Event contracts: check a file against the tracking plan, or export it as JSON Schema."""
 
 
 @plan.command("check")
@@ -902,7 +902,7 @@ def plan_export(plan_path: Path | None) -> None:
 @click.option("--yes", is_flag=True, default=False, help="Confirm: this deletes data.")
 @click.option("--json", "json_output", is_flag=True, default=False, help="Print JSON.")
 def forget(distinct_ids: tuple[str, ...], yes: bool, json_output: bool) -> None:
-    """Erase people from every enabled destination and suppress their later events and replays.
+    """Erase people from every enabled destination and suppress their later events.
 
     Safe to re-run: a destination already erased for the same ids is skipped.
     Exits 1 when a destination failed (re-run to finish).
