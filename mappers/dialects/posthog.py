@@ -13,8 +13,9 @@ from mappers.dialects.reading import (
     TimeField,
     Times,
     event_name,
+    groups_workspace,
     identity,
-    json_object,
+    objects,
     optional_text,
 )
 from mappers.errors import EventRejected, Reason
@@ -75,9 +76,7 @@ class PostHogDialect:
     def read(self, obj: dict[str, Any], envelope_sent_at: Any) -> Reading:
         raw_name = obj.get("event")
         mid = message_id(obj.get("uuid"), obj, raw_name if isinstance(raw_name, str) else None)
-        properties = json_object(obj.get("properties"), "properties")
-        context = json_object(obj.get("context"), "context")
-        traits = json_object(obj.get("traits"), "traits") if "traits" in obj else None
+        properties, context, traits = objects(obj)
         name = event_name(raw_name)
         raw_distinct = obj.get("distinct_id")
         if raw_distinct is None:
@@ -103,9 +102,7 @@ class PostHogDialect:
             traits = properties["$set"]
         workspace = properties.get("workspace_id")
         if workspace is None:
-            groups = properties.get("$groups")
-            if isinstance(groups, dict):
-                workspace = groups.get("workspace")
+            workspace = groups_workspace(properties)
         if workspace is None and properties.get("$group_type") == "workspace":
             workspace = properties.get("$group_key")  # $groupidentify of a workspace
         return Reading(

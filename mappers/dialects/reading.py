@@ -146,3 +146,19 @@ def json_object(value: Any, field_name: str) -> dict[str, Any]:
             field_name,
         )
     return dict(value)
+
+
+def objects(obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """The event's ``properties``, ``context`` and ``traits`` (None if absent), checked, copied."""
+    traits = json_object(obj.get("traits"), "traits") if "traits" in obj else None
+    return (
+        json_object(obj.get("properties"), "properties"),
+        json_object(obj.get("context"), "context"),
+        traits,
+    )
+
+
+def groups_workspace(properties: dict[str, Any]) -> Any:
+    """The workspace named in PostHog's ``$groups`` (both styles may carry it), else None."""
+    groups = properties.get("$groups")
+    return groups.get("workspace") if isinstance(groups, dict) else None

@@ -11,8 +11,9 @@ from mappers.dialects.reading import (
     TimeField,
     Times,
     event_name,
+    groups_workspace,
     identity,
-    json_object,
+    objects,
 )
 from mappers.errors import EventRejected, Reason
 from mappers.identifiers import message_id
@@ -40,9 +41,7 @@ class SegmentDialect:
     def read(self, obj: dict[str, Any], envelope_sent_at: Any) -> Reading:
         raw_name = obj.get("event")
         mid = message_id(obj.get("messageId"), obj, raw_name if isinstance(raw_name, str) else None)
-        properties = json_object(obj.get("properties"), "properties")
-        context = json_object(obj.get("context"), "context")
-        traits = json_object(obj.get("traits"), "traits") if "traits" in obj else None
+        properties, context, traits = objects(obj)
         etype = obj.get("type", "track")
         if not isinstance(etype, str) or etype not in TYPES:
             raise EventRejected(
@@ -78,9 +77,7 @@ class SegmentDialect:
         if workspace is None and etype == "group":
             workspace = obj.get("groupId")
         if workspace is None:
-            groups = properties.get("$groups")
-            if isinstance(groups, dict):
-                workspace = groups.get("workspace")
+            workspace = groups_workspace(properties)
         if etype == "alias" and "previousId" in obj and "previous_id" not in properties:
             properties["previous_id"] = obj["previousId"]
         has_original = obj.get("originalTimestamp") is not None
