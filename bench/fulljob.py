@@ -31,6 +31,8 @@ from typing import Any
 import msgspec
 import orjson
 
+from bench.proc import vm_hwm_mb
+
 #: Arrow's streaming-insert advice for DuckDB: batches of at least 122,880 rows.
 BATCH_ROWS = 122_880
 #: ...but never hold a partial batch longer than this (the latency target is 1 s).
@@ -246,13 +248,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "warehouse_events": events,
         "warehouse_rejected": rejected,
     }
-
-
-def vm_hwm_mb() -> float | None:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,8 @@ from typing import Any
 
 import orjson
 
+from bench.proc import vm_hwm_mb
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -307,13 +309,6 @@ def _timed(clock: dict[str, float], started: float, warehouse: Path) -> dict[str
         "warehouse_events": rows,
         "warehouse_rejected": rejected,
     }
-
-
-def vm_hwm_mb() -> float | None:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return None
 
 
 def run_peer(

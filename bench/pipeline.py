@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 from kafka import TopicPartition
 
+from bench.proc import vm_hwm_mb
 from etl import kafka_tools
 from ops.harness.broker import free_port
 from ops.harness.local_pipeline import LocalPipeline
@@ -155,17 +156,6 @@ def settings_for(bootstrap: str, work_dir: Path, tag: str, partitions: int) -> S
 
 
 # ------------------------------------------------------------------ readings
-def vm_hwm_mb(pid: int) -> float | None:
-    """Peak resident set size of a live process (VmHWM), in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
 def ready_time(log_path: Path) -> float | None:
     """Unix time of the worker's first ``[^Worker]: Ready`` log line."""
     try:
