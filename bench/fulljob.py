@@ -260,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--session-timeout", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args(argv)
+    from etl.collector import tune_for_batches
+
+    tune_for_batches()  # as our workers: the ceiling is not held back by the collector
     result = asyncio.run(run(args)) | {"rss_mb": vm_hwm_mb()}
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
     return 0

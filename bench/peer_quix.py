@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, required=True)
     args = parser.parse_args(argv)
     run = {"single": _single, "normalize": _normalize_app, "sink": _sink_app}[args.layout]
+    # The same collector settings as our workers: the comparison is of runtimes, not of GC.
+    from etl.collector import tune_for_batches
+
+    tune_for_batches()
     result = run(args) | {"rss_mb": vm_hwm_mb()}
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
     sys.stdout.flush()

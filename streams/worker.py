@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING, NoReturn
 
 from etl import kafka_tools
+from etl.collector import tune_for_batches
 from etl.config import duckdb_file_problem
 from streams import runfiles
 from streams.logs import configure
@@ -50,6 +51,7 @@ def run(settings: Settings, extra_args: list[str] | None = None) -> NoReturn:
     sys.argv = ["etl", "worker", *args]
     # Faust prints its banner to stdout; stdout stays free for machine-readable output.
     sys.stdout = sys.stderr
+    tune_for_batches()
     app.main()
     raise SystemExit(0)  # pragma: no cover - app.main() exits itself
 
