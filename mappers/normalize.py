@@ -68,7 +68,7 @@ class Normalizer:
         def reject(reason: str, error: str, field_name: str | None = None, **extra: Any) -> None:
             rejections.append(Rejection(reason, error, field_name, raw, **extra))
 
-        if not raw.strip():
+        if not raw or raw.isspace():
             reject(Reason.EMPTY_MESSAGE, "empty message: no bytes to parse")
             return events, rejections
         if len(raw) > self.settings.max_message_bytes:
@@ -164,7 +164,7 @@ class Normalizer:
         invalid-UTF-8 fallback, the same envelope test), without mapping.
         """
         raw = value or b""
-        if not raw.strip() or len(raw) > self.settings.max_message_bytes:
+        if not raw or raw.isspace() or len(raw) > self.settings.max_message_bytes:
             return 1
         doc, _, error = self._loads(raw, has_long_number(raw))
         if error is None and is_envelope(doc):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from mappers.errors import EventRejected, Reason
@@ -22,6 +23,26 @@ def parse_timestamp(value: Any, field_name: str) -> datetime | None:
     """
     if value is None:
         return None
+    if (
+        type(value) is str
+        and len(value) >= 19
+        and value[4] == "-"
+        and value[10] == "T"
+        and not value[-1].isspace()
+    ):
+        # The common shape (extended ISO 8601 with a time, no padding), without the checks below.
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            pass  # the full path below names the problem
+        else:
+            dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+            if MIN_TIME <= dt < MAX_TIME:
+                return dt
+    return _parse_any(value, field_name)
+
+
+def _parse_any(value: Any, field_name: str) -> datetime:
     try:
         if isinstance(value, bool):
             raise ValueError("a boolean is not a time")
@@ -35,7 +56,7 @@ def parse_timestamp(value: Any, field_name: str) -> datetime | None:
             if not text:
                 raise ValueError("empty string")
             if text.lstrip("-").replace(".", "", 1).isdigit():
-                return parse_timestamp(float(text), field_name)
+                return _parse_any(float(text), field_name)
             dt = datetime.fromisoformat(text)
             dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
         else:
@@ -52,5 +73,6 @@ def parse_timestamp(value: Any, field_name: str) -> datetime | None:
     return dt
 
 
+@lru_cache(maxsize=1024)  # records of one fetch share their Kafka timestamps
 def from_epoch_ms(ms: int) -> datetime:
     return EPOCH + timedelta(milliseconds=ms)

@@ -29,14 +29,14 @@ EVENT_NAMES = {
     "alias": "$create_alias",
 }
 #: Keys whose presence marks an object as Segment-style.
-MARKERS = ("type", "userId", "anonymousId", "messageId")
+MARKERS = frozenset(("type", "userId", "anonymousId", "messageId"))
 
 
 class SegmentDialect:
     name = "segment"
 
     def matches(self, obj: dict[str, Any]) -> bool:
-        return any(key in obj for key in MARKERS)
+        return not MARKERS.isdisjoint(obj)
 
     def read(self, obj: dict[str, Any], envelope_sent_at: Any) -> Reading:
         raw_name = obj.get("event")
