@@ -30,16 +30,16 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 import orjson
 import pyarrow as pa
-from pydantic import Field
 
-from etl.config import SinkSection
 from sinks.base import Capabilities, FlushPolicy, RetryableSinkError, Sink, WriteResult
+from sinks.duckdb_settings import DuckDBSettings
 from sinks.erasure import PERSON_ID_COLUMNS
 from sinks.identity import alias_keys, merge_aliases, merge_users, user_keys
 from sinks.schema import (
@@ -85,19 +85,6 @@ def _read_requested(path: Path) -> bool:
         return time.time() - read_request_path(path).stat().st_mtime < READ_REQUEST_TTL
     except OSError:
         return False
-
-
-class DuckDBSettings(SinkSection):
-    path: Path = Field(Path("warehouse.duckdb"), description="Embedded warehouse file.")
-    max_hold_seconds: float = Field(
-        5.0,
-        ge=0,
-        description="Longest the sink keeps the file locked under load before letting readers "
-        "and other writers in (0 = after every batch).",
-    )
-    memory_limit_mb: int = Field(
-        192, ge=64, description="DuckDB memory limit of the sink process, MB."
-    )
 
 
 DUCKDB_TYPES = {
@@ -242,6 +229,7 @@ class DuckDBSink(Sink):
             # Embedded: a load costs nothing but a transaction, so stay low-latency.
             flush=FlushPolicy(
                 max_events=settings.delivery.batch_max_events,
+                max_bytes=settings.delivery.batch_max_bytes,
                 max_seconds=settings.delivery.flush_interval,
             ),
         )
@@ -412,7 +400,7 @@ class DuckDBSink(Sink):
                         DUCKDB_TYPES[col.type],
                     )
             replaced = self._upsert(
-                con, "events", EVENTS_COLUMNS, self._event_rows(events, loaded_at), EVENTS_KEY
+                con, "events", EVENTS_COLUMNS, events, EVENTS_KEY, same={"loaded_at": loaded_at}
             )
             if replaced:
                 # Typed rows are written in the same transaction as their
@@ -498,10 +486,6 @@ class DuckDBSink(Sink):
         self.close()
 
     @staticmethod
-    def _event_rows(events: list[dict[str, Any]], loaded_at: str) -> list[dict[str, Any]]:
-        return [{**ev, "loaded_at": loaded_at} for ev in events]
-
-    @staticmethod
     def _upsert(
         con: duckdb.DuckDBPyConnection,
         table: str,
@@ -510,18 +494,24 @@ class DuckDBSink(Sink):
         key: tuple[str, ...],
         *,
         delete: bool = True,
+        same: dict[str, Any] | None = None,
     ) -> list[Any]:
         """Replace the rows with these keys: delete them, then insert (rows are unique per key).
 
-        Returns the first key column of the rows that existed before.
+        ``same`` gives columns whose value is one for every row (the rows are not copied
+        to carry it).  Returns the first key column of the rows that existed before.
         """
         if not rows:
             return []
         arrays = {}
         for col in columns:
-            values = [row.get(col.name) for row in rows]
+            if same and col.name in same:
+                values = [same[col.name]] * len(rows)
+            else:
+                # map() with dict.get runs the column's loop in C.
+                values = list(map(dict.get, rows, repeat(col.name)))
             if col.type == JSON:
-                values = [_json_text(v) for v in values]
+                values = [None if v is None else _json_text(v) for v in values]
             arrays[col.name] = pa.array(values, type=ARROW_TYPES[col.type])
         staging = pa.table(arrays)
         view = f"_staging_{table}"

@@ -22,10 +22,10 @@ from etl.config import (
 )
 from etl.role import Role
 from sinks.bigquery import BigQuerySettings
-from sinks.duckdb import DuckDBSettings
+from sinks.duckdb_settings import DuckDBSettings
 from sinks.posthog import PostHogSinkSettings
 from sinks.rudderstack import RudderStackSettings
-from sinks.snowflake import SnowflakeSettings
+from sinks.snowflake_settings import SnowflakeSettings
 
 
 class Settings(CoreSettings):

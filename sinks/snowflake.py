@@ -31,12 +31,11 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import ConfigDict, Field, SecretStr
 
 from sinks.base import RetryableSinkError, SinkAuthError
 from sinks.erasure import Binder, PeopleErasure
@@ -56,8 +55,8 @@ from sinks.schema import (
     Column,
     missing_columns,
 )
+from sinks.snowflake_settings import SnowflakeSettings
 from sinks.warehouse_sql import (
-    LoadPolicySettings,
     MergingWarehouseSink,
     StagingNames,
     merge_statement,
@@ -68,50 +67,6 @@ if TYPE_CHECKING:
     from sinks.settings import Settings
 
 log = logging.getLogger("etl.sinks.snowflake")
-
-
-class SnowflakeSettings(LoadPolicySettings):
-    model_config = ConfigDict(populate_by_name=True)
-    vendor_env: ClassVar[dict[str, str]] = {
-        "SNOWFLAKE_ACCOUNT": "account",
-        "SNOWFLAKE_USER": "user",
-        "SNOWFLAKE_PASSWORD": "password",
-        "SNOWFLAKE_PRIVATE_KEY_FILE": "private_key_file",
-        "SNOWFLAKE_PRIVATE_KEY_PASSPHRASE": "private_key_passphrase",
-        "SNOWFLAKE_ROLE": "role",
-        "SNOWFLAKE_WAREHOUSE": "warehouse",
-        "SNOWFLAKE_DATABASE": "database",
-        "SNOWFLAKE_SCHEMA": "schema",
-    }
-    required: ClassVar[tuple[str, ...]] = ("account", "user")
-
-    account: str | None = Field(None, description="Account identifier (orgname-account).")
-    user: str | None = Field(None, description="Login name.")
-    password: SecretStr | None = Field(None, description="Password (or use a private key file).")
-    private_key_file: Path | None = Field(
-        None, description="PEM private key for key-pair authentication."
-    )
-    private_key_passphrase: SecretStr | None = Field(
-        None, description="Passphrase of the private key file."
-    )
-    role: str | None = Field(None, description="Role to use.")
-    warehouse: str | None = Field(None, description="Virtual warehouse that runs the loads.")
-    database: str | None = Field(None, description="Target database.")
-    schema_name: str = Field("ANALYTICS", alias="schema", description="Target schema.")
-    host: str | None = Field(None, description="Override host (emulators, private link).")
-    port: int | None = Field(None, description="Override port (emulators).")
-    protocol: Literal["https", "http"] = Field(
-        "https", description="https; http only for local emulators."
-    )
-
-    def problems(self, section: str) -> list[str]:
-        missing = super().problems(section)
-        if self.password is None and self.private_key_file is None:
-            missing.append(
-                f"{self.variables(section, 'password')} or "
-                f"{self.variables(section, 'private_key_file')}"
-            )
-        return missing
 
 
 SNOWFLAKE_TYPES = {

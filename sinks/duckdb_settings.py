@@ -1,0 +1,24 @@
+"""The DuckDB sink's settings section (apart from the sink, so that reading the
+settings does not load DuckDB and Arrow into every worker).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from etl.config import SinkSection
+
+
+class DuckDBSettings(SinkSection):
+    path: Path = Field(Path("warehouse.duckdb"), description="Embedded warehouse file.")
+    max_hold_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="Longest the sink keeps the file locked under load before letting readers "
+        "and other writers in (0 = after every batch).",
+    )
+    memory_limit_mb: int = Field(
+        192, ge=64, description="DuckDB memory limit of the sink process, MB."
+    )
