@@ -10,7 +10,8 @@ single-event messages by default):
              topology; the faster layout is the peer (bench/peer_quix.py);
 4. ours    - the real ``etl`` workers, raw -> normalized -> DuckDB (bench/pipeline.py);
 5. latency - paced produce at 50% of ours, produce -> warehouse (bench/latency.py);
-6. sink    - ``DuckDBSink.write`` alone at several batch sizes (bench/sinkbench.py).
+6. sink    - ``DuckDBSink.write`` alone at several batch sizes (bench/sinkbench.py);
+7. normalize alone - ``NormalizeStage`` in this process, one core (bench/normalize_alone.py).
 
 Prints tables and, last, one JSON line; writes bench/results/latest.json and
 bench/results/bench.png.  ``--scaling`` instead measures ours with 1, 2 and 4
@@ -36,6 +37,7 @@ from bench import report
 from bench.ceiling import run_ceiling
 from bench.fulljob import run_fulljob
 from bench.latency import run_latency
+from bench.normalize_alone import run_normalize_alone
 from bench.peer_quix import run_peer
 from bench.pipeline import OursRun, fill_topic, make_workload, run_ours, settings_for, stop_run
 from bench.sinkbench import run_sink_alone
@@ -172,6 +174,12 @@ def run_bench(
                     rate = max(50.0, run.result["eps"] / 2)
                     log(f"latency: {rate:,.0f} events/s for {latency_seconds:.0f}s")
                     stages["latency"] = run_latency(run, rate, latency_seconds, seed=seed + 1)
+                    # A quarter load shows the floor when the two cores are not saturated
+                    # (the paced producer itself shares them).
+                    log(f"latency: {rate / 2:,.0f} events/s for {latency_seconds / 2:.0f}s")
+                    stages["latency_quarter"] = run_latency(
+                        run, max(25.0, rate / 2), max(1.0, latency_seconds / 2), seed=seed + 2
+                    )
             finally:
                 if run is not None:
                     stop_run(run)
@@ -180,6 +188,10 @@ def run_bench(
             stages["sink_alone"] = run_sink_alone(
                 workload.values, work_dir, SINK_SIZES, min(sink_rows, workload.valid)
             )
+
+            log("normalize stage alone: NormalizeStage in this process, one core")
+            stages["normalize_alone"] = run_normalize_alone(workload.values, settings)
+            log(f"normalize stage alone {stages['normalize_alone']['eps']:,.0f} events/s")
 
             if profile and run is not None:
                 doc["profiles"] = {
@@ -207,6 +219,7 @@ def run_bench(
             "ratio_peer": round(ours["eps"] / peer["eps"], 3) if ours and peer else None,
             "ratio_ceiling": round(ours["eps"] / ceiling["eps"], 4) if ours and ceiling else None,
             "ratio_fulljob": round(ours["eps"] / fulljob["eps"], 4) if ours and fulljob else None,
+            "normalize_alone_eps": stages.get("normalize_alone", {}).get("eps"),
             "peer_layout": peer_layout,
             "p50_ms": latency.get("p50_ms"),
             "p99_ms": latency.get("p99_ms"),
@@ -248,7 +261,12 @@ DEFINITIONS = {
     "MERGE (bench/fulljob.py); ratio_fulljob = ours_eps / fulljob_eps",
     "latency": "paced produce at 50% of ours_eps with properties.bench_sent_ns; latency = "
     "loaded_at - sent; warm workers; visible at COMMIT, i.e. + write_ms_mean",
+    "latency_quarter": "the same at 25% of ours_eps, for half as long (p50_ms/p99_ms are the "
+    "half-load phase)",
     "rss_mb": "max VmHWM over our worker processes after the throughput run",
+    "normalize_alone": "NormalizeStage.process + envelopes over the workload's first 200,000 "
+    "messages in the bench process, batches of the worker's size, the workers' collector "
+    "settings; process CPU time, best of 3 passes (bench/normalize_alone.py)",
 }
 
 

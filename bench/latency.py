@@ -64,6 +64,7 @@ def run_latency(
         now = time.perf_counter()
         if due - now > tick:
             time.sleep(due - now)
+        ev["properties"]["bench_run"] = seed  # one phase's events apart from another's
         ev["properties"]["bench_sent_ns"] = time.time_ns()
         producer.produce(topic, value=orjson.dumps(ev), on_delivery=tracker)
         producer.poll(0)
@@ -72,7 +73,7 @@ def run_latency(
     if tracker.errors:
         raise RuntimeError(f"latency produce failed: {tracker.errors[:3]}")
     run.pipeline.wait_drained(timeout, poll=0.25)
-    latencies = sorted(_latencies_ms(Path(settings.duckdb.path)))
+    latencies = sorted(_latencies_ms(Path(settings.duckdb.path), seed))
     if len(latencies) < n:
         raise RuntimeError(
             f"latency: only {len(latencies)} of {n} stamped events reached the warehouse"
@@ -96,7 +97,7 @@ def run_latency(
     }
 
 
-def _latencies_ms(path: Path) -> list[float]:
+def _latencies_ms(path: Path, run_tag: int) -> list[float]:
     from sinks.duckdb import wait_for_lock
 
     con = wait_for_lock(path, timeout=60)
@@ -104,7 +105,9 @@ def _latencies_ms(path: Path) -> list[float]:
         rows = con.execute(
             "SELECT (epoch_us(loaded_at) * 1000 "
             "- CAST(json_extract(properties, '$.bench_sent_ns') AS BIGINT)) / 1e6 "
-            "FROM events WHERE json_extract(properties, '$.bench_sent_ns') IS NOT NULL"
+            "FROM events WHERE json_extract(properties, '$.bench_sent_ns') IS NOT NULL "
+            "AND CAST(json_extract(properties, '$.bench_run') AS BIGINT) = ?",
+            [run_tag],
         ).fetchall()
     finally:
         con.close()

@@ -129,6 +129,7 @@ HEADLINE = (
     "ratio_peer",
     "ratio_ceiling",
     "ratio_fulljob",
+    "normalize_alone_eps",
     "peer_layout",
     "p50_ms",
     "p99_ms",
@@ -208,6 +209,15 @@ def print_tables(doc: dict[str, Any]) -> None:
                 "",
                 "raw -> normalized/dlq topics",
             )
+    alone = stages.get("normalize_alone")
+    if alone:
+        table.add_row(
+            "normalize stage alone",
+            f"{alone['eps']:,.0f}",
+            f"{alone['cpu_seconds']:.2f}",
+            "",
+            "NormalizeStage.process + envelopes, 1 core (CPU time), no broker",
+        )
     console.print(table)
     sink = stages.get("sink_alone") or {}
     if sink:
@@ -220,14 +230,16 @@ def print_tables(doc: dict[str, Any]) -> None:
         for size, r in sink.items():
             t.add_row(size, f"{r['rows_per_s']:,.0f}", f"{r['ms_per_batch']:.1f}")
         console.print(t)
-    lat = stages.get("latency")
-    if lat:
-        console.print(
-            f"latency at {lat['achieved_rate']:,.0f} ev/s (target {lat['target_rate']:,.0f}): "
-            f"p50 {lat['p50_ms']:.0f} ms, p90 {lat['p90_ms']:.0f} ms, "
-            f"p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms "
-            f"(+ write {lat['write_ms_mean']} ms mean until commit)"
-        )
+    for key, load in (("latency", "half"), ("latency_quarter", "quarter")):
+        lat = stages.get(key)
+        if lat:
+            console.print(
+                f"latency at {load} load, {lat['achieved_rate']:,.0f} ev/s "
+                f"(target {lat['target_rate']:,.0f}): "
+                f"p50 {lat['p50_ms']:.0f} ms, p90 {lat['p90_ms']:.0f} ms, "
+                f"p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms "
+                f"(+ write {lat['write_ms_mean']} ms mean until commit)"
+            )
     summary = Table(title="headline", show_header=False)
     for key in HEADLINE:
         summary.add_row(key, str(doc.get(key)))

@@ -124,6 +124,13 @@ class KafkaSettings(Section):
         gt=0,
         description="Seconds between offset commits (of work already durable downstream).",
     )
+    fetch_max_wait: float = Field(
+        0.1,
+        gt=0,
+        le=30,
+        description="Longest a consumer's fetch waits at the broker for new records, seconds "
+        "(an end-to-end latency floor on brokers that do not answer a fetch early).",
+    )
     connect_timeout: float = Field(
         60.0,
         gt=0,
@@ -205,6 +212,12 @@ class DeliverySettings(Section):
         ge=1,
         description="Events a delivering agent gathers per batch "
         "(a sink may split further by its own limits).",
+    )
+    batch_max_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Encoded bytes a delivering agent gathers per batch at most, whatever the "
+        "event count (bounds a worker's memory when events are large).",
     )
     flush_interval: float = Field(
         0.5, gt=0, description="Seconds a delivering agent waits to fill a batch."

@@ -53,6 +53,7 @@ def policy_for(caps: Capabilities, settings: Settings) -> FlushPolicy:
         return caps.flush
     return FlushPolicy(
         max_events=settings.delivery.batch_max_events,
+        max_bytes=settings.delivery.batch_max_bytes,
         max_seconds=settings.delivery.flush_interval,
     )
 

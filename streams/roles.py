@@ -32,7 +32,7 @@ from streams.lag import LagReporter
 from streams.logs import batch_context
 from streams.outputs import DeadLetters, FaustOutput
 from streams.retry import RetryPolicy
-from streams.stages import NormalizeStage, SinkStage
+from streams.stages import NormalizedBatch, NormalizeStage, SinkStage
 
 if TYPE_CHECKING:
     from sinks.settings import Settings
@@ -42,6 +42,8 @@ log = logging.getLogger("etl.roles")
 #: Raw records a normalize batch gathers, and how long it waits for them.
 NORMALIZE_BATCH_RECORDS = 5000
 NORMALIZE_BATCH_SECONDS = 0.05
+#: ... and at most this many raw bytes (raw messages may be up to a megabyte each).
+NORMALIZE_BATCH_BYTES = 16 * 1024 * 1024
 
 
 def consumed_topics(settings: Settings, role: Role) -> list[str]:
@@ -91,11 +93,26 @@ def _normalize_agents(app: EtlApp) -> None:
     async def normalize(stream: faust.StreamT) -> None:
         # The flag service may wait briefly for PostHog's definitions.
         await asyncio.to_thread(stage.start)
+        # One batch's output in flight while the next one is normalized: the CPU
+        # work overlaps the broker's acknowledgements.  Batches are still sent,
+        # and acked, strictly one after another.
+        in_flight: asyncio.Future[None] | None = None
+
+        async def send_and_ack(batch: list[Any], normalized: NormalizedBatch) -> None:
+            partitions = await output.partitions(settings.kafka.normalized_topic)
+            await asyncio.gather(
+                output.send(stage.envelopes(normalized, partitions)),
+                dead_letters(normalized.dead, stage.name),
+            )
+            await _ack_all(stream, batch)
+
         try:
             async for batch in chunk_batches(
                 stream,
                 FlushPolicy(
-                    max_events=NORMALIZE_BATCH_RECORDS, max_seconds=NORMALIZE_BATCH_SECONDS
+                    max_events=NORMALIZE_BATCH_RECORDS,
+                    max_bytes=NORMALIZE_BATCH_BYTES,
+                    max_seconds=NORMALIZE_BATCH_SECONDS,
                 ),
                 records_in,
             ):
@@ -104,11 +121,15 @@ def _normalize_agents(app: EtlApp) -> None:
                 records = records_of(batch)
                 with batch_context(stage="normalize", records=len(records)):
                     normalized = await asyncio.to_thread(stage.process, records)
-                    partitions = await output.partitions(settings.kafka.normalized_topic)
-                    await output.send(stage.envelopes(normalized, partitions))
-                    await dead_letters(normalized.dead, stage.name)
-                await _ack_all(stream, batch)
+                    if in_flight is not None:
+                        await in_flight
+                    # The task copies this context: its log lines carry this batch's id.
+                    in_flight = asyncio.ensure_future(send_and_ack(batch, normalized))
+            if in_flight is not None:
+                await in_flight
         finally:
+            if in_flight is not None and not in_flight.done():
+                in_flight.cancel()  # unacked: redelivered after the restart
             stage.close()
 
 

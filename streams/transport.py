@@ -61,6 +61,9 @@ class ChunkSchema(Schema):
 class ChunkingConsumer(faust_aiokafka.Consumer):
     """aiokafka-backed Faust consumer that delivers per-partition chunks."""
 
+    def _new_consumer_thread(self) -> Any:
+        return ChunkingConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
     def ack(self, message: Any) -> bool:
         if not isinstance(message, ChunkMessage):
             return super().ack(message)
@@ -166,6 +169,23 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
         )
 
 
+class ChunkingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, with the fetch wait from our settings.
+
+    Faust fixes ``fetch_max_wait_ms`` at 1500.  A broker that holds a fetch
+    for the whole wait when it started empty (tansu, the bundled one, does)
+    then adds up to 1.5 s per hop; real Kafka answers as soon as data arrives,
+    so a short wait only costs an idle consumer a few more fetch requests.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait = getattr(self.app, "settings", None)
+        if wait is not None:
+            consumer._fetch_max_wait_ms = int(wait.kafka.fetch_max_wait * 1000)
+        return consumer
+
+
 class Transport(faust_aiokafka.Transport):
     Consumer = ChunkingConsumer
 
@@ -181,6 +201,7 @@ __all__ = [
     "ChunkMessage",
     "ChunkSchema",
     "ChunkingConsumer",
+    "ChunkingConsumerThread",
     "Transport",
     "register",
     "_BaseConsumer",

@@ -18,6 +18,7 @@ HEADLINE = (
     "ratio_peer",
     "ratio_ceiling",
     "ratio_fulljob",
+    "normalize_alone_eps",
     "peer_layout",
     "p99_ms",
     "p50_ms",
@@ -108,6 +109,12 @@ def test_bench_runs_every_phase_and_prints_the_json(broker, tmp_path: Path) -> N
         for r in stages["sink_alone"].values()
     )
     assert stages["latency"]["events"] >= 1
+    assert stages["latency_quarter"]["events"] >= 1
+    # The stage alone sees the same workload: every message is normalized or dead-lettered.
+    alone = stages["normalize_alone"]
+    assert alone["normalized"] + alone["rejected"] == alone["messages"] == workload["messages"]
+    assert alone["rejected"] == landed["ours"][1]
+    assert doc["normalize_alone_eps"] == alone["eps"] > 0
 
     assert orjson.loads((out / "latest.json").read_bytes())["ours_eps"] == doc["ours_eps"]
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
