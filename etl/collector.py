@@ -14,9 +14,10 @@ import gc
 
 #: Allocations (minus frees) between young collections; CPython's default is 700.
 YOUNG_THRESHOLD = 50_000
-#: Young collections per middle one, and middle ones per full one (defaults 10, 10).
-MIDDLE_THRESHOLD = 20
-OLD_THRESHOLD = 100
+#: Young collections per middle one, and middle ones per full one (CPython's own: a full
+#: collection still comes every few million allocations, so cyclic garbage cannot pile up).
+MIDDLE_THRESHOLD = 10
+OLD_THRESHOLD = 10
 
 
 def tune_for_batches() -> None:

@@ -20,5 +20,5 @@ class DuckDBSettings(SinkSection):
         "and other writers in (0 = after every batch).",
     )
     memory_limit_mb: int = Field(
-        192, ge=64, description="DuckDB memory limit of the sink process, MB."
+        128, ge=64, description="DuckDB memory limit of the sink process, MB."
     )

@@ -92,7 +92,7 @@ async def chunk_batches(
     Yields ``[]`` after ``policy.max_seconds`` without input, so sinks can release
     resources while idle.
     """
-    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=2)
     clock = FlushClock(policy)
 
     async def pump() -> None:
