@@ -95,7 +95,9 @@ def create_app(settings: Settings, role: Role) -> EtlApp:
         consumer_max_fetch_size=16 * 1024 * 1024,
         # Chunks (of up to max_poll_records each) buffered per partition before the
         # fetcher pauses it: a backlog waits in Kafka, not in this process's memory.
-        stream_buffer_maxsize=4,
+        # A sink's chunk is a whole batch of envelopes (megabytes); a normalize
+        # chunk is a fraction of one batch of raw records and needs more of them.
+        stream_buffer_maxsize=8 if role.kind == "normalize" else 4,
         # On stop or rebalance, do not wait for in-flight batches: a sink that
         # is backing off could hold shutdown for minutes.  Unfinished batches
         # were never acked, so they are redelivered - nothing is lost.

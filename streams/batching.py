@@ -86,13 +86,15 @@ async def chunk_batches(
     policy: FlushPolicy,
     count: Callable[[Any], int],
     size: Callable[[Any], int] = bytes_in,
+    read_ahead: int = 2,
 ) -> AsyncIterator[list[Any]]:
     """Group chunk events into batches by ``policy``.
 
+    ``read_ahead`` chunks wait in memory beyond the batch being gathered.
     Yields ``[]`` after ``policy.max_seconds`` without input, so sinks can release
     resources while idle.
     """
-    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=2)
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=read_ahead)
     clock = FlushClock(policy)
 
     async def pump() -> None:

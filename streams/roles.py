@@ -115,6 +115,7 @@ def _normalize_agents(app: EtlApp) -> None:
                     max_seconds=NORMALIZE_BATCH_SECONDS,
                 ),
                 records_in,
+                read_ahead=8,  # raw chunks are small; a batch takes several
             ):
                 if not batch:
                     continue
