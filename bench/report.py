@@ -297,10 +297,11 @@ def chart_figure(doc: dict[str, Any]) -> Any:
     for label, key, field, color in (
         ("ceiling\n(aiokafka\n+orjson,\nno output)", "ceiling", "eps", "#bbbbbb"),
         ("full job\n(aiokafka\n+msgspec+Arrow\n->DuckDB)", "fulljob", "eps", "#888888"),
-        ("peer single\n(Quix, 1 proc)", "peer_single", "eps", "#d98c3f"),
-        ("peer split\n(Quix, 2 procs)", "peer_split", "eps", "#f0b070"),
-        ("ours\nend to end", "ours", "eps", "#3f7fd9"),
-        ("ours\nnormalize stage", "ours", "normalize_eps", "#7fb0f0"),
+        ("peer single\n(Quix,\n1 process)", "peer_single", "eps", "#d98c3f"),
+        ("peer split\n(Quix,\n2 processes)", "peer_split", "eps", "#f0b070"),
+        ("ours\nend\nto end", "ours", "eps", "#3f7fd9"),
+        ("ours\nnormalize\nworker", "ours", "normalize_eps", "#7fb0f0"),
+        ("normalize\nstage alone,\n1 core", "normalize_alone", "eps", "#b8d4f8"),
     ):
         value = (stages.get(key) or {}).get(field)
         if value:
@@ -312,7 +313,7 @@ def chart_figure(doc: dict[str, Any]) -> Any:
     # A linear axis from zero: the bars' heights are the ratios the headline reports.
     left.set_ylim(bottom=0)
     left.set_ylabel("events/s (linear, from 0)")
-    left.tick_params(axis="x", labelsize=7)
+    left.tick_params(axis="x", labelsize=6)
     load = max(doc["machine"].get("loadavg_1m_start", 0), doc["machine"].get("loadavg_1m_end", 0))
     left.set_title(
         f"throughput, {doc['workload']['events']:,} events, {doc['workload']['partitions']} "
