@@ -32,7 +32,13 @@ MISS = object()
 _EXACT_FLOAT_INT = 2**53
 
 
-def _bounds(metadata: list[Any]) -> tuple[float, float]:
+def ask_model(value: Any) -> Any:
+    """The check of a field no fast check covers: every value goes to the model."""
+    return MISS
+
+
+def _bounds(metadata: list[Any]) -> tuple[float, float] | None:
+    """The field's ge/le bounds; None for a constraint the fast checks do not know."""
     lo, hi = -math.inf, math.inf
     for item in metadata:
         if isinstance(item, annotated_types.Ge):
@@ -40,18 +46,20 @@ def _bounds(metadata: list[Any]) -> tuple[float, float]:
         elif isinstance(item, annotated_types.Le):
             hi = float(item.le)  # type: ignore[arg-type]
         else:
-            raise TypeError(f"no fast check for the constraint {item!r}")
+            return None
     return lo, hi
 
 
 def _check_for(annotation: Any, metadata: list[Any]) -> Check:
     """The fast check of one field: accepts only values whose coercion is plain
-    (a value of the field's own type, in range); anything else is MISS.
+    (a value of the field's own type, in range); anything else is MISS.  A field
+    of another shape (a new model's) gets :func:`ask_model`.
     """
     kinds = tuple(a for a in get_args(annotation) if a is not NoneType)
-    if get_origin(annotation) not in (Union, UnionType) or not kinds:
-        raise TypeError(f"no fast check for {annotation!r}")
-    lo, hi = _bounds(metadata)
+    bounds = _bounds(metadata)
+    if get_origin(annotation) not in (Union, UnionType) or not kinds or bounds is None:
+        return ask_model
+    lo, hi = bounds
     if kinds == (str,) or kinds == (str, bool):
         allowed = (str, bool) if bool in kinds else (str,)
 
@@ -89,7 +97,7 @@ def _check_for(annotation: Any, metadata: list[Any]) -> Check:
             return None if v is None else MISS
 
         return strings
-    raise TypeError(f"no fast check for {annotation!r}")
+    return ask_model
 
 
 @cache

@@ -511,7 +511,7 @@ class DuckDBSink(Sink):
                 # map() with dict.get runs the column's loop in C.
                 values = list(map(dict.get, rows, repeat(col.name)))
             if col.type == JSON:
-                values = [None if v is None else _json_text(v) for v in values]
+                values = [_json_text(v) for v in values]
             arrays[col.name] = pa.array(values, type=ARROW_TYPES[col.type])
         staging = pa.table(arrays)
         view = f"_staging_{table}"

@@ -180,9 +180,9 @@ class ChunkingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        wait = getattr(self.app, "settings", None)
-        if wait is not None:
-            consumer._fetch_max_wait_ms = int(wait.kafka.fetch_max_wait * 1000)
+        settings = getattr(self.app, "settings", None)  # an EtlApp carries them
+        if settings is not None:
+            consumer._fetch_max_wait_ms = int(settings.kafka.fetch_max_wait * 1000)
         return consumer
 
 
