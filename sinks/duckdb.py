@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from itertools import repeat
 from pathlib import Path
@@ -59,6 +59,7 @@ from sinks.schema import (
     USERS_KEY,
     Column,
     SchemaTracker,
+    TypedPlan,
     dedupe_last,
     missing_columns,
     utcnow,
@@ -286,18 +287,10 @@ class DuckDBSink(Sink):
 
     def probe(self) -> None:
         """A known-good write: replace the one row of ``_etl_probe`` (a WAL write and commit)."""
-        con = self._connect()
-        try:
-            con.execute("BEGIN")
+        with self._transaction(self._connect()) as con:
             con.execute("CREATE TABLE IF NOT EXISTS _etl_probe (sink VARCHAR, probed_at TIMESTAMP)")
             con.execute("DELETE FROM _etl_probe")
             con.execute("INSERT INTO _etl_probe VALUES (?, ?)", [self.name, utcnow()])
-            con.execute("COMMIT")
-        except BaseException:
-            self._rollback(con)
-            raise
-        finally:
-            self._release()
 
     def close(self) -> None:
         if self._con is not None:
@@ -339,14 +332,7 @@ class DuckDBSink(Sink):
         The naive values were always UTC, so reading them AT TIME ZONE 'UTC' keeps
         every instant exactly.
         """
-        declared = {
-            "events": EVENTS_COLUMNS,
-            "rejected_events": REJECTED_COLUMNS,
-            "schema_discards": DISCARD_COLUMNS,
-            "users": USERS_COLUMNS,
-            "aliases": ALIASES_COLUMNS,
-            **{t.name: t.columns for t in self.schema.tables.values()},
-        }
+        declared = self.schema.declared_columns()
         naive = con.execute(
             "SELECT table_name, column_name FROM information_schema.columns "
             "WHERE table_schema = 'main' AND data_type = 'TIMESTAMP'"
@@ -384,51 +370,55 @@ class DuckDBSink(Sink):
         events = dedupe_last(events)
         con = self._connect()
         plan = self.schema.plan(events)
-        loaded_at = utcnow().isoformat() + "Z"
         try:
-            con.execute("BEGIN")
-            for table, columns in plan.new_columns.items():
-                for col in columns:
-                    con.execute(
-                        f"ALTER TABLE {quote(table)} ADD COLUMN IF NOT EXISTS {quote(col.name)} "
-                        f"{DUCKDB_TYPES[col.type]}"
-                    )
-                    log.info(
-                        "schema evolution: added column %s.%s %s",
-                        table,
-                        col.name,
-                        DUCKDB_TYPES[col.type],
-                    )
-            replaced = self._upsert(
-                con, "events", EVENTS_COLUMNS, events, EVENTS_KEY, same={"loaded_at": loaded_at}
-            )
-            if replaced:
-                # Typed rows are written in the same transaction as their
-                # events row, so only keys events already had can have typed
-                # rows - usually none, which saves a scan of every typed table.
-                self._delete_keys(con, self.schema.tables, replaced)
-            for table, rows in plan.rows.items():
-                existing = self.schema.existing[table]
-                typed_columns = tuple(Column(name, kind) for name, kind in existing.items())
-                self._upsert(con, table, typed_columns, rows, EVENTS_KEY, delete=False)
-            if plan.discards:
-                now = utcnow().isoformat() + "Z"
-                discards = {
-                    (d.message_id, d.table_name, d.property_key): {**asdict(d), "discarded_at": now}
-                    for d in plan.discards
-                }
-                self._upsert(
-                    con, "schema_discards", DISCARD_COLUMNS, list(discards.values()), DISCARD_KEY
-                )
-            self._write_identity(con, events)
-            con.execute("COMMIT")
+            with self._transaction(con):
+                self._write_plan(con, events, plan)
         except BaseException:
-            self._rollback(con)
             self.schema.forget_new_columns(plan)
             raise
-        finally:
-            self._release()
         return WriteResult(written=len(events))
+
+    def _write_plan(
+        self, con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]], plan: TypedPlan
+    ) -> None:
+        """One batch's statements, inside its transaction: new columns, events, typed rows,
+        discards and identity.
+        """
+        loaded_at = utcnow().isoformat() + "Z"
+        for table, columns in plan.new_columns.items():
+            for col in columns:
+                con.execute(
+                    f"ALTER TABLE {quote(table)} ADD COLUMN IF NOT EXISTS {quote(col.name)} "
+                    f"{DUCKDB_TYPES[col.type]}"
+                )
+                log.info(
+                    "schema evolution: added column %s.%s %s",
+                    table,
+                    col.name,
+                    DUCKDB_TYPES[col.type],
+                )
+        replaced = self._upsert(
+            con, "events", EVENTS_COLUMNS, events, EVENTS_KEY, same={"loaded_at": loaded_at}
+        )
+        if replaced:
+            # Typed rows are written in the same transaction as their
+            # events row, so only keys events already had can have typed
+            # rows - usually none, which saves a scan of every typed table.
+            self._delete_keys(con, self.schema.tables, replaced)
+        for table, rows in plan.rows.items():
+            existing = self.schema.existing[table]
+            typed_columns = tuple(Column(name, kind) for name, kind in existing.items())
+            self._upsert(con, table, typed_columns, rows, EVENTS_KEY, delete=False)
+        if plan.discards:
+            now = utcnow().isoformat() + "Z"
+            discards = {
+                (d.message_id, d.table_name, d.property_key): {**asdict(d), "discarded_at": now}
+                for d in plan.discards
+            }
+            self._upsert(
+                con, "schema_discards", DISCARD_COLUMNS, list(discards.values()), DISCARD_KEY
+            )
+        self._write_identity(con, events)
 
     def _write_identity(self, con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> None:
         """``users`` and ``aliases``, merged with their current rows in the same transaction."""
@@ -455,18 +445,28 @@ class DuckDBSink(Sink):
 
     def write_rejected(self, records: list[dict[str, Any]]) -> None:
         seen: dict[str, dict[str, Any]] = {r["rejection_id"]: r for r in records}
-        con = self._connect()
-        try:
-            con.execute("BEGIN")
+        with self._transaction(self._connect()) as con:
             self._upsert(
                 con, "rejected_events", REJECTED_COLUMNS, list(seen.values()), ("rejection_id",)
             )
+
+    @contextlib.contextmanager
+    def _transaction(
+        self, con: duckdb.DuckDBPyConnection, release: Callable[[], None] | None = None
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """BEGIN ... COMMIT on ``con``; on any failure a rollback (and the connection
+        is dropped); then the file lock is handed back as ``release`` says
+        (default: :meth:`_release`).
+        """
+        try:
+            con.execute("BEGIN")
+            yield con
             con.execute("COMMIT")
         except BaseException:
             self._rollback(con)
             raise
         finally:
-            self._release()
+            (release or self._release)()
 
     def _release(self) -> None:
         # Give the file lock back now and then even under load, so that
@@ -593,8 +593,8 @@ class DuckDBSink(Sink):
         con = self._connect()
         wanted = sorted(ids)
         counts: dict[str, int] = {}
-        try:
-            con.execute("BEGIN")
+        # Like person_ids, erasure closes the file when it is done, not after max_hold_seconds.
+        with self._transaction(con, release=self.close):
             mids = [
                 r[0]
                 for r in con.execute(
@@ -635,12 +635,6 @@ class DuckDBSink(Sink):
                 "WHERE strpos(raw_payload, n.q) > 0)",
                 {"mids": mids, "needles": needles},
             )
-            con.execute("COMMIT")
-        except BaseException:
-            self._rollback(con)
-            raise
-        finally:
-            self.close()
         return counts
 
     @staticmethod

@@ -403,6 +403,17 @@ class SchemaTracker:
             name: {c.name: c.type for c in table.columns} for name, table in self.tables.items()
         }
 
+    def declared_columns(self) -> dict[str, tuple[Column, ...]]:
+        """Every table a warehouse sink writes, with the columns this code declares for it."""
+        return {
+            "events": EVENTS_COLUMNS,
+            "rejected_events": REJECTED_COLUMNS,
+            "schema_discards": DISCARD_COLUMNS,
+            "users": USERS_COLUMNS,
+            "aliases": ALIASES_COLUMNS,
+            **{t.name: t.columns for t in self.tables.values()},
+        }
+
     def load_existing(self, table: str, columns: dict[str, str]) -> None:
         self.existing[table] = dict(columns)
 

@@ -417,14 +417,7 @@ class SnowflakeSink(PeopleErasure, MergingWarehouseSink):
         copied into a zoned one (values are UTC and so is the session's TIMEZONE, which
         the cast reads them in), then swapped in under the old name.
         """
-        declared = {
-            "events": EVENTS_COLUMNS,
-            "rejected_events": REJECTED_COLUMNS,
-            "schema_discards": DISCARD_COLUMNS,
-            "users": USERS_COLUMNS,
-            "aliases": ALIASES_COLUMNS,
-            **{t.name: t.columns for t in self.schema.tables.values()},
-        }
+        declared = self.schema.declared_columns()
         naive = self._exec(
             "SELECT table_name, column_name FROM information_schema.columns "
             "WHERE table_schema = CURRENT_SCHEMA() AND data_type = 'TIMESTAMP_NTZ'"
