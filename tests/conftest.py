@@ -7,7 +7,10 @@ other's data.  Workers are the real ``etl worker`` processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,3 +97,29 @@ def warehouse_rows(path: Path, sql: str, params: list[Any] | None = None) -> lis
         return con.execute(sql, params or []).fetchall()
     finally:
         con.close()
+
+
+@contextlib.contextmanager
+def warehouse_lock_held(path: Path, seconds: float) -> Iterator[subprocess.Popen[str]]:
+    """Another process holds the DuckDB file's write lock for ``seconds``, from the
+    moment this yields; on leaving, waits for it to let go.
+    """
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time\n"
+            "con = duckdb.connect(sys.argv[1])\n"
+            "print('held', flush=True)\n"
+            "time.sleep(float(sys.argv[2]))\n",
+            str(path),
+            str(seconds),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.wait(timeout=60)

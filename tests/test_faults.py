@@ -31,7 +31,7 @@ from ops.harness.synthetic import Generator
 from ops.query import fetch
 from ops.status import metric_sum, read_samples
 from sinks.duckdb import wait_for_lock
-from tests.conftest import warehouse_rows
+from tests.conftest import warehouse_lock_held, warehouse_rows
 from tests.faultfs import fill, immutable, tmpfs
 
 FAST_RETRIES = {
@@ -173,26 +173,9 @@ def test_lock_held_by_another_process(make_pipeline, tmp_path: Path) -> None:
         feed = Feed(pipeline, seed=19)
         feed.send(300)
         pipeline.wait_drained(timeout=180)
-        holder = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import duckdb, sys, time\n"
-                "con = duckdb.connect(sys.argv[1])\n"
-                "print('held', flush=True)\n"
-                "time.sleep(float(sys.argv[2]))\n",
-                str(warehouse),
-                "12",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with warehouse_lock_held(warehouse, 12):
             feed.send(800)
             _during_fault(pipeline, "lock")
-        finally:
-            holder.wait(timeout=60)
         pipeline.wait_drained(timeout=180)
         _assert_exact(warehouse, feed)
 

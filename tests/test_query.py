@@ -15,6 +15,8 @@ import duckdb
 import orjson
 import pytest
 
+from tests.conftest import warehouse_lock_held
+
 
 @pytest.fixture
 def warehouse(tmp_path: Path) -> Path:
@@ -84,26 +86,10 @@ def test_nothing_outside_the_warehouse_is_read_or_written(warehouse: Path, tmp_p
 
 
 def test_a_held_lock_gives_one_line_then_the_answer(warehouse: Path) -> None:
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import duckdb, sys, time\n"
-            "con = duckdb.connect(sys.argv[1])\n"
-            "print('held', flush=True)\n"
-            "time.sleep(3)\n",
-            str(warehouse),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with warehouse_lock_held(warehouse, 3) as holder:
         started = time.monotonic()
         done = etl_query(warehouse, "SELECT count(*) AS n FROM events", "--format", "json")
         waited = time.monotonic() - started
-    finally:
-        holder.wait(timeout=60)
     assert done.returncode == 0, done.stderr
     assert orjson.loads(done.stdout) == {"n": 2}
     lines = done.stderr.strip().splitlines()
