@@ -119,23 +119,24 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
                 if not records or self.should_stop:
                     continue
                 generation = self.app.consumer_generation_id
-                for tp, batch in records.items():
+                fetched = list(records.items())
+                for index, (tp, batch) in enumerate(fetched):
                     if not self.flow_active or self.app.consumer_generation_id != generation:
-                        # A rebalance began: drop the rest; it is refetched
-                        # from the committed offsets by the new assignment.
+                        # A rebalance began: these are not handed over.
+                        await self._rewind(tp for tp, _ in fetched[index:])
                         break
-                    start = read_offset[tp]
+                    start = read_offset.get(tp)
                     if start is not None:
                         batch = [r for r in batch if r.offset >= start]
                     if not batch:
                         continue
                     message = to_chunk(tp, batch, batch[0].offset if start is None else start)
                     await self.wait_first(callback(message), self.suspend_flow.wait())
-                    if self.app.consumer_generation_id != generation:
-                        # A rebalance happened while the chunk was handed over:
-                        # Faust has already reset the read offsets to the
-                        # committed ones; overwriting them would make a kept
-                        # partition skip (and never ack) its refetched records.
+                    if not self.flow_active or self.app.consumer_generation_id != generation:
+                        # A rebalance began while the chunk was handed over: the
+                        # streams skip it.  Leave the read offset alone (a kept
+                        # partition must not skip its refetched records).
+                        await self._rewind(tp for tp, _ in fetched[index:])
                         break
                     # _read_offset holds the next offset to read, as after a seek.
                     read_offset[tp] = batch[-1].offset + 1
@@ -147,6 +148,34 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+    async def _rewind(self, partitions: Any) -> None:
+        """Seek fetched-but-not-handed-over partitions back to their next offset to read.
+
+        The fetch moved aiokafka's position past these records.  A rebalance
+        seeks every partition to its committed offset, but a fetch can land
+        after that seek and before the flow resumes; and aiokafka's seek to
+        committed does nothing for a partition with nothing committed.  Without
+        this, such records are never fetched again and the partition's commit
+        waits for them forever.
+        """
+        assigned = self.assignment()
+        targets: dict[TP, int] = {}
+        for tp in partitions:
+            if tp not in assigned or tp not in self._read_offset:
+                continue  # revoked, or the rebalance still has to seek it
+            offset = self._read_offset[tp]
+            if offset is None:  # nothing committed, nothing handed over since the assignment
+                offset = (await self.earliest_offsets(tp)).get(tp) or 0
+            targets[tp] = offset
+        if not targets:
+            return
+        try:
+            await self.seek_wait(targets)
+            # seek_wait drops a read offset of 0, which would read as "a rebalance will seek it".
+            self._read_offset.update(targets)
+        except Exception as exc:  # noqa: BLE001 - the next rebalance seeks again
+            self.log.warning("could not seek %s back after a rebalance: %r", sorted(targets), exc)
 
     def _to_chunk(self, tp: TP, records: list[Any], first_offset: int) -> ChunkMessage:
         last = records[-1]
