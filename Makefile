@@ -33,8 +33,12 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Most of the suite's time is spent waiting on worker processes and the broker,
+# not on the CPU: test files run side by side (each xdist process has its own
+# broker).  TEST_JOBS=0 runs them one after another.
+TEST_JOBS ?= 3
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile)
 
 bench: install
 	$(BIN)/python -m bench
