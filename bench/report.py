@@ -227,8 +227,15 @@ def print_tables(doc: dict[str, Any]) -> None:
         t.add_column("batch size", justify="right")
         t.add_column("rows/s", justify="right")
         t.add_column("ms/batch", justify="right")
+        t.add_column("slowest batch, ms", justify="right")
         for size, r in sink.items():
-            t.add_row(size, f"{r['rows_per_s']:,.0f}", f"{r['ms_per_batch']:.1f}")
+            slowest = r.get("max_ms_per_batch")
+            t.add_row(
+                size,
+                f"{r['rows_per_s']:,.0f}",
+                f"{r['ms_per_batch']:.1f}",
+                "" if slowest is None else f"{slowest:.0f}",
+            )
         console.print(t)
     for key, load in (("latency", "half"), ("latency_quarter", "quarter")):
         lat = stages.get(key)
@@ -324,8 +331,11 @@ def chart_figure(doc: dict[str, Any]) -> Any:
     if sink:
         sizes = list(sink)
         rates = [sink[s]["rows_per_s"] for s in sizes]
-        colors = ["#9fd0b4" if s.endswith("held") else "#3f9f6f" for s in sizes]
-        bars = right.bar([s.replace(" held", "\nheld") for s in sizes], rates, color=colors)
+        colors = ["#9fd0b4" if "held" in s else "#3f9f6f" for s in sizes]
+        labels = [
+            s.replace(" held", "\nheld").replace(", 16 MB checkpoints", "\n16 MB") for s in sizes
+        ]
+        bars = right.bar(labels, rates, color=colors)
         right.bar_label(bars, labels=[f"{v:,.0f}" for v in rates], fontsize=8)
         right.set_ylim(bottom=0)
         right.set_xlabel("events per write (held: file kept open between writes)")

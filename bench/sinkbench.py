@@ -6,7 +6,9 @@ in the sink), so only the write is timed.  Each batch size writes into a fresh
 warehouse file with the sink's deployed settings (the file stays open while
 batches keep coming: keys ``"<size> held"``), and again with
 ``max_hold_seconds=0`` (the file reopened for every batch: keys ``"<size>"``)
-to show what reopening costs.
+to show what reopening costs.  One more run, ``"<largest> held, 16 MB checkpoints"``,
+keeps the file open with DuckDB's own checkpoint threshold, under which some
+commits carry a checkpoint: what ``ETL_DUCKDB__CHECKPOINT_THRESHOLD_MB`` saves.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from typing import Any
 from ops.inprocess import normalize_values
 from sinks.duckdb import DuckDBSettings, DuckDBSink
 from sinks.settings import Settings
+
+#: DuckDB's own checkpoint_threshold (16 MiB), in whole MB.
+DUCKDB_DEFAULT_CHECKPOINT_MB = 17
 
 
 def normalized_events(values: list[bytes], limit: int) -> list[dict[str, Any]]:
@@ -32,28 +37,36 @@ def run_sink_alone(
 ) -> dict[str, Any]:
     events = normalized_events(values, rows_per_size)
     results: dict[str, Any] = {}
-    runs = [(size, False) for size in sizes] + [(size, True) for size in sizes]
-    for size, held in runs:
-        path = work_dir / f"sink-alone-{size}{'-held' if held else ''}.duckdb"
+    largest = max(sizes)
+    runs = [(str(size), size, 0.0, None) for size in sizes]
+    runs += [(f"{size} held", size, 5.0, None) for size in sizes]
+    runs += [(f"{largest} held, 16 MB checkpoints", largest, 5.0, DUCKDB_DEFAULT_CHECKPOINT_MB)]
+    for key, size, hold, threshold in runs:
+        path = work_dir / f"sink-alone-{key.replace(' ', '-').replace(',', '')}.duckdb"
         path.unlink(missing_ok=True)
+        extra = {} if threshold is None else {"checkpoint_threshold_mb": threshold}
         settings = Settings(
             sinks=["duckdb"],
-            duckdb=DuckDBSettings(path=path, max_hold_seconds=5.0 if held else 0.0),
+            duckdb=DuckDBSettings(path=path, max_hold_seconds=hold, **extra),
         )
         sink = DuckDBSink(settings, path)
         sink.open()  # tables exist before the clock starts, as in the worker
         sink.close()
         batches = [events[i : i + size] for i in range(0, len(events), size)]
+        slowest = 0.0
         started = time.perf_counter()
         for batch in batches:
+            began = time.perf_counter()
             sink.write(batch)
+            slowest = max(slowest, time.perf_counter() - began)
         seconds = time.perf_counter() - started
         sink.close()
-        results[f"{size} held" if held else str(size)] = {
+        results[key] = {
             "rows": len(events),
             "batches": len(batches),
             "seconds": round(seconds, 3),
             "rows_per_s": round(len(events) / seconds, 1),
             "ms_per_batch": round(1000 * seconds / len(batches), 2),
+            "max_ms_per_batch": round(1000 * slowest, 1),
         }
     return results

@@ -267,6 +267,11 @@ class DuckDBSink(Sink):
         try:
             con.execute("SET TimeZone = 'UTC'")
             con.execute(f"SET memory_limit = '{self.settings.duckdb.memory_limit_mb}MB'")
+            # DuckDB's 16 MB would checkpoint inside one commit in every few under
+            # load (up to a second each); closing the file checkpoints anyway.
+            con.execute(
+                f"SET checkpoint_threshold = '{self.settings.duckdb.checkpoint_threshold_mb}MB'"
+            )
             if not self._initialised:
                 self._create_objects(con)
                 self._initialised = True

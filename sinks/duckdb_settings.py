@@ -22,3 +22,10 @@ class DuckDBSettings(SinkSection):
     memory_limit_mb: int = Field(
         128, ge=64, description="DuckDB memory limit of the sink process, MB."
     )
+    checkpoint_threshold_mb: int = Field(
+        256,
+        ge=1,
+        description="Write-ahead log size, MB, at which a commit checkpoints the file. Above "
+        "what the sink writes in one hold, checkpoints happen when it lets the file go, not "
+        "inside a batch's commit.",
+    )
