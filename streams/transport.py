@@ -23,6 +23,7 @@ Commit safety (the at-least-once contract):
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any, cast
 
 from faust import Schema
@@ -121,7 +122,7 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
                 generation = self.app.consumer_generation_id
                 fetched = list(records.items())
                 for index, (tp, batch) in enumerate(fetched):
-                    if not self.flow_active or self.app.consumer_generation_id != generation:
+                    if self._rebalancing(generation):
                         # A rebalance began: these are not handed over.
                         await self._rewind(tp for tp, _ in fetched[index:])
                         break
@@ -132,7 +133,7 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
                         continue
                     message = to_chunk(tp, batch, batch[0].offset if start is None else start)
                     await self.wait_first(callback(message), self.suspend_flow.wait())
-                    if not self.flow_active or self.app.consumer_generation_id != generation:
+                    if self._rebalancing(generation):
                         # A rebalance began while the chunk was handed over: the
                         # streams skip it.  Leave the read offset alone (a kept
                         # partition must not skip its refetched records).
@@ -149,7 +150,11 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
                 return
             raise
 
-    async def _rewind(self, partitions: Any) -> None:
+    def _rebalancing(self, generation: int) -> bool:
+        """A rebalance began since ``generation`` was read (or holds the flow now)."""
+        return not self.flow_active or self.app.consumer_generation_id != generation
+
+    async def _rewind(self, partitions: Iterable[TP]) -> None:
         """Seek fetched-but-not-handed-over partitions back to their next offset to read.
 
         The fetch moved aiokafka's position past these records.  A rebalance

@@ -35,28 +35,31 @@ def _produce(bootstrap: str, topic: str, first: int, count: int) -> None:
     producer.close()
 
 
-def _hold_flow_when_a_fetch_lands(consumer: Any, hold_seconds: float) -> list[int]:
-    """Wrap the consumer's fetch: the next non-empty one returns with the flow held.
-
-    Returns the list of offsets whose fetch was held, so the test can tell the
-    fault really happened.
+class FlowHold:
+    """Wraps the consumer's fetch: once armed, the next non-empty fetch returns with
+    the flow held for ``seconds`` (the rebalance window).  ``held`` lists the offsets
+    that fetch brought, so a test can tell the fault really happened.
     """
-    fetch = consumer._wait_next_records
-    held: list[int] = []
-    armed = [True]
 
-    async def fetch_then_hold(timeout: float) -> Any:
-        records, active = await fetch(timeout)
-        if armed[0] and records:
-            armed[0] = False
-            held.extend(r.offset for batch in records.values() for r in batch)
-            consumer.stop_flow()
-            asyncio.get_running_loop().call_later(hold_seconds, consumer.resume_flow)
+    def __init__(self, consumer: Any, seconds: float) -> None:
+        self.consumer, self.seconds = consumer, seconds
+        self.held: list[int] = []
+        self.armed = True
+        self._fetch = consumer._wait_next_records
+        consumer._wait_next_records = self._fetch_then_hold
+
+    def arm(self) -> None:
+        self.held.clear()
+        self.armed = True
+
+    async def _fetch_then_hold(self, timeout: float) -> Any:
+        records, active = await self._fetch(timeout)
+        if self.armed and records:
+            self.armed = False
+            self.held.extend(r.offset for batch in records.values() for r in batch)
+            self.consumer.stop_flow()
+            asyncio.get_running_loop().call_later(self.seconds, self.consumer.resume_flow)
         return records, active
-
-    consumer._wait_next_records = fetch_then_hold
-    consumer.arm = lambda: armed.__setitem__(0, True)
-    return held
 
 
 async def _until(condition: Any, timeout: float, what: Any) -> None:
@@ -86,43 +89,34 @@ def test_records_fetched_while_the_flow_is_held_are_fetched_again(
                 delivered.extend(record.offset for record in event.value)
                 await stream.ack(event)
 
-        held = _hold_flow_when_a_fetch_lands(app.consumer, 0.5)
+        hold = FlowHold(app.consumer, 0.5)
+
+        async def all_back_and_committed(total: int) -> None:
+            await _until(
+                lambda: set(delivered) >= set(range(total)),
+                30,
+                lambda: (
+                    f"records fetched in the held window never came back: held "
+                    f"{len(hold.held)} from {hold.held[:1]}, delivered {len(set(delivered))} "
+                    f"of {total}"
+                ),
+            )
+            assert hold.held, "the fault did not happen: no fetch landed while the flow was held"
+            await _until(
+                lambda: _committed(settings) == total,
+                30,
+                lambda: f"the commit stalled at {_committed(settings)} (end {total})",
+            )
+
         await app.start()
         try:
             # Nothing committed yet: the held records come back from the log's start.
-            await _until(
-                lambda: set(delivered) >= set(range(RECORDS)),
-                30,
-                lambda: (
-                    f"records fetched in the held window never came back: held {len(held)} "
-                    f"from {held[:1]}, delivered {len(set(delivered))} of {RECORDS}"
-                ),
-            )
-            assert held, "the fault did not happen: no fetch landed while the flow was held"
-            await _until(
-                lambda: _committed(settings) == RECORDS,
-                30,
-                lambda: f"the commit stalled at {_committed(settings)} (end {RECORDS})",
-            )
-
+            await all_back_and_committed(RECORDS)
             # Something committed: the next held fetch comes back from the committed offset.
-            held.clear()
-            app.consumer.arm()
+            hold.arm()
             _produce(broker.bootstrap, topic, RECORDS, RECORDS)
-            await _until(
-                lambda: set(delivered) >= set(range(2 * RECORDS)),
-                30,
-                lambda: (
-                    f"records fetched in the held window never came back: held {len(held)} "
-                    f"from {held[:1]}, delivered {len(set(delivered))} of {2 * RECORDS}"
-                ),
-            )
-            assert held and min(held) >= RECORDS
-            await _until(
-                lambda: _committed(settings) == 2 * RECORDS,
-                30,
-                lambda: f"the commit stalled at {_committed(settings)} (end {2 * RECORDS})",
-            )
+            await all_back_and_committed(2 * RECORDS)
+            assert min(hold.held) >= RECORDS
         finally:
             await app.stop()
 
