@@ -128,7 +128,8 @@ _MANAGED_ENV = ("ETL_",) + tuple(VENDOR_ENV)
 
 @contextlib.contextmanager
 def _isolated_environ(env: Mapping[str, str]) -> Iterator[None]:
-    saved = {k: v for k, v in os.environ.items() if k.upper().startswith(_MANAGED_ENV)}
+    # Saved: every managed variable, and whatever else ``env`` overrides (PATH...).
+    saved = {k: v for k, v in os.environ.items() if k.upper().startswith(_MANAGED_ENV) or k in env}
     for key in saved:
         del os.environ[key]
     os.environ.update(env)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -465,3 +466,14 @@ def test_image_dependency_check_catches_a_dropped_extra(tmp_path: Path) -> None:
     )
     problems = checks.check_image_dependencies(bad)
     assert [p for p in problems if " imports posthog," in p], problems
+
+
+def test_reading_a_deploy_environment_leaves_this_process_environment_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The image's environment sets PATH (and the runtime variables) too; reading
+    # it must not take this process's PATH away from the tests that run after.
+    monkeypatch.setenv("ETL_LOG_LEVEL", "DEBUG")
+    before = dict(os.environ)
+    checks.settings_from_env({"PATH": "/opt/etl/bin:/usr/bin", "ETL_SINKS": "duckdb"})
+    assert dict(os.environ) == before
