@@ -197,17 +197,16 @@ def true_end_offsets(kc: KafkaConsumer, tps: Iterable[TopicPartition]) -> dict[T
     idle_polls = 0
     while pending and idle_polls < 3:
         batch = kc.poll(timeout_ms=300, max_records=100_000)
-        if not batch:
+        answered = [tp for tp, records in batch.items() if records and tp in pending]
+        if not answered:
             idle_polls += 1
             continue
-        idle_polls = 0
-        for tp, records in batch.items():
-            if records:
-                result[tp] = max(result[tp], records[-1].offset + 1)
-        # Keep reading while a partition still returns records past what we know.
-        pending = {tp for tp in pending if kc.position(tp) < result[tp] or tp in batch}
-        if not any(batch.values()):
-            break
+        for tp in answered:
+            result[tp] = max(result[tp], batch[tp][-1].offset + 1)
+        # The first answer holds the whole batch the reported end fell in: done with
+        # that partition.  Reading on would follow a busy partition's tail indefinitely.
+        pending.difference_update(answered)
+        kc.pause(*answered)
     kc.unsubscribe()
     return result
 

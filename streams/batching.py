@@ -94,19 +94,21 @@ async def chunk_batches(
     Yields ``[]`` after ``policy.max_seconds`` without input, so sinks can release
     resources while idle.
     """
-    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=read_ahead)
+    # Each chunk with the time it arrived: a batch's interval runs from its first
+    # chunk's arrival, which may be during the previous batch's write.
+    queue: asyncio.Queue[tuple[float, Any]] = asyncio.Queue(maxsize=read_ahead)
     clock = FlushClock(policy)
+    loop = asyncio.get_running_loop()
 
     async def pump() -> None:
         async for event in stream.noack().events():  # type: ignore[attr-defined]
-            await queue.put(event)
+            await queue.put((loop.time(), event))
 
     pumping = asyncio.ensure_future(pump())
-    loop = asyncio.get_running_loop()
     try:
         while True:
             try:
-                first = await asyncio.wait_for(queue.get(), timeout=policy.max_seconds)
+                arrived, first = await asyncio.wait_for(queue.get(), timeout=policy.max_seconds)
             except TimeoutError:
                 if pumping.done():
                     pumping.result()
@@ -115,16 +117,16 @@ async def chunk_batches(
                 continue
             batch, n = [first], count(first)
             nbytes = size(first) if policy.max_bytes is not None else 0
-            deadline = clock.deadline(loop.time())
+            deadline = clock.deadline(arrived)
             while not clock.full(n, nbytes):
                 if not queue.empty():
-                    event = queue.get_nowait()
+                    event = queue.get_nowait()[1]
                 else:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         break
                     try:
-                        event = await asyncio.wait_for(queue.get(), timeout=remaining)
+                        event = (await asyncio.wait_for(queue.get(), timeout=remaining))[1]
                     except TimeoutError:
                         break
                 batch.append(event)

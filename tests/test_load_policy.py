@@ -155,3 +155,41 @@ def test_the_agent_waits_out_the_minimum_interval_and_closes_on_bytes() -> None:
     clock = FlushClock(FlushPolicy(max_events=5, max_seconds=1, min_interval=10))
     clock.loaded(100.0)
     assert clock.deadline(101.0) == 110.0 and clock.full(5, 0)
+
+
+def test_a_batch_closes_max_seconds_after_its_first_event_arrived_even_behind_a_slow_write() -> (
+    None
+):
+    """The flush interval bounds each event's wait, counted from its arrival at the agent.
+
+    Events that arrive while the previous batch is being written have already waited
+    when the agent turns to them; their batch still closes ``max_seconds`` after the
+    first of them came, not a full interval after the write ended.
+    """
+
+    class _Stamped(_Stream):
+        async def events(self):
+            for _ in range(self.n):
+                await asyncio.sleep(self.every)
+                yield SimpleNamespace(
+                    value=[SimpleNamespace(value=b"x", headers=())], at=time.monotonic()
+                )
+
+    async def run() -> list[float]:
+        waits: list[float] = []
+        seen = 0
+        policy = FlushPolicy(max_events=10_000, max_seconds=0.3)
+        async for batch in chunk_batches(_Stamped(60, 0.02), policy, lambda e: len(e.value)):
+            now = time.monotonic()
+            waits += [now - event.at for event in batch]
+            seen += len(batch)
+            if seen >= 60:
+                break
+            if batch:
+                await asyncio.sleep(0.25)  # the write
+        return waits
+
+    waits = asyncio.run(run())
+    assert len(waits) == 60
+    # Before: the batch after a write waited out the write and then a whole interval (~0.55 s).
+    assert max(waits) < 0.3 + 0.1, sorted(waits)[-5:]
