@@ -282,8 +282,15 @@ def run_fulljob(
     import os
     import subprocess
 
+    from streams.supervisor import WORKER_RUNTIME_ENV
+
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # The C runtime as our workers have it (one malloc arena): the comparison is of runtimes.
+    env = {
+        **WORKER_RUNTIME_ENV,
+        **os.environ,
+        "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     cmd = [
         sys.executable, "-m", "bench.fulljob", "--bootstrap", bootstrap, "--topic", topic,
         "--group", group, "--warehouse", str(warehouse), "--messages", str(messages),

@@ -429,8 +429,15 @@ def _spawn(args: list[str]) -> Any:
     import subprocess
     import tempfile
 
+    from streams.supervisor import WORKER_RUNTIME_ENV
+
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # The C runtime as our workers have it (one malloc arena): the comparison is of runtimes.
+    env = {
+        **WORKER_RUNTIME_ENV,
+        **os.environ,
+        "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     # stderr to a file: a chatty process must not block on a full pipe while we wait on another.
     errors = tempfile.TemporaryFile()
     proc = subprocess.Popen(

@@ -31,6 +31,7 @@ from pydantic import BaseModel, SecretStr
 
 from etl.config import ConfigError, vendor_env
 from sinks.settings import Settings, load_settings, sink_names
+from streams.supervisor import WORKER_RUNTIME_ENV
 
 KNOWN_SINKS = tuple(sink_names())
 VENDOR_ENV = vendor_env(Settings)
@@ -289,6 +290,11 @@ def check_dockerfile(path: Path) -> list[str]:
                 problems.append(f"Dockerfile: CMD {cmd[0]!r} is not an etl command")
     env = dockerfile_env(path)
     problems += check_env_names([k for k in env if k not in RUNTIME_ENV], "Dockerfile ENV")
+    for name, value in WORKER_RUNTIME_ENV.items():
+        if env.get(name) != value:
+            problems.append(
+                f"Dockerfile: ENV {name}={env.get(name)} but local workers run with {value}"
+            )
     declared = set()
     for word, args in instructions:
         if word in ("ENV", "ARG"):
