@@ -314,7 +314,8 @@ class SinkStage:
         metrics.EVENTS_IN.labels(self.name).inc(len(events))
 
         async def gate_and_deliver() -> None:
-            prepared = self.gate(events)
+            # CPU work per event (third-party redaction): off the event loop, like the decode.
+            prepared = await asyncio.to_thread(self.gate, events)
             async with self._lock:
                 await self.deliverer.deliver(prepared)
             self.forwarded += len(prepared)

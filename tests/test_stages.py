@@ -149,3 +149,34 @@ def test_sink_stage_dead_letters_a_foreign_record_and_gates_third_parties(tmp_pa
         "sink:duckdb",
         5,
     )
+
+
+def test_the_sink_stage_gates_and_redacts_off_the_event_loop(tmp_path: Path) -> None:
+    """Gates and third-party redaction cost CPU per event (mask_text on prompt text):
+    like the decode, they run in a worker thread, so a large batch does not hold up
+    the loop's heartbeats and web pages."""
+    import threading
+
+    settings = Settings(duckdb=DuckDBSettings(path=tmp_path / "wh.duckdb"))
+    normalized = NormalizeStage(settings).process(
+        [raw(i, event="tool_used", distinct_id=f"u{i}", properties={}) for i in range(3)]
+    )
+    threads: list[threading.Thread] = []
+
+    async def run() -> threading.Thread:
+        stage = SinkStage(settings, DuckDBSink(settings), DeadLetters(MemoryOutput(), settings))
+        prepare = stage.governance.prepare
+
+        def recording_prepare(events):  # type: ignore[no-untyped-def]
+            threads.append(threading.current_thread())
+            return prepare(events)
+
+        stage.governance.prepare = recording_prepare  # type: ignore[method-assign]
+        await stage.open()
+        await stage.deliver(normalized.events())
+        await stage.close()
+        return threading.current_thread()
+
+    loop_thread = asyncio.run(run())
+    assert threads and all(t is not loop_thread for t in threads), threads
+    assert warehouse_rows(settings.duckdb.path, "SELECT count(*) FROM events") == [(3,)]
