@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from bench.proc import vm_hwm_mb
+from bench.proc import ROOT, contender_env, vm_hwm_mb
 
 #: Arrow's streaming-insert advice for DuckDB: batches of at least 122,880 rows.
 BATCH_ROWS = 122_880
@@ -279,24 +279,15 @@ def run_fulljob(
     timeout: float = 900.0,
 ) -> dict[str, Any]:
     """Run the hand-written pipeline as its own process and return its measurements."""
-    import os
     import subprocess
 
-    from streams.supervisor import WORKER_RUNTIME_ENV
-
-    root = Path(__file__).resolve().parent.parent
-    # The C runtime as our workers have it (one malloc arena): the comparison is of runtimes.
-    env = {
-        **WORKER_RUNTIME_ENV,
-        **os.environ,
-        "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    }
+    env = contender_env()
     cmd = [
         sys.executable, "-m", "bench.fulljob", "--bootstrap", bootstrap, "--topic", topic,
         "--group", group, "--warehouse", str(warehouse), "--messages", str(messages),
         "--session-timeout", str(session_timeout), "--timeout", str(timeout),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, timeout=timeout + 60)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=timeout + 60)
     lines = [ln for ln in proc.stdout.decode(errors="replace").splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         err = proc.stderr.decode(errors="replace")[-3000:]

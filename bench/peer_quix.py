@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from bench.proc import vm_hwm_mb
+from bench.proc import ROOT, contender_env, vm_hwm_mb
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -425,24 +425,15 @@ def _create_topics(bootstrap: str, topics: list[str], partitions: int) -> None:
 
 
 def _spawn(args: list[str]) -> Any:
-    import os
     import subprocess
     import tempfile
 
-    from streams.supervisor import WORKER_RUNTIME_ENV
-
-    root = Path(__file__).resolve().parent.parent
-    # The C runtime as our workers have it (one malloc arena): the comparison is of runtimes.
-    env = {
-        **WORKER_RUNTIME_ENV,
-        **os.environ,
-        "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    }
+    env = contender_env()
     # stderr to a file: a chatty process must not block on a full pipe while we wait on another.
     errors = tempfile.TemporaryFile()
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.peer_quix", *args],
-        cwd=root,
+        cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=errors,

@@ -1,8 +1,26 @@
-"""Reading a process's memory from /proc: the one peak-RSS probe every contender reports."""
+"""The contenders' processes: the environment they start with, and the one peak-RSS
+probe (from /proc) every contender reports.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def contender_env() -> dict[str, str]:
+    """Environment of a contender's subprocess: this one's, this checkout importable, and the
+    C runtime as our workers have it (one malloc arena), so the comparison is of runtimes.
+    """
+    from streams.supervisor import WORKER_RUNTIME_ENV
+
+    return {
+        **WORKER_RUNTIME_ENV,
+        **os.environ,
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
 
 
 def vm_hwm_mb(pid: int | str = "self") -> float | None:
