@@ -201,6 +201,7 @@ def true_end_offsets(kc: KafkaConsumer, tps: Iterable[TopicPartition]) -> dict[T
         if not answered:
             idle_polls += 1
             continue
+        idle_polls = 0  # the others get their own three polls after each answer
         for tp in answered:
             result[tp] = max(result[tp], batch[tp][-1].offset + 1)
         # The first answer holds the whole batch the reported end fell in: done with

@@ -41,11 +41,12 @@ def test_the_end_probe_returns_at_once_while_a_producer_keeps_writing(
 
     writer = threading.Thread(target=keep_writing, daemon=True)
     writer.start()
+    guard = threading.Timer(8.0, stop.set)  # a probe that follows the writer ends too
     kc = kafka_tools.consumer(settings)
     try:
         tps = kafka_tools.partitions(kc, topic)
         time.sleep(1.0)  # the writer is well under way
-        threading.Timer(8.0, stop.set).start()
+        guard.start()
         started = time.monotonic()
         ends = kafka_tools.true_end_offsets(kc, tps)
         took = time.monotonic() - started
@@ -54,6 +55,7 @@ def test_the_end_probe_returns_at_once_while_a_producer_keeps_writing(
         # Quiet now: the same consumer (the lag reporter keeps one) finds the exact end.
         settled = kafka_tools.true_end_offsets(kc, tps)
     finally:
+        guard.cancel()
         stop.set()
         producer.close()
         kc.close()
