@@ -6,7 +6,9 @@ transaction.  Redelivery and replay therefore never duplicate a row, and a
 replay after a mapper fix replaces the row with the corrected version.  (No
 PRIMARY KEY index: DuckDB's ART index must be reloaded on every open and grows
 with the table - measured 267 ms vs 45 ms per 5,000-row batch at 1M rows - and
-uniqueness already holds because DuckDB admits one writing process per file.)
+uniqueness already holds because DuckDB admits one writing process per file.
+Which ids ``events`` may already hold is answered by the narrow hash table of
+:mod:`sinks.duckdb_message_ids` instead of a scan of ``events``.)
 
 The sink holds the file while batches keep coming and gives the lock back
 when idle or after ``max_hold_seconds``, so several writers (scale-out,
@@ -38,6 +40,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from sinks import duckdb_message_ids as message_ids
 from sinks.base import Capabilities, FlushPolicy, RetryableSinkError, Sink, WriteResult
 from sinks.duckdb_settings import DuckDBSettings
 from sinks.erasure import PERSON_ID_COLUMNS
@@ -120,6 +123,31 @@ def _select_expr(col: Column) -> str:
     if col.type == JSON:
         return f"CAST({q} AS JSON) AS {q}"
     return q
+
+
+def _delete_staged_keys(
+    con: duckdb.DuckDBPyConnection, table: str, view: str, key: tuple[str, ...], indexed: bool
+) -> list[Any]:
+    """Delete the rows of ``table`` whose key is staged in ``view``; their first key column.
+
+    ``indexed`` (``events``): only the ids whose hash is recorded can be there, so
+    the table is searched for those alone, and not at all for a batch of new ids.
+    """
+    if indexed:
+        candidates = message_ids.recorded(con, quote(view))
+        if not candidates:
+            return []
+        sql = (
+            f"DELETE FROM {quote(table)} WHERE message_id IN (SELECT unnest(?::VARCHAR[])) "
+            "RETURNING message_id"
+        )
+        return [r[0] for r in con.execute(sql, [candidates]).fetchall()]
+    match = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in key)
+    sql = (
+        f"DELETE FROM {quote(table)} AS t USING {quote(view)} AS s WHERE {match} "
+        f"RETURNING t.{quote(key[0])}"
+    )
+    return [r[0] for r in con.execute(sql).fetchall()]
 
 
 def _json_text(value: Any) -> str | None:
@@ -276,6 +304,9 @@ class DuckDBSink(Sink):
                 self._create_objects(con)
                 self._initialised = True
             self._load_columns(con)
+            # Every open: another process may have written events since we last held the file.
+            with self._transaction(con, release=lambda: None):
+                message_ids.reconcile(con)
         except BaseException:
             # Half-opened (e.g. a read-only file): never reuse it.
             con.close()
@@ -403,7 +434,13 @@ class DuckDBSink(Sink):
                     DUCKDB_TYPES[col.type],
                 )
         replaced = self._upsert(
-            con, "events", EVENTS_COLUMNS, events, EVENTS_KEY, same={"loaded_at": loaded_at}
+            con,
+            "events",
+            EVENTS_COLUMNS,
+            events,
+            EVENTS_KEY,
+            same={"loaded_at": loaded_at},
+            indexed=True,
         )
         if replaced:
             # Typed rows are written in the same transaction as their
@@ -500,11 +537,14 @@ class DuckDBSink(Sink):
         *,
         delete: bool = True,
         same: dict[str, Any] | None = None,
+        indexed: bool = False,
     ) -> list[Any]:
         """Replace the rows with these keys: delete them, then insert (rows are unique per key).
 
         ``same`` gives columns whose value is one for every row (the rows are not copied
-        to carry it).  Returns the first key column of the rows that existed before.
+        to carry it).  ``indexed``: the table is ``events``, whose ids
+        :mod:`sinks.duckdb_message_ids` records.  Returns the first key column of
+        the rows that existed before.
         """
         if not rows:
             return []
@@ -524,17 +564,10 @@ class DuckDBSink(Sink):
         try:
             names = ", ".join(quote(c.name) for c in columns)
             select = ", ".join(_select_expr(c) for c in columns)
-            match = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in key)
-            replaced: list[Any] = []
-            if delete:
-                replaced = [
-                    r[0]
-                    for r in con.execute(
-                        f"DELETE FROM {quote(table)} AS t USING {quote(view)} AS s WHERE {match} "
-                        f"RETURNING t.{quote(key[0])}"
-                    ).fetchall()
-                ]
+            replaced = _delete_staged_keys(con, table, view, key, indexed) if delete else []
             con.execute(f"INSERT INTO {quote(table)} ({names}) SELECT {select} FROM {quote(view)}")
+            if indexed:
+                message_ids.record(con, quote(view), replaced)
         finally:
             con.unregister(view)
         return replaced
@@ -624,6 +657,7 @@ class DuckDBSink(Sink):
             counts["events"] = self._count(
                 con, "DELETE FROM events WHERE message_id IN (SELECT unnest($mids))", {"mids": mids}
             )
+            message_ids.forget(con, mids)
             for table in ("users", "aliases"):
                 cols = self._id_columns(con, table)
                 if cols:
