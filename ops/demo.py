@@ -248,8 +248,10 @@ def _collect(
             tables = [
                 r[0]
                 for r in con.execute(
+                    # The analysts' tables, not the sink's bookkeeping (_etl_*).
                     "SELECT table_name FROM information_schema.tables "
-                    "WHERE table_type = 'BASE TABLE' ORDER BY 1"
+                    "WHERE table_type = 'BASE TABLE' AND NOT starts_with(table_name, '_etl_') "
+                    "ORDER BY 1"
                 ).fetchall()
             ]
             counts = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}

@@ -62,6 +62,10 @@ def test_demo_runs_an_input_file_to_a_json_summary(tmp_path: Path) -> None:
     }
     assert summary["by_event"] == {"$ai_generation": 1, "flow_executed": 1, "tool_used": 1}
     assert summary["warehouse"]["events"] == 3 and summary["warehouse"]["rejected_events"] == 5
+    # The analysts' tables; the sink's own bookkeeping (_etl_*) is not part of the summary.
+    tables = summary["warehouse"]["tables"]
+    assert tables["events"] == 3 and tables["tool_used"] == 1
+    assert not [t for t in tables if t.startswith("_etl_")], tables
     assert summary["events_per_second"] > 0
     assert warehouse_rows(warehouse, "SELECT latency_ms, tool_type FROM tool_used") == [
         (12.0, "sql")
