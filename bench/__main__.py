@@ -39,7 +39,15 @@ from bench.fulljob import run_fulljob
 from bench.latency import run_latency
 from bench.normalize_alone import run_normalize_alone
 from bench.peer_quix import run_peer
-from bench.pipeline import OursRun, fill_topic, make_workload, run_ours, settings_for, stop_run
+from bench.pipeline import (
+    OursRun,
+    fill_generated,
+    fill_topic,
+    make_workload,
+    run_ours,
+    settings_for,
+    stop_run,
+)
 from bench.sinkbench import run_sink_alone
 from etl import kafka_tools
 from ops.harness.broker import EmbeddedBroker
@@ -320,17 +328,14 @@ def run_scaling(
     done: dict[tuple[int, int], dict[str, Any]] = {}
     try:
         with broker_at(bootstrap, work_dir) as boot:
-            workloads: dict[int, Any] = {}
             for series, size, n in cases:
                 if (size, n) in done:  # the same case in both series: measured once
                     doc[series].append(done[size, n])
                     continue
-                workload = workloads.get(size) or make_workload(size, seed)
-                workloads = {size: workload}  # keep one workload in memory at a time
                 tag = f"s{n}-{uuid.uuid4().hex[:6]}"
                 settings = settings_for(boot, work_dir, tag, n)
                 kafka_tools.ensure_topics(settings)
-                ends, _ = fill_topic(boot, settings.kafka.raw_topic, workload.values)
+                ends, workload = fill_generated(boot, settings.kafka.raw_topic, size, seed)
                 log(f"scaling: {size:,} events, {n} partition(s), {n} normalize worker(s)")
                 run = run_ours(settings, work_dir / tag, ends, workload.events, normalize_workers=n)
                 stop_run(run)
