@@ -125,6 +125,28 @@ def _select_expr(col: Column) -> str:
     return q
 
 
+def _staging_table(
+    columns: tuple[Column, ...], rows: list[dict[str, Any]], same: dict[str, Any]
+) -> pa.Table:
+    """``rows`` as an Arrow table with ``columns``, in order.
+
+    The plain columns are converted in one pass over the rows inside Arrow (as
+    one struct array, whose children are the columns), not one Python pass per
+    column. JSON columns become text, and each ``same`` column repeats its value.
+    """
+    plain = [c for c in columns if c.type != JSON and c.name not in same]
+    struct = pa.array(rows, type=pa.struct([(c.name, ARROW_TYPES[c.type]) for c in plain]))
+    arrays = dict(zip([c.name for c in plain], struct.flatten(), strict=True))
+    for col in columns:
+        if col.name in same:
+            arrays[col.name] = pa.array([same[col.name]] * len(rows), type=ARROW_TYPES[col.type])
+        elif col.type == JSON:
+            # map() with dict.get runs the column's loop in C.
+            values = map(dict.get, rows, repeat(col.name))
+            arrays[col.name] = pa.array([_json_text(v) for v in values], type=pa.string())
+    return pa.table({c.name: arrays[c.name] for c in columns})
+
+
 def _delete_staged_keys(
     con: duckdb.DuckDBPyConnection, table: str, view: str, key: tuple[str, ...], indexed: bool
 ) -> list[Any]:
@@ -548,17 +570,7 @@ class DuckDBSink(Sink):
         """
         if not rows:
             return []
-        arrays = {}
-        for col in columns:
-            if same and col.name in same:
-                values = [same[col.name]] * len(rows)
-            else:
-                # map() with dict.get runs the column's loop in C.
-                values = list(map(dict.get, rows, repeat(col.name)))
-            if col.type == JSON:
-                values = [_json_text(v) for v in values]
-            arrays[col.name] = pa.array(values, type=ARROW_TYPES[col.type])
-        staging = pa.table(arrays)
+        staging = _staging_table(columns, rows, same or {})
         view = f"_staging_{table}"
         con.register(view, staging)
         try:
