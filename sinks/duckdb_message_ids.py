@@ -13,8 +13,11 @@ The invariant is one hash row per ``events`` row.  The sink keeps it inside
 each batch's transaction and erasure inside its own.  Anything else that
 changes ``events`` (an analyst's INSERT, an older version of this job)
 changes its row count, and the table is rebuilt from ``events`` the next time
-a sink opens the file, before it writes.  Rows deleted by hand leave hashes
-behind, which cost a needless search and nothing else.
+a sink opens the file, before it writes.  A hash without its row (a
+collision) costs a needless search and nothing else.  What the counts
+cannot see is another program changing ``message_id`` values, or deleting
+and inserting exactly as many rows, between two of the sink's holds: the new
+ids would have no hash, and a redelivery of one would land twice.
 """
 
 from __future__ import annotations
