@@ -241,7 +241,8 @@ def run_bench(
     doc["machine"]["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     doc = report.headline(doc)
     if out_dir is not None:
-        report.write_outputs(doc, out_dir)
+        # A profiled run is slowed by py-spy: it never replaces the latest result.
+        report.write_outputs(doc, out_dir, name="profile-run" if profile else "latest")
     return doc
 
 

@@ -121,3 +121,41 @@ def test_bench_runs_every_phase_and_prints_the_json(broker, tmp_path: Path) -> N
     assert orjson.loads((out / "latest.json").read_bytes())["ours_eps"] == doc["ours_eps"]
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert doc["machine"]["date"].startswith("20")  # the chart's title carries it
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_profiled_run_writes_its_own_result_and_leaves_the_latest_alone(
+    broker, tmp_path: Path
+) -> None:
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "latest.json").write_bytes(b'{"ours_eps": 1.0}\n')
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--profile",
+            "--events",
+            "2000",
+            "--latency-seconds",
+            "1",
+            "--bootstrap",
+            broker.bootstrap,
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=290,
+    )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    assert orjson.loads((out / "latest.json").read_bytes()) == {"ours_eps": 1.0}
+    doc = orjson.loads((out / "profile-run.json").read_bytes())
+    assert doc["profiled"] is True
+    assert set(doc["profiles"]) == {"normalize", "sink-duckdb"}
+    for profile in doc["profiles"].values():
+        assert profile["samples"] > 0
+        assert Path(profile["flamegraph"]).read_bytes().lstrip().startswith(b"<?xml")
+    assert (out / "profile-run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
