@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -26,29 +27,24 @@ HEADLINE = (
 )
 
 
+def _bench(broker: Any, out: Path, *extra: str, timeout: float) -> subprocess.CompletedProcess:
+    """``python -m bench`` on ~2,000 events against the test broker, writing to ``out``."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *extra, "--events", "2000", "--latency-seconds", "1"]
+        + ["--bootstrap", broker.bootstrap, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    return proc
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_bench_runs_every_phase_and_prints_the_json(broker, tmp_path: Path) -> None:
     out = tmp_path / "results"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--events",
-            "2000",
-            "--latency-seconds",
-            "1",
-            "--bootstrap",
-            broker.bootstrap,
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=230,
-    )
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    proc = _bench(broker, out, timeout=230)
     last = proc.stdout.decode().strip().splitlines()[-1]
     doc = orjson.loads(last)
 
@@ -131,26 +127,7 @@ def test_a_profiled_run_writes_its_own_result_and_leaves_the_latest_alone(
     out = tmp_path / "results"
     out.mkdir()
     (out / "latest.json").write_bytes(b'{"ours_eps": 1.0}\n')
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--profile",
-            "--events",
-            "2000",
-            "--latency-seconds",
-            "1",
-            "--bootstrap",
-            broker.bootstrap,
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=290,
-    )
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    _bench(broker, out, "--profile", timeout=290)
     assert orjson.loads((out / "latest.json").read_bytes()) == {"ours_eps": 1.0}
     doc = orjson.loads((out / "profile-run.json").read_bytes())
     assert doc["profiled"] is True
