@@ -40,6 +40,13 @@ def _sink(path: Path) -> DuckDBSink:
     return sink
 
 
+def _write_once(path: Path, events: list[dict[str, Any]]) -> None:
+    """One sink hold: open the file, write one batch, let the file go."""
+    sink = _sink(path)
+    sink.write(events)
+    sink.close()
+
+
 def _by_hand(path: Path, sql: str) -> None:
     """What an analyst or another tool does to the file while no sink holds it."""
     con = duckdb.connect(str(path))
@@ -65,22 +72,16 @@ def test_a_redelivered_batch_replaces_its_rows_and_records_each_id_once(tmp_path
 def test_a_warehouse_from_before_the_index_gets_it_on_open(tmp_path: Path) -> None:
     path = tmp_path / "wh.duckdb"
     events = _events(200)
-    sink = _sink(path)
-    sink.write(events)
-    sink.close()
+    _write_once(path, events)
     _by_hand(path, f"DROP TABLE {TABLE}")
-    sink = _sink(path)
-    sink.write(events)  # all 200 again
-    sink.close()
+    _write_once(path, events)  # all 200 again
     assert warehouse_rows(path, COUNTS) == [(200, 200, 200)]
 
 
 def test_rows_inserted_by_hand_between_holds_are_still_replaced(tmp_path: Path) -> None:
     path = tmp_path / "wh.duckdb"
     events = _events(200)
-    sink = _sink(path)
-    sink.write(events[:100])
-    sink.close()
+    _write_once(path, events[:100])
     # Another tool copies 50 rows in under new ids (without their hashes).
     _by_hand(
         path,
@@ -92,23 +93,17 @@ def test_rows_inserted_by_hand_between_holds_are_still_replaced(tmp_path: Path) 
     assert len(copied) == 50
     by_id = {e["message_id"]: e for e in events}
     redelivered = [{**by_id[mid.removesuffix("-copy")], "message_id": mid} for mid in copied]
-    sink = _sink(path)
-    sink.write(redelivered + events[100:])
-    sink.close()
+    _write_once(path, redelivered + events[100:])
     assert warehouse_rows(path, COUNTS) == [(250, 250, 250)]
 
 
 def test_rows_deleted_by_hand_land_again_once(tmp_path: Path) -> None:
     path = tmp_path / "wh.duckdb"
     events = _events(200)
-    sink = _sink(path)
-    sink.write(events)
-    sink.close()
+    _write_once(path, events)
     gone = events[0]["message_id"]
     _by_hand(path, f"DELETE FROM events WHERE message_id = '{gone}'")
-    sink = _sink(path)
-    sink.write(events[:10])
-    sink.close()
+    _write_once(path, events[:10])
     assert warehouse_rows(path, COUNTS) == [(200, 200, 200)]
 
 
@@ -139,7 +134,5 @@ def test_forget_keeps_one_hash_per_row(tmp_path: Path) -> None:
     theirs = sum(1 for e in events if person in (e["distinct_id"], e["user_id"], e["anonymous_id"]))
     counts = sink.delete_people({person})
     assert counts["events"] == theirs > 0
-    sink = _sink(path)
-    sink.write(events)  # a replay after the erasure, with the forgotten person's rows too
-    sink.close()
+    _write_once(path, events)  # a replay after the erasure, with the forgotten person's rows too
     assert warehouse_rows(path, COUNTS) == [(200, 200, 200)]
