@@ -50,6 +50,7 @@ from bench.pipeline import (
 )
 from bench.sinkbench import run_sink_alone
 from etl import kafka_tools
+from etl.compiled import stale_modules
 from ops.harness.broker import EmbeddedBroker
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -405,6 +406,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    stale = stale_modules()
+    if stale:
+        # The compiled build is what would run: the numbers would not be this source's.
+        print(
+            f"bench: {', '.join(stale)} changed after the compiled build; run `make compile`",
+            file=sys.stderr,
+        )
+        return 2
     events = args.events or (100_000 if args.quick else 1_000_000)
     if args.scaling:
         sizes = tuple(int(x) for x in args.sizes.split(",") if x.strip())

@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from etl.compiled import SOURCES, compiled_modules
+
 
 def machine() -> dict[str, Any]:
     cpu = "unknown"
@@ -50,6 +52,8 @@ def machine() -> dict[str, Any]:
         "pydantic": versions["pydantic"],
         "msgspec": versions["msgspec"],
         "pyarrow": versions["pyarrow"],
+        # The hot path's compiled modules (etl/compiled.py) in use, of those listed.
+        "compiled_modules": f"{len(compiled_modules())}/{len(SOURCES)}",
         "cpu": cpu,
         "nproc": os.cpu_count(),
         "platform": platform.platform(),

@@ -265,10 +265,10 @@ class Normalizer:
         coerce_typed(r.event, properties)
 
         t = r.times
-        original = parse_timestamp(t.original.value, t.original.field)
-        stated = parse_timestamp(t.stated.value, t.stated.field)
-        sent_at = parse_timestamp(t.sent.value, t.sent.field)
-        received_at = parse_timestamp(t.received.value, t.received.field) or received_default
+        original = parse_timestamp(t.original[1], t.original[0])
+        stated = parse_timestamp(t.stated[1], t.stated[0])
+        sent_at = parse_timestamp(t.sent[1], t.sent[0])
+        received_at = parse_timestamp(t.received[1], t.received[0]) or received_default
         parsed = ParsedTimes(original, stated, sent_at, received_at, t.offset_ms, t.ignore_sent_at)
         timestamp = dialect.event_time(parsed)
 

@@ -81,7 +81,9 @@ def _check_for(annotation: Any, metadata: list[Any]) -> Check:
 
         return real
     if kinds == (int,):
-        top, bottom = min(hi, INT64_MAX), max(lo, INT64_MIN)
+        # Integer bounds: compared as floats, 2**63 would pass as INT64_MAX.
+        top = INT64_MAX if hi >= INT64_MAX else math.floor(hi)
+        bottom = INT64_MIN if lo <= INT64_MIN else math.ceil(lo)
 
         def whole(v: Any) -> Any:
             if type(v) is int:

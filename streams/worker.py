@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from etl import kafka_tools
 from etl.collector import tune_for_batches
+from etl.compiled import stale_modules
 from etl.config import duckdb_file_problem
 from streams import runfiles
 from streams.logs import configure
@@ -28,6 +29,14 @@ def run(settings: Settings, extra_args: list[str] | None = None) -> NoReturn:
     """Run this process's role until it is stopped (never returns)."""
     args = list(extra_args or [])
     configure(settings.log_level, settings.log_format)
+    stale = stale_modules()
+    if stale:
+        # The compiled module is what runs: an edit since the build would be silently ignored.
+        log.warning(
+            "source changed after its compiled build, which is what runs: %s; "
+            "`make compile` rebuilds",
+            ", ".join(stale),
+        )
     if "duckdb" in settings.checked_sinks():
         problem = duckdb_file_problem(settings.duckdb.path)
         if problem:

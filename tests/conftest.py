@@ -25,11 +25,20 @@ for _name in list(os.environ):
     if _name.startswith("ETL_") or _name.startswith(("POSTHOG_", "RUDDERSTACK_", "SNOWFLAKE_")):
         del os.environ[_name]
 
+from etl.compiled import stale_modules  # noqa: E402
 from etl.config import KafkaSettings  # noqa: E402
 from ops.harness.broker import EmbeddedBroker  # noqa: E402
 from ops.harness.local_pipeline import LocalPipeline  # noqa: E402
 from sinks.duckdb import DuckDBSettings  # noqa: E402
 from sinks.settings import Settings  # noqa: E402
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # The compiled hot path is what the tests exercise: an edit since the build must not
+    # pass unseen.
+    stale = stale_modules()
+    if stale:
+        pytest.exit(f"{', '.join(stale)} changed after the compiled build: run `make compile`", 2)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ from typing import Any
 from mappers.dialects.reading import (
     ParsedTimes,
     Reading,
-    TimeField,
     Times,
     event_name,
     groups_workspace,
@@ -117,10 +116,10 @@ class PostHogDialect:
             traits=traits,
             workspace=workspace,
             times=Times(
-                original=TimeField("timestamp", obj.get("timestamp")),
-                stated=TimeField("timestamp", None),
-                sent=TimeField("sent_at", obj.get("sent_at", envelope_sent_at)),
-                received=TimeField("received_at", obj.get("received_at")),
+                original=("timestamp", obj.get("timestamp")),
+                stated=("timestamp", None),
+                sent=("sent_at", obj.get("sent_at", envelope_sent_at)),
+                received=("received_at", obj.get("received_at")),
                 offset_ms=obj.get("offset"),
                 ignore_sent_at=_truthy(properties.get("$ignore_sent_at")),
             ),

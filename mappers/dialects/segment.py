@@ -8,7 +8,6 @@ from typing import Any
 from mappers.dialects.reading import (
     ParsedTimes,
     Reading,
-    TimeField,
     Times,
     event_name,
     groups_workspace,
@@ -93,13 +92,14 @@ class SegmentDialect:
             traits=traits,
             workspace=workspace,
             times=Times(
-                original=TimeField(
-                    "originalTimestamp" if has_original else "timestamp",
-                    obj["originalTimestamp"] if has_original else obj.get("timestamp"),
+                original=(
+                    ("originalTimestamp", obj["originalTimestamp"])
+                    if has_original
+                    else ("timestamp", obj.get("timestamp"))
                 ),
-                stated=TimeField("timestamp", obj.get("timestamp")),
-                sent=TimeField("sentAt", obj.get("sentAt", envelope_sent_at)),
-                received=TimeField("receivedAt", obj.get("receivedAt")),
+                stated=("timestamp", obj.get("timestamp")),
+                sent=("sentAt", obj.get("sentAt", envelope_sent_at)),
+                received=("receivedAt", obj.get("receivedAt")),
             ),
         )
 
