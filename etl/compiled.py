@@ -29,6 +29,8 @@ SOURCES: tuple[str, ...] = (
     "mappers/suppression.py",
     "mappers/timestamps.py",
     "mappers/typed.py",
+    "sinks/identity.py",
+    "sinks/schema.py",
     "streams/stages.py",
 )
 
