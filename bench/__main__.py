@@ -269,7 +269,7 @@ DEFINITIONS = {
     "dialects) -> column lists -> Arrow -> DuckDB INSERT ... SELECT per 122,880 rows or 1 s, "
     "offsets committed after each; minimal validation, no typed tables, flags, redaction or "
     "MERGE (bench/fulljob.py); ratio_fulljob = ours_eps / fulljob_eps",
-    "latency": "paced produce at 50% of ours_eps with properties.bench_sent_ns; latency = "
+    "latency": "paced produce at 50% of ours_eps with properties.bench_sent_us; latency = "
     "loaded_at - sent; warm workers; visible at COMMIT, i.e. + write_ms_mean",
     "latency_quarter": "the same at 25% of ours_eps, for half as long (p50_ms/p99_ms are the "
     "half-load phase)",
