@@ -16,18 +16,26 @@ rows become visible at its COMMIT, later by the write's duration (reported as
 Polling the file instead would take DuckDB's single-writer lock away from the
 sink and distort what is measured.  Producer and workers share this machine's
 clock, so no clock skew is involved.
+
+``split_ms`` cuts each event's latency in two at the broker timestamp
+(CreateTime, set by the normalize worker's producer) of the normalized-topic
+record that carries it: produce -> normalized, and normalized -> loaded.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from bench.pipeline import EndTracker, OursRun, confluent_producer
+from mappers.envelope import decode_unified
 from ops.harness.synthetic import Generator
+
+if TYPE_CHECKING:
+    from sinks.settings import Settings
 
 
 def track_events(n: int, seed: int) -> list[dict[str, Any]]:
@@ -67,6 +75,7 @@ def run_latency(
     tracker = EndTracker(run.pipeline.produced_ends)
     topic = settings.kafka.raw_topic
     writes_before = _sink_writes(run)
+    normalized_from = _high_watermarks(settings)
     tick = 0.002  # produce in small bursts: at most 2 ms ahead of schedule
     started = time.perf_counter()
     for i, ev in enumerate(events):
@@ -82,7 +91,8 @@ def run_latency(
     if tracker.errors:
         raise RuntimeError(f"latency produce failed: {tracker.errors[:3]}")
     run.pipeline.wait_drained(timeout, poll=0.25)
-    latencies = sorted(_latencies_ms(Path(settings.duckdb.path), seed))
+    landed = _landed(Path(settings.duckdb.path), seed)
+    latencies = sorted((loaded - sent) / 1e3 for _, loaded, sent in landed.values())
     if len(latencies) < n:
         raise RuntimeError(
             f"latency: only {len(latencies)} of {n} stamped events reached the warehouse"
@@ -100,27 +110,120 @@ def run_latency(
         "p90_ms": round(percentile(latencies, 0.90), 1),
         "p99_ms": round(percentile(latencies, 0.99), 1),
         "max_ms": round(latencies[-1], 1),
+        "split_ms": _split(landed, _normalized_at(settings, normalized_from, set(landed))),
         "write_ms_mean": round(1000 * write, 1) if write is not None else None,
         "method": "loaded_at (sink write start) - properties.bench_sent_us (before produce), "
         "paced produce, warm workers",
     }
 
 
-def _latencies_ms(path: Path, run_tag: int) -> list[float]:
+def _landed(path: Path, run_tag: int) -> dict[str, tuple[str, int, int]]:
+    """message_id -> (message_id, loaded_at, sent), in microseconds, for one phase's probes."""
     from sinks.duckdb import wait_for_lock
 
     con = wait_for_lock(path, timeout=60)
     try:
         rows = con.execute(
-            "SELECT (epoch_us(loaded_at) "
-            "- CAST(json_extract(properties, '$.bench_sent_us') AS BIGINT)) / 1e3 "
+            "SELECT message_id, epoch_us(loaded_at), "
+            "CAST(json_extract(properties, '$.bench_sent_us') AS BIGINT) "
             "FROM events WHERE json_extract(properties, '$.bench_sent_us') IS NOT NULL "
             "AND CAST(json_extract(properties, '$.bench_run') AS BIGINT) = ?",
             [run_tag],
         ).fetchall()
     finally:
         con.close()
-    return [r[0] for r in rows]
+    return {r[0]: (r[0], r[1], r[2]) for r in rows}
+
+
+def _normalized_consumer(settings: Settings) -> Any:
+    from confluent_kafka import Consumer
+
+    return Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": "bench-latency-split",
+            "enable.auto.commit": False,
+        }
+    )
+
+
+def _high_watermarks(settings: Settings) -> dict[int, int]:
+    """Where the normalized topic ends now, per partition (the phase's records come after)."""
+    from confluent_kafka import TopicPartition
+
+    consumer = _normalized_consumer(settings)
+    try:
+        topic = settings.kafka.normalized_topic
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(settings.kafka.partitions)
+        }
+    finally:
+        consumer.close()
+
+
+def _normalized_at(
+    settings: Settings, start: dict[int, int], wanted: set[str], timeout: float = 60.0
+) -> dict[str, int]:
+    """message_id -> CreateTime (ms) of the normalized record that carries it."""
+    from confluent_kafka import TopicPartition
+
+    consumer = _normalized_consumer(settings)
+    found: dict[str, int] = {}
+    try:
+        topic = settings.kafka.normalized_topic
+        consumer.assign([TopicPartition(topic, p, offset) for p, offset in start.items()])
+        deadline = time.monotonic() + timeout
+        idle = 0
+        while len(found) < len(wanted) and idle < 3 and time.monotonic() < deadline:
+            records = consumer.consume(10_000, 1.0)
+            idle = 0 if records else idle + 1
+            for record in records:
+                if record.error() is not None:
+                    continue
+                created = record.timestamp()[1]
+                for event in decode_unified([_Record(record)]):
+                    if event.get("message_id") in wanted:
+                        found[event["message_id"]] = created
+    finally:
+        consumer.close()
+    return found
+
+
+class _Record:
+    """A confluent message in the shape :func:`decode_unified` reads."""
+
+    def __init__(self, message: Any) -> None:
+        self.value = message.value()
+        self.topic, self.partition, self.offset = (
+            message.topic(),
+            message.partition(),
+            message.offset(),
+        )
+
+
+def _split(
+    landed: dict[str, tuple[str, int, int]], normalized_ms: dict[str, int]
+) -> dict[str, Any] | None:
+    """p50/p99 of each half of the latency, when (nearly) every probe's record was found."""
+    if len(normalized_ms) < 0.99 * len(landed):
+        return None
+    halves: dict[str, list[float]] = {"to_normalized": [], "normalized_to_loaded": []}
+    for message_id, loaded_us, sent_us in landed.values():
+        at_ms = normalized_ms.get(message_id)
+        if at_ms is None:
+            continue
+        at_us = at_ms * 1000
+        halves["to_normalized"].append((at_us - sent_us) / 1e3)
+        halves["normalized_to_loaded"].append((loaded_us - at_us) / 1e3)
+    out: dict[str, Any] = {"events": len(halves["to_normalized"])}
+    for name, values in halves.items():
+        values.sort()
+        out[name] = {
+            "p50": round(percentile(values, 0.5), 1),
+            "p99": round(percentile(values, 0.99), 1),
+        }
+    return out
 
 
 def _sink_writes(run: OursRun) -> tuple[float, float] | None:

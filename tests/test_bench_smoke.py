@@ -106,8 +106,14 @@ def test_bench_runs_every_phase_and_prints_the_json(broker, tmp_path: Path) -> N
         r["rows"] == min(workload["valid"], landed["ours"][0])
         for r in stages["sink_alone"].values()
     )
-    assert stages["latency"]["events"] >= 1
-    assert stages["latency_quarter"]["events"] >= 1
+    for phase in ("latency", "latency_quarter"):
+        latency = stages[phase]
+        assert latency["events"] >= 1
+        # Every probe is found on the normalized topic, and each half is in time order.
+        split = latency["split_ms"]
+        assert split["events"] == latency["events"]
+        for half in ("to_normalized", "normalized_to_loaded"):
+            assert 0 <= split[half]["p50"] <= split[half]["p99"] <= latency["max_ms"]
     # The stage alone sees the same workload: every message is normalized or dead-lettered.
     alone = stages["normalize_alone"]
     assert alone["normalized"] + alone["rejected"] == alone["messages"] == workload["messages"]
