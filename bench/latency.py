@@ -92,7 +92,7 @@ def run_latency(
         raise RuntimeError(f"latency produce failed: {tracker.errors[:3]}")
     run.pipeline.wait_drained(timeout, poll=0.25)
     landed = _landed(Path(settings.duckdb.path), seed)
-    latencies = sorted((loaded - sent) / 1e3 for _, loaded, sent in landed.values())
+    latencies = sorted((loaded - sent) / 1e3 for loaded, sent in landed.values())
     if len(latencies) < n:
         raise RuntimeError(
             f"latency: only {len(latencies)} of {n} stamped events reached the warehouse"
@@ -117,8 +117,8 @@ def run_latency(
     }
 
 
-def _landed(path: Path, run_tag: int) -> dict[str, tuple[str, int, int]]:
-    """message_id -> (message_id, loaded_at, sent), in microseconds, for one phase's probes."""
+def _landed(path: Path, run_tag: int) -> dict[str, tuple[int, int]]:
+    """message_id -> (loaded_at, sent), in microseconds, for one phase's probes."""
     from sinks.duckdb import wait_for_lock
 
     con = wait_for_lock(path, timeout=60)
@@ -132,7 +132,7 @@ def _landed(path: Path, run_tag: int) -> dict[str, tuple[str, int, int]]:
         ).fetchall()
     finally:
         con.close()
-    return {r[0]: (r[0], r[1], r[2]) for r in rows}
+    return {r[0]: (r[1], r[2]) for r in rows}
 
 
 def _normalized_consumer(settings: Settings) -> Any:
@@ -203,13 +203,13 @@ class _Record:
 
 
 def _split(
-    landed: dict[str, tuple[str, int, int]], normalized_ms: dict[str, int]
+    landed: dict[str, tuple[int, int]], normalized_ms: dict[str, int]
 ) -> dict[str, Any] | None:
     """p50/p99 of each half of the latency, when (nearly) every probe's record was found."""
     if len(normalized_ms) < 0.99 * len(landed):
         return None
     halves: dict[str, list[float]] = {"to_normalized": [], "normalized_to_loaded": []}
-    for message_id, loaded_us, sent_us in landed.values():
+    for message_id, (loaded_us, sent_us) in landed.items():
         at_ms = normalized_ms.get(message_id)
         if at_ms is None:
             continue
