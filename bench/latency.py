@@ -148,7 +148,11 @@ def _normalized_consumer(settings: Settings) -> Any:
 
 
 def _high_watermarks(settings: Settings) -> dict[int, int]:
-    """Where the normalized topic ends now, per partition (the phase's records come after)."""
+    """Where the normalized topic ends now, per partition (the phase's records come after).
+
+    The bundled broker may answer below the true end; the split then reads a few
+    earlier records, which match no probe.
+    """
     from confluent_kafka import TopicPartition
 
     consumer = _normalized_consumer(settings)
