@@ -19,9 +19,10 @@ configured) is forwarded: a missing decision is the open default.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from etl.config import CoreSettings
@@ -77,29 +78,47 @@ class NormalizeGovernance:
         if self.service is not None:
             self.service.close()
 
-    def apply(self, events: list[dict[str, Any]], rejections: Iterable[Rejection] = ()) -> None:
-        """Attach flag decisions and redact, in place (dead letters' raw payloads too)."""
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """One batch's scope: the flag service's remote-call budget covers all of it,
+        however many :meth:`apply_within` calls it is applied in.
+        """
         if not self._started:
             self.start()
+        service = self.service
+        if service is None:
+            yield
+            return
+        service.begin_batch()
+        try:
+            yield
+        finally:
+            service.end_batch()
+
+    def apply(self, events: list[dict[str, Any]], rejections: Iterable[Rejection] = ()) -> None:
+        """Attach flag decisions and redact, in place (dead letters' raw payloads too)."""
+        with self.batch():
+            self.apply_within(events, rejections)
+
+    def apply_within(
+        self, events: list[dict[str, Any]], rejections: Iterable[Rejection] = ()
+    ) -> None:
+        """:meth:`apply` for part of a batch, inside :meth:`batch`."""
         service = self.service
         gated = self.gated_events
         if service is not None:
             decide = service.decide
-            service.begin_batch()
-            try:
-                for ev in events:
-                    keys = gated.get(ev["event"])
-                    if keys is None:
-                        continue
-                    context = ev["context"]
-                    recorded = context.get("flags")
-                    if not isinstance(recorded, dict):
-                        recorded = context["flags"] = {}
-                    did, ws = ev["distinct_id"], ev["workspace_id"]
-                    for key in keys:
-                        recorded[key] = decide(key, did, ws).as_context()
-            finally:
-                service.end_batch()
+            for ev in events:
+                keys = gated.get(ev["event"])
+                if keys is None:
+                    continue
+                context = ev["context"]
+                recorded = context.get("flags")
+                if not isinstance(recorded, dict):
+                    recorded = context["flags"] = {}
+                did, ws = ev["distinct_id"], ev["workspace_id"]
+                for key in keys:
+                    recorded[key] = decide(key, did, ws).as_context()
         if self.redact:
             self.redactor.redact_events(events)
             # A rejected prompt must not reach rejected_events verbatim either.

@@ -49,6 +49,11 @@ log = logging.getLogger("etl.stages")
 
 #: Largest normalized envelope, so one stays well inside the topics' 16 MiB message limit.
 MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
+#: Records the normalize stage takes through all its steps at a time.  Each step
+#: revisits every event's dicts; in chunks this small they are still in the CPU
+#: cache when the next step comes (a 5,000-record batch taken step by step cost
+#: 15 us per message against 11-12 in chunks of 256: bench/normalize_alone.py).
+CHUNK_RECORDS = 256
 
 
 @lru_cache(maxsize=65536)
@@ -105,6 +110,21 @@ class NormalizeStage:
         self.governance.close()
 
     def process(self, records: Sequence[Any]) -> NormalizedBatch:
+        batch = NormalizedBatch(records=len(records))
+        with self.governance.batch():
+            for start in range(0, len(records), CHUNK_RECORDS):
+                self._process_chunk(records[start : start + CHUNK_RECORDS], batch)
+        for (event, kind, action), n in self.contracts.take_counts().items():
+            metrics.CONTRACT_VIOLATIONS.labels(event, kind, action).inc(n)
+        metrics.MESSAGES_IN.labels(self.name).inc(batch.records)
+        metrics.EVENTS_OUT.labels(self.name, "normalized").inc(batch.normalized)
+        metrics.EVENTS_OUT.labels(self.name, "rejected").inc(len(batch.dead))
+        for name, n in batch.by_event.items():
+            metrics.BY_EVENT.labels(name).inc(n)
+        return batch
+
+    def _process_chunk(self, records: Sequence[Any], batch: NormalizedBatch) -> None:
+        """Normalize, govern and encode ``records`` into ``batch``."""
         unified: list[dict[str, Any]] = []
         dead: list[DeadLetterItem] = []
         normalize = self.normalizer.normalize
@@ -139,24 +159,13 @@ class NormalizeStage:
                 if hashes is not None:
                     r.redaction_hashes = hashes
                 dead.append((r, rec.topic, rec.partition, rec.offset))
-        self.governance.apply(unified, [d[0] for d in dead])
-        batch = NormalizedBatch(
-            encoded=[dumps_event(ev) for ev in unified],
-            keys=[ev["distinct_id"] for ev in unified],
-            dead=dead,
-            records=len(records),
-            by_event=Counter(
-                ev["event"] if ev["event"] in KNOWN_EVENTS else "other" for ev in unified
-            ),
+        self.governance.apply_within(unified, [d[0] for d in dead])
+        batch.encoded.extend([dumps_event(ev) for ev in unified])
+        batch.keys.extend([ev["distinct_id"] for ev in unified])
+        batch.dead.extend(dead)
+        batch.by_event.update(
+            [ev["event"] if ev["event"] in KNOWN_EVENTS else "other" for ev in unified]
         )
-        for (event, kind, action), n in self.contracts.take_counts().items():
-            metrics.CONTRACT_VIOLATIONS.labels(event, kind, action).inc(n)
-        metrics.MESSAGES_IN.labels(self.name).inc(batch.records)
-        metrics.EVENTS_OUT.labels(self.name, "normalized").inc(batch.normalized)
-        metrics.EVENTS_OUT.labels(self.name, "rejected").inc(len(dead))
-        for name, n in batch.by_event.items():
-            metrics.BY_EVENT.labels(name).inc(n)
-        return batch
 
     def _suppress_and_contract(
         self, events: list[dict[str, Any]], rejections: list[Rejection], raw: bytes

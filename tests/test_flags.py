@@ -17,13 +17,16 @@ import time
 import uuid
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 
 from etl.config import FlagSettings, PostHogSettings
 from mappers.flags import FlagService, FlagStore, StoredFlag, mask_url
 from ops.harness.broker import free_port
+from ops.inprocess import Record
 from sinks.settings import Settings
+from streams.stages import CHUNK_RECORDS, NormalizeStage
 from tests.servers import PostHogServer
 
 PROJECT_KEY = "phc_flagtest_project_key_0001"
@@ -578,3 +581,41 @@ def test_slow_remote_flags_are_bounded_per_batch(ph: PostHogServer, tmp_path: Pa
     assert {d.source for d in decisions[len(remote) :]} == {"default"}
     assert later.source == "posthog"  # out-of-budget fallbacks were not cached
     assert len(ph.requests_to("/flags")) == len(remote) + 1
+
+
+def test_the_normalize_stage_spends_one_remote_budget_per_batch_however_it_is_chunked(
+    ph: PostHogServer, tmp_path: Path
+) -> None:
+    # The stage works a batch through in chunks (streams.stages.CHUNK_RECORDS);
+    # the budget is the batch's, so four chunks must not buy four budgets.
+    ph.faults.push(delay=0.3, path="/flags", times=None)
+    flags = FlagSettings(
+        embedded_path=tmp_path / "none.sqlite3",
+        remote_budget=0.5,
+        gates={"posthog": {"tool_used": "agent_debugger_ui"}},
+    )
+    settings = settings_for(ph.url, flags).model_copy(update={"sinks": ["duckdb", "posthog"]})
+    records = [
+        Record(
+            "raw",
+            0,
+            i,
+            1_790_000_000_000,
+            json.dumps({"event": "tool_used", "distinct_id": f"user_{i}"}).encode(),
+        )
+        for i in range(3 * CHUNK_RECORDS + 1)
+    ]
+    stage = NormalizeStage(settings).start()
+    try:
+        started = time.monotonic()
+        batch = stage.process(records)
+        elapsed = time.monotonic() - started
+    finally:
+        stage.close()
+    sources = [
+        orjson.loads(raw)["context"]["flags"]["agent_debugger_ui"]["source"]
+        for raw in batch.encoded
+    ]
+    assert len(sources) == len(records)
+    assert 1 <= sources.count("posthog") <= 3 and elapsed < 1.5
+    assert set(sources) == {"posthog", "default"}
