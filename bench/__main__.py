@@ -177,7 +177,8 @@ def run_bench(
                 _check_landed("ours", run.result, workload.events, stages["peer_single"])
                 log(
                     f"ours {run.result['eps']:,.0f} events/s "
-                    f"(normalize stage {run.result['normalize_eps'] or 0:,.0f})"
+                    f"(normalize stage {run.result['normalize_eps'] or 0:,.0f}); CPU seconds "
+                    + ", ".join(f"{k} {v}" for k, v in run.result["cpu_seconds"].items())
                 )
                 if latency_seconds > 0:
                     rate = max(50.0, run.result["eps"] / 2)

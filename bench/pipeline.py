@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 from kafka import TopicPartition
 
-from bench.proc import vm_hwm_mb
+from bench.proc import cpu_seconds, machine_busy_seconds, vm_hwm_mb
 from etl import kafka_tools
 from ops.harness.broker import free_port
 from ops.harness.local_pipeline import LocalPipeline
@@ -344,9 +344,11 @@ def run_ours(
                 Profiler(sink.process.pid, "sink-duckdb", profile_dir),
             ]  # type: ignore[union-attr]
         wall = time.monotonic()
+        cpu_at_ready, busy_at_ready = _cpu_at_ready([*normalizers, sink])
         # The end time comes from the warehouse; a slow poll steals less CPU from the workers.
         pipeline.wait_drained(timeout, poll=1.0)
         wall = time.monotonic() - wall
+        cpu = _cpu_since(cpu_at_ready, busy_at_ready, [*normalizers, sink])
     finally:
         for prof in run.profiles:
             prof.stop()
@@ -376,8 +378,48 @@ def run_ours(
         "partitions": settings.kafka.partitions,
         "rss_mb": {f"normalize-{i}": vm_hwm_mb(w.process.pid) for i, w in enumerate(normalizers)}  # type: ignore[union-attr]
         | {"sink-duckdb": vm_hwm_mb(sink.process.pid)},  # type: ignore[union-attr]
+        "cpu_seconds": cpu,
     }
     return run
+
+
+def _worker_name(worker: WorkerProcess, index: int) -> str:
+    return "sink-duckdb" if worker.role.kind == "sink" else f"normalize-{index}"
+
+
+def _cpu_at_ready(
+    workers: list[WorkerProcess], timeout: float = 90.0
+) -> tuple[dict[int, float], float]:
+    """Each worker's CPU time when its Ready line appears (start-up and group join excluded),
+    and the machine's busy time at the first of them.
+    """
+    at_ready: dict[int, float] = {}
+    busy = None
+    deadline = time.monotonic() + timeout
+    while len(at_ready) < len(workers) and time.monotonic() < deadline:
+        for i, worker in enumerate(workers):
+            if i not in at_ready and ready_time(worker.log_path) is not None:
+                at_ready[i] = cpu_seconds(worker.process.pid) or 0.0  # type: ignore[union-attr]
+                busy = machine_busy_seconds() if busy is None else busy
+        time.sleep(0.05)
+    return at_ready, busy if busy is not None else machine_busy_seconds()
+
+
+def _cpu_since(
+    at_ready: dict[int, float], busy_at_ready: float, workers: list[WorkerProcess]
+) -> dict[str, float | None]:
+    """CPU seconds each worker used from Ready to drained; ``other``: the rest of the
+    machine's busy time meanwhile (the broker, the bench's polling, anything else running).
+    """
+    used: dict[str, float | None] = {}
+    for i, worker in enumerate(workers):
+        now = cpu_seconds(worker.process.pid)  # type: ignore[union-attr]
+        used[_worker_name(worker, i)] = (
+            round(now - at_ready[i], 2) if now is not None and i in at_ready else None
+        )
+    busy = machine_busy_seconds() - busy_at_ready
+    used["other"] = round(busy - sum(v for v in used.values() if v is not None), 2)
+    return used
 
 
 def _process_start(worker: WorkerProcess) -> float:

@@ -89,6 +89,10 @@ def test_bench_runs_every_phase_and_prints_the_json(broker, tmp_path: Path) -> N
     assert landed["ours"][1] >= 1  # the ~2% malformed share reached rejected_events
     assert stages["ceiling"]["messages"] == workload["messages"]
     assert set(stages["ours"]["rss_mb"]) == {"normalize-0", "sink-duckdb"}
+    cpu = stages["ours"]["cpu_seconds"]
+    assert set(cpu) == {"normalize-0", "sink-duckdb", "other"}
+    # Both workers worked, and no worker used more CPU than the machine was busy for.
+    assert cpu["normalize-0"] > 0 and cpu["sink-duckdb"] > 0 and cpu["other"] > -1.0
     assert all(v > 0 for p in layouts.values() for v in p["rss_mb"].values())
     assert set(stages["sink_alone"]) == {
         "500",
