@@ -161,7 +161,10 @@ def run_bench(
                 # own valid/rejected labels are reported but not trusted as exact.
                 _check_landed(f"peer {layout}", peer, workload.events, stages.get("peer_single"))
                 stages[f"peer_{layout}"] = peer
-                log(f"peer {layout} {peer['eps']:,.0f} events/s")
+                log(
+                    f"peer {layout} {peer['eps']:,.0f} events/s; CPU seconds "
+                    + ", ".join(f"{k} {v}" for k, v in peer["cpu_seconds"].items())
+                )
 
             log("ours: etl workers (normalize + sink:duckdb)" + (" with py-spy" if profile else ""))
             run: OursRun | None = None

@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from bench.proc import ROOT, contender_env, vm_hwm_mb
+from bench.proc import ROOT, contender_env, cpu_seconds, vm_hwm_mb
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,28 +173,42 @@ def _single(args: argparse.Namespace) -> dict[str, Any]:
             collected.messages.clear()
             if letters:
                 loop.run_until_complete(sink_stage.store_rejected(letters))
-            clock["last_write_end"] = time.time()
-            clock["writes"] = clock.get("writes", 0) + 1
+            _wrote(clock)
 
     app = _application(args, args.batch_max_events * args.partitions)
     topic = app.topic(args.topic, value_deserializer="bytes", key_deserializer="bytes")
     sdf = app.dataframe(topic)
     sdf = sdf.apply(_first_seen(clock))
     sdf.sink(PeerDuckDBSink())
-    started = time.time()
+    started, cpu_at_start = time.time(), cpu_seconds() or 0.0
     app.run(count=args.messages, timeout=args.idle_timeout, collect=False)
     loop.run_until_complete(sink_stage.close())
     normalize_stage.close()
-    return _timed(clock, started, args.warehouse)
+    return _timed(clock, started, args.warehouse) | {"cpu_seconds": _cpu_used(clock, cpu_at_start)}
 
 
 def _first_seen(clock: dict[str, float]) -> Any:
     def first_seen(value: bytes) -> bytes:
         if "first" not in clock:
             clock["first"] = time.time()
+            clock["cpu_first"] = cpu_seconds() or 0.0
         return value
 
     return first_seen
+
+
+def _wrote(clock: dict[str, float]) -> None:
+    """A write ended: the clock's end, and this process's CPU time so far."""
+    clock["last_write_end"] = time.time()
+    clock["cpu_last_write"] = cpu_seconds() or 0.0
+    clock["writes"] = clock.get("writes", 0) + 1
+
+
+def _cpu_used(clock: dict[str, float], at_start: float) -> float | None:
+    """CPU seconds from the first record (or ``at_start``) to the end of the last write."""
+    if "cpu_last_write" not in clock:
+        return None
+    return round(clock["cpu_last_write"] - clock.get("cpu_first", at_start), 2)
 
 
 def _normalize_app(args: argparse.Namespace) -> dict[str, Any]:
@@ -221,14 +235,13 @@ def _normalize_app(args: argparse.Namespace) -> dict[str, Any]:
             normalized = stage.process(_records(batch))
             loop.run_until_complete(output.send(stage.envelopes(normalized, args.partitions)))
             loop.run_until_complete(dead_letters(normalized.dead, stage.name))
-            clock["last_write_end"] = time.time()
-            clock["writes"] = clock.get("writes", 0) + 1
+            _wrote(clock)
 
     topic = app.topic(args.topic, value_deserializer="bytes", key_deserializer="bytes")
     sdf = app.dataframe(topic)
     sdf = sdf.apply(_first_seen(clock))
     sdf.sink(NormalizedTopicSink())
-    started = time.time()
+    started, cpu_at_start = time.time(), cpu_seconds() or 0.0
     app.run(count=args.messages, timeout=args.idle_timeout, collect=False)
     output.producer.flush(60)
     stage.close()
@@ -238,6 +251,7 @@ def _normalize_app(args: argparse.Namespace) -> dict[str, Any]:
         "join_seconds": round(first - started, 3),
         "last_write_end": clock.get("last_write_end"),
         "writes": int(clock.get("writes", 0)),
+        "cpu_seconds": _cpu_used(clock, cpu_at_start),
     }
 
 
@@ -268,8 +282,7 @@ def _sink_app(args: argparse.Namespace) -> dict[str, Any]:
 
     def count(n: int) -> None:
         landed["n"] += n
-        clock["last_write_end"] = time.time()
-        clock["writes"] = clock.get("writes", 0) + 1
+        _wrote(clock)
         if args.events and landed["n"] >= args.events:
             app.stop()
 
@@ -285,11 +298,11 @@ def _sink_app(args: argparse.Namespace) -> dict[str, Any]:
 
     for name, sink in ((args.normalized_topic, EventsSink()), (args.dlq_topic, RejectedSink())):
         topic = app.topic(name, value_deserializer="bytes", key_deserializer="bytes")
-        app.dataframe(topic).sink(sink)
-    started = time.time()
+        app.dataframe(topic).apply(_first_seen(clock)).sink(sink)
+    started, cpu_at_start = time.time(), cpu_seconds() or 0.0
     app.run(timeout=args.idle_timeout, collect=False)
     loop.run_until_complete(stage.close())
-    return _timed(clock, started, args.warehouse)
+    return _timed(clock, started, args.warehouse) | {"cpu_seconds": _cpu_used(clock, cpu_at_start)}
 
 
 def _timed(clock: dict[str, float], started: float, warehouse: Path) -> dict[str, Any]:
@@ -364,6 +377,7 @@ def run_peer(
         )
         result["processes"] = 1
         result["rss_mb"] = {"quix": result["rss_mb"]}
+        result["cpu_seconds"] = {"quix": result["cpu_seconds"]}
     else:
         normalized, dlq = f"{topic}-quix-normalized", f"{topic}-quix-dlq"
         _create_topics(bootstrap, [normalized, dlq], partitions)
@@ -409,6 +423,10 @@ def run_peer(
         result["normalize_writes"] = norm["writes"]
         result["processes"] = 2
         result["rss_mb"] = {"quix-normalize": norm["rss_mb"], "quix-sink": result["rss_mb"]}
+        result["cpu_seconds"] = {
+            "quix-normalize": norm["cpu_seconds"],
+            "quix-sink": result["cpu_seconds"],
+        }
     result["layout"] = layout
     result["events"] = events
     result["eps"] = round(events / max(result["seconds"], 1e-6), 1)

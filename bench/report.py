@@ -164,6 +164,7 @@ def print_tables(doc: dict[str, Any]) -> None:
     table.add_column("events/s", justify="right")
     table.add_column("seconds", justify="right")
     table.add_column("peak RSS MiB", justify="right")
+    table.add_column("CPU s", justify="right")
     table.add_column("what")
     ceiling, fulljob, ours = stages.get("ceiling"), stages.get("fulljob"), stages.get("ours")
     if ceiling:
@@ -171,6 +172,7 @@ def print_tables(doc: dict[str, Any]) -> None:
             "ceiling",
             f"{ceiling['eps']:,.0f}",
             f"{ceiling['seconds']:.2f}",
+            "",
             "",
             "aiokafka getmany + orjson.loads, no output",
         )
@@ -180,6 +182,7 @@ def print_tables(doc: dict[str, Any]) -> None:
             f"{fulljob['eps']:,.0f}",
             f"{fulljob['seconds']:.2f}",
             _mb(fulljob.get("rss_mb")),
+            "",
             "aiokafka + msgspec + Arrow -> DuckDB, 1 process, no framework",
         )
     for layout, what in (
@@ -194,6 +197,7 @@ def print_tables(doc: dict[str, Any]) -> None:
                 f"{peer['eps']:,.0f}",
                 f"{peer['seconds']:.2f}",
                 ", ".join(f"{k} {_mb(v)}" for k, v in peer["rss_mb"].items()),
+                _cpu(peer.get("cpu_seconds")),
                 what,
             )
     if ours:
@@ -203,6 +207,7 @@ def print_tables(doc: dict[str, Any]) -> None:
             f"{ours['eps']:,.0f}",
             f"{ours['seconds']:.2f}",
             rss,
+            _cpu(ours.get("cpu_seconds")),
             "raw -> normalize -> Kafka -> sink:duckdb",
         )
         if ours.get("normalize_eps"):
@@ -210,6 +215,7 @@ def print_tables(doc: dict[str, Any]) -> None:
                 "  ours: normalize stage",
                 f"{ours['normalize_eps']:,.0f}",
                 f"{ours['normalize_seconds']:.2f}",
+                "",
                 "",
                 "raw -> normalized/dlq topics",
             )
@@ -267,6 +273,13 @@ def print_tables(doc: dict[str, Any]) -> None:
 
 def _mb(value: float | None) -> str:
     return f"{value:.0f}" if value is not None else "?"
+
+
+def _cpu(per_process: dict[str, float | None] | None) -> str:
+    """CPU seconds per process of a contender (ours adds ``other``: the rest of the machine)."""
+    if not per_process:
+        return ""
+    return ", ".join(f"{k} {v:.1f}" if v is not None else f"{k} ?" for k, v in per_process.items())
 
 
 def write_outputs(

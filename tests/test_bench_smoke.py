@@ -58,6 +58,8 @@ def test_bench_runs_every_phase_and_prints_the_json(broker, tmp_path: Path) -> N
     assert doc["peer_eps"] == max(p["eps"] for p in layouts.values())
     assert layouts["single"]["processes"] == 1 and layouts["split"]["processes"] == 2
     assert set(layouts["split"]["rss_mb"]) == {"quix-normalize", "quix-sink"}
+    assert set(layouts["split"]["cpu_seconds"]) == {"quix-normalize", "quix-sink"}
+    assert all(v > 0 for p in layouts.values() for v in p["cpu_seconds"].values())
     assert doc["ratio_peer"] == round(doc["ours_eps"] / doc["peer_eps"], 3)
     assert doc["ratio_ceiling"] == round(doc["ours_eps"] / doc["ceiling_eps"], 4)
     assert doc["fulljob_eps"] == stages["fulljob"]["eps"]
