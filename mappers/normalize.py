@@ -269,7 +269,7 @@ class Normalizer:
         stated = parse_timestamp(t.stated[1], t.stated[0])
         sent_at = parse_timestamp(t.sent[1], t.sent[0])
         received_at = parse_timestamp(t.received[1], t.received[0]) or received_default
-        parsed = ParsedTimes(original, stated, sent_at, received_at, t.offset_ms, t.ignore_sent_at)
+        parsed = ParsedTimes(t, original, stated, sent_at, received_at)
         timestamp = dialect.event_time(parsed)
 
         trace = properties.get("trace_id")

@@ -49,21 +49,22 @@ class Times:
 
 
 class ParsedTimes:
+    """:class:`Times` with each time parsed (the receive time defaulted)."""
+
     def __init__(
         self,
+        sent_as: Times,
         original: datetime | None,
         stated: datetime | None,
         sent: datetime | None,
         received: datetime,
-        offset_ms: Any = None,
-        ignore_sent_at: bool = False,
     ) -> None:
         self.original = original
         self.stated = stated
         self.sent = sent
         self.received = received
-        self.offset_ms = offset_ms
-        self.ignore_sent_at = ignore_sent_at
+        self.offset_ms: Any = sent_as.offset_ms
+        self.ignore_sent_at = sent_as.ignore_sent_at
         #: What the event-time rule did beyond the plain rule (noted in ``context.etl``).
         self.notes: dict[str, Any] = {}
 
