@@ -18,8 +18,9 @@ TimeField = tuple[str, Any]
 
 
 # Three of these are built per event.  Plain classes with their own __init__,
-# not dataclasses: mypyc compiles these into native constructors, whereas a
-# dataclass's generated __init__ stays interpreted (about 5% of the stage).
+# not dataclasses: mypyc compiles them into native constructors and attribute
+# reads, whereas a dataclass's generated __init__ stays interpreted (the
+# normalize stage alone went from 12.1 to 10.4 us per message).
 
 
 class Times:
