@@ -162,8 +162,8 @@ def run_bench(
                 _check_landed(f"peer {layout}", peer, workload.events, stages.get("peer_single"))
                 stages[f"peer_{layout}"] = peer
                 log(
-                    f"peer {layout} {peer['eps']:,.0f} events/s; CPU seconds "
-                    + ", ".join(f"{k} {v}" for k, v in peer["cpu_seconds"].items())
+                    f"peer {layout} {peer['eps']:,.0f} events/s; "
+                    f"CPU seconds {report.cpu_text(peer['cpu_seconds'])}"
                 )
 
             log("ours: etl workers (normalize + sink:duckdb)" + (" with py-spy" if profile else ""))
@@ -180,8 +180,8 @@ def run_bench(
                 _check_landed("ours", run.result, workload.events, stages["peer_single"])
                 log(
                     f"ours {run.result['eps']:,.0f} events/s "
-                    f"(normalize stage {run.result['normalize_eps'] or 0:,.0f}); CPU seconds "
-                    + ", ".join(f"{k} {v}" for k, v in run.result["cpu_seconds"].items())
+                    f"(normalize stage {run.result['normalize_eps'] or 0:,.0f}); "
+                    f"CPU seconds {report.cpu_text(run.result['cpu_seconds'])}"
                 )
                 if latency_seconds > 0:
                     rate = max(50.0, run.result["eps"] / 2)

@@ -197,7 +197,7 @@ def print_tables(doc: dict[str, Any]) -> None:
                 f"{peer['eps']:,.0f}",
                 f"{peer['seconds']:.2f}",
                 ", ".join(f"{k} {_mb(v)}" for k, v in peer["rss_mb"].items()),
-                _cpu(peer.get("cpu_seconds")),
+                cpu_text(peer.get("cpu_seconds")),
                 what,
             )
     if ours:
@@ -207,7 +207,7 @@ def print_tables(doc: dict[str, Any]) -> None:
             f"{ours['eps']:,.0f}",
             f"{ours['seconds']:.2f}",
             rss,
-            _cpu(ours.get("cpu_seconds")),
+            cpu_text(ours.get("cpu_seconds")),
             "raw -> normalize -> Kafka -> sink:duckdb",
         )
         if ours.get("normalize_eps"):
@@ -275,7 +275,7 @@ def _mb(value: float | None) -> str:
     return f"{value:.0f}" if value is not None else "?"
 
 
-def _cpu(per_process: dict[str, float | None] | None) -> str:
+def cpu_text(per_process: dict[str, float | None] | None) -> str:
     """CPU seconds per process of a contender (ours adds ``other``: the rest of the machine)."""
     if not per_process:
         return ""
