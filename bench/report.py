@@ -350,7 +350,10 @@ def chart_figure(doc: dict[str, Any]) -> Any:
         rates = [sink[s]["rows_per_s"] for s in sizes]
         colors = ["#9fd0b4" if "held" in s else "#3f9f6f" for s in sizes]
         labels = [
-            s.replace(" held", "\nheld").replace(", 16 MB checkpoints", "\n16 MB") for s in sizes
+            s.replace(" held", "\nheld")
+            .replace(", 16 MB checkpoints", "\n16 MB")
+            .replace(", merges when idle", "\nmerge idle")
+            for s in sizes
         ]
         bars = right.bar(labels, rates, color=colors)
         right.bar_label(bars, labels=[f"{v:,.0f}" for v in rates], fontsize=8)

@@ -9,6 +9,7 @@ batches keep coming: keys ``"<size> held"``), and again with
 to show what reopening costs.  One more run, ``"<largest> held, 16 MB checkpoints"``,
 keeps the file open with DuckDB's own checkpoint threshold, under which some
 commits carry a checkpoint: what ``ETL_DUCKDB__CHECKPOINT_THRESHOLD_MB`` saves.
+And ``"<largest> held, merges when idle"`` runs with ``ETL_DUCKDB__MERGE_ROW_GROUPS=when_idle``.
 """
 
 from __future__ import annotations
@@ -38,13 +39,22 @@ def run_sink_alone(
     events = normalized_events(values, rows_per_size)
     results: dict[str, Any] = {}
     largest = max(sizes)
-    runs = [(str(size), size, 0.0, None) for size in sizes]
-    runs += [(f"{size} held", size, 5.0, None) for size in sizes]
-    runs += [(f"{largest} held, 16 MB checkpoints", largest, 5.0, DUCKDB_DEFAULT_CHECKPOINT_MB)]
-    for key, size, hold, threshold in runs:
+    runs: list[tuple[str, int, float, dict[str, Any]]] = [
+        (str(size), size, 0.0, {}) for size in sizes
+    ]
+    runs += [(f"{size} held", size, 5.0, {}) for size in sizes]
+    runs += [
+        (
+            f"{largest} held, 16 MB checkpoints",
+            largest,
+            5.0,
+            {"checkpoint_threshold_mb": DUCKDB_DEFAULT_CHECKPOINT_MB},
+        ),
+        (f"{largest} held, merges when idle", largest, 5.0, {"merge_row_groups": "when_idle"}),
+    ]
+    for key, size, hold, extra in runs:
         path = work_dir / f"sink-alone-{key.replace(' ', '-').replace(',', '')}.duckdb"
         path.unlink(missing_ok=True)
-        extra = {} if threshold is None else {"checkpoint_threshold_mb": threshold}
         settings = Settings(
             sinks=["duckdb"],
             duckdb=DuckDBSettings(path=path, max_hold_seconds=hold, **extra),

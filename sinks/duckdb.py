@@ -77,6 +77,10 @@ log = logging.getLogger("etl.sinks.duckdb")
 #: How long a read request stays valid, and how long the sink waits for the reader to get in.
 READ_REQUEST_TTL = 10.0
 READER_GRACE = 1.0
+#: With ``merge_row_groups = when_idle``, a hold that wrote fewer ``events`` rows than
+#: half of DuckDB's row group (122,880) still merges: a slow stream that never idles
+#: would otherwise leave a tiny row group per hold, and merging them costs little.
+MIN_UNMERGED_HOLD_ROWS = 61_440
 
 
 def read_request_path(path: Path) -> Path:
@@ -295,6 +299,7 @@ class DuckDBSink(Sink):
         self.schema = SchemaTracker(self.capabilities.max_identifier_length)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._opened_at = 0.0
+        self._hold_rows = 0  # events rows written since the file was opened
         self._initialised = False
 
     # ------------------------------------------------------------ connection
@@ -322,6 +327,9 @@ class DuckDBSink(Sink):
             con.execute(
                 f"SET checkpoint_threshold = '{self.settings.duckdb.checkpoint_threshold_mb}MB'"
             )
+            if self.settings.duckdb.merge_row_groups == "when_idle":
+                # Until a close says otherwise, a checkpoint merges no row groups.
+                con.execute("SET max_vacuum_tasks = 0")
             if not self._initialised:
                 self._create_objects(con)
                 self._initialised = True
@@ -335,6 +343,7 @@ class DuckDBSink(Sink):
             raise
         self._con = con
         self._opened_at = time.monotonic()
+        self._hold_rows = 0
         return con
 
     def environment_cause(self, exc: BaseException) -> str | None:
@@ -350,9 +359,19 @@ class DuckDBSink(Sink):
             con.execute("DELETE FROM _etl_probe")
             con.execute("INSERT INTO _etl_probe VALUES (?, ?)", [self.name, utcnow()])
 
-    def close(self) -> None:
+    def close(self, *, merge: bool = True) -> None:
+        """Let the file go; closing checkpoints it.
+
+        ``merge=False`` (a hold under load ends): with ``merge_row_groups =
+        when_idle`` that checkpoint merges no row groups; every other close
+        (idle, shutdown, erasure) lets DuckDB merge them as it would.
+        """
         if self._con is not None:
             try:
+                if merge and self.settings.duckdb.merge_row_groups == "when_idle":
+                    # A failed connection may refuse even this; it closes all the same.
+                    with contextlib.suppress(duckdb.Error):
+                        self._con.execute("RESET max_vacuum_tasks")
                 self._con.close()
             finally:
                 self._con = None
@@ -431,6 +450,7 @@ class DuckDBSink(Sink):
         try:
             with self._transaction(con):
                 self._write_plan(con, events, plan)
+                self._hold_rows += len(events)
         except BaseException:
             self.schema.forget_new_columns(plan)
             raise
@@ -539,7 +559,7 @@ class DuckDBSink(Sink):
             time.monotonic() - self._opened_at >= self.settings.duckdb.max_hold_seconds
             or _read_requested(self.path)
         ):
-            self.close()
+            self.close(merge=self._hold_rows < MIN_UNMERGED_HOLD_ROWS)
 
     def _rollback(self, con: duckdb.DuckDBPyConnection) -> None:
         try:

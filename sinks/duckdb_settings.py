@@ -5,6 +5,7 @@ settings does not load DuckDB and Arrow into every worker).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -28,4 +29,11 @@ class DuckDBSettings(SinkSection):
         description="Write-ahead log size, MB, at which a commit checkpoints the file. Above "
         "what the sink writes in one hold, checkpoints happen when it lets the file go, not "
         "inside a batch's commit.",
+    )
+    merge_row_groups: Literal["always", "when_idle"] = Field(
+        "always",
+        description="When DuckDB may merge small row groups, rewriting rows already stored. "
+        "always: at every checkpoint (DuckDB's own policy). when_idle: a hold of 61,440 "
+        "events rows or more ends with a checkpoint of its own rows only (shorter pauses "
+        "under load); merging waits until the sink goes idle, stops or erases.",
     )

@@ -12,10 +12,11 @@ when it closes the file (every ``max_hold_seconds``, or when a reader asks).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ops.harness.synthetic import Generator
 from ops.inprocess import normalize_values
-from sinks.duckdb import DuckDBSettings, DuckDBSink
+from sinks.duckdb import MIN_UNMERGED_HOLD_ROWS, DuckDBSettings, DuckDBSink
 from sinks.settings import Settings
 from tests.conftest import warehouse_rows
 
@@ -60,3 +61,69 @@ def test_the_threshold_is_a_setting(tmp_path: Path) -> None:
         ]
     finally:
         sink.close()
+
+
+def _row_groups(path: Path, table: str) -> list[int]:
+    rows = warehouse_rows(
+        path,
+        f"SELECT row_group_id, max(count) FROM pragma_storage_info('{table}') "
+        "GROUP BY row_group_id ORDER BY row_group_id",
+    )
+    return [count for _, count in rows]
+
+
+def _hold_after_hold(
+    path: Path, merge: str, holds: int, rows: int
+) -> tuple[DuckDBSink, list[dict[str, Any]]]:
+    """A sink that lets the file go after every batch (``max_hold_seconds=0``), after
+    ``holds`` batches (holds) of ``rows`` new events; returns it and one batch."""
+    settings = Settings(
+        duckdb=DuckDBSettings(path=path, max_hold_seconds=0, merge_row_groups=merge)
+    )
+    values = [m.value for m in Generator(seed=9, malformed_rate=0, batch_rate=0).messages(2100)]
+    events = normalize_values(values, settings)[:2000]
+    copies = -(-rows // len(events))
+    batch = [{**e, "message_id": f"{e['message_id']}-{c}"} for c in range(copies) for e in events]
+    batch = batch[:rows]
+    sink = DuckDBSink(settings)
+    sink.open()
+    for n in range(holds):
+        sink.write([{**e, "message_id": f"{e['message_id']}-{n}"} for e in batch])
+    return sink, batch
+
+
+def test_by_default_each_checkpoint_merges_the_small_row_groups(tmp_path: Path) -> None:
+    path = tmp_path / "wh.duckdb"
+    rows = 2000
+    sink, _ = _hold_after_hold(path, "always", holds=4, rows=rows)
+    sink.close()
+    # DuckDB's own policy: each hold's rows go to a row group of their own, which
+    # the next checkpoints fold into larger ones (rewriting the rows already stored).
+    assert len(_row_groups(path, "events")) < 4
+    assert sum(_row_groups(path, "events")) == 4 * rows
+
+
+def test_when_idle_a_large_hold_never_rewrites_stored_row_groups_and_idle_merges_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "wh.duckdb"
+    rows = MIN_UNMERGED_HOLD_ROWS
+    sink, batch = _hold_after_hold(path, "when_idle", holds=3, rows=rows)
+    # Each hold's checkpoint wrote only its own rows: one row group per hold.
+    assert _row_groups(path, "events") == [rows] * 3
+    sink.settings.duckdb.max_hold_seconds = 3600  # the next batch's file stays open ...
+    sink.write([{**e, "message_id": f"{e['message_id']}-idle"} for e in batch[:10]])
+    sink.on_idle()  # ... until the sink goes idle: that checkpoint merges
+    assert len(_row_groups(path, "events")) < 4
+    assert warehouse_rows(path, "SELECT count(*), count(DISTINCT message_id) FROM events") == [
+        (3 * rows + 10, 3 * rows + 10)
+    ]
+
+
+def test_when_idle_a_small_hold_still_merges(tmp_path: Path) -> None:
+    path = tmp_path / "wh.duckdb"
+    rows = 2000
+    _hold_after_hold(path, "when_idle", holds=4, rows=rows)
+    # A slow stream that never idles must not leave a row group per hold.
+    assert len(_row_groups(path, "events")) < 4
+    assert sum(_row_groups(path, "events")) == 4 * rows
