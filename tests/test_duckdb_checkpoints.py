@@ -76,7 +76,7 @@ def _hold_after_hold(
     path: Path, merge: str, holds: int, rows: int
 ) -> tuple[DuckDBSink, list[dict[str, Any]]]:
     """A sink that lets the file go after every batch (``max_hold_seconds=0``), after
-    ``holds`` batches (holds) of ``rows`` new events; returns it and one batch."""
+    ``holds`` such holds of ``rows`` new events each; returns it and one hold's batch."""
     settings = Settings(
         duckdb=DuckDBSettings(path=path, max_hold_seconds=0, merge_row_groups=merge)
     )
@@ -92,7 +92,7 @@ def _hold_after_hold(
     return sink, batch
 
 
-def test_by_default_each_checkpoint_merges_the_small_row_groups(tmp_path: Path) -> None:
+def test_always_each_checkpoint_merges_the_small_row_groups(tmp_path: Path) -> None:
     path = tmp_path / "wh.duckdb"
     rows = 2000
     sink, _ = _hold_after_hold(path, "always", holds=4, rows=rows)
