@@ -243,7 +243,7 @@ def run_bench(
             "definitions": DEFINITIONS,
         }
     )
-    doc["machine"]["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+    report.machine_at_end(doc)
     doc = report.headline(doc)
     if out_dir is not None:
         # A profiled run is slowed by py-spy: it never replaces the latest result.
@@ -358,7 +358,7 @@ def run_scaling(
                 )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    doc["machine"]["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+    report.machine_at_end(doc)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "scaling.json").write_bytes(

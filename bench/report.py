@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from bench.calibration import reference_us
 from etl.compiled import SOURCES, compiled_modules
 
 
@@ -59,8 +60,30 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         # Other work on the machine skews every number; keep the evidence.
         "loadavg_1m_start": round(os.getloadavg()[0], 2),
+        # The machine's speed, to set this run's absolute numbers against another's.
+        "reference_us_start": reference_us(),
         "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
+
+
+def machine_at_end(doc: dict[str, Any]) -> None:
+    """Add the load and the machine's speed at the end of the run to ``doc["machine"]``."""
+    doc["machine"]["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+    doc["machine"]["reference_us_end"] = reference_us()
+
+
+def speed_text(doc: dict[str, Any]) -> str:
+    """The reference workload's time at the run's start and end (bench/calibration.py)."""
+    m = doc["machine"]
+    return (
+        f"reference workload {m.get('reference_us_start')} -> {m.get('reference_us_end')} "
+        "µs per iteration (lower is faster; compare runs by it)"
+    )
+
+
+def _speed_title(doc: dict[str, Any]) -> str:
+    start = doc["machine"].get("reference_us_start")
+    return f", reference workload {start} µs" if start is not None else ""
 
 
 # ----------------------------------------------------------------- profiles
@@ -261,6 +284,7 @@ def print_tables(doc: dict[str, Any]) -> None:
     for key in HEADLINE:
         summary.add_row(key, str(doc.get(key)))
     console.print(summary)
+    console.print(speed_text(doc))
     for name, prof in (doc.get("profiles") or {}).items():
         t = Table(title=f"py-spy: {name} ({prof['samples']} samples) - top self time")
         t.add_column("function")
@@ -361,7 +385,7 @@ def chart_figure(doc: dict[str, Any]) -> Any:
         right.set_xlabel("events per write (held: file kept open between writes)")
         right.set_ylabel("rows/s (linear, from 0)")
         right.set_title("DuckDBSink.write alone", fontsize=9)
-    fig.suptitle(f"python -m bench, run of {run_date(doc)}", fontsize=10)
+    fig.suptitle(f"python -m bench, run of {run_date(doc)}{_speed_title(doc)}", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -415,7 +439,8 @@ def scaling_figure(doc: dict[str, Any]) -> Any:
     axes[0][0].set_title(f"{doc['events']:,} events, N partitions", fontsize=9)
     axes[0][1].set_title(f"{doc.get('sizes_partitions', 2)} partitions, growing runs", fontsize=9)
     fig.suptitle(
-        f"ours (etl workers) scaling on {doc['machine']['nproc']} CPUs, run of {run_date(doc)}",
+        f"ours (etl workers) scaling on {doc['machine']['nproc']} CPUs, run of {run_date(doc)}"
+        f"{_speed_title(doc)}",
         fontsize=10,
     )
     fig.tight_layout()

@@ -76,6 +76,7 @@ def test_bench_runs_every_phase_and_prints_the_json(broker, tmp_path: Path) -> N
         "date",
     }
     assert doc["machine"]["quixstreams"] == "3.28.1"
+    assert doc["machine"]["reference_us_start"] > 0 and doc["machine"]["reference_us_end"] > 0
 
     workload = doc["workload"]
     assert workload["events"] == workload["valid"] + workload["rejected"] >= 2000
