@@ -376,7 +376,7 @@ def chart_figure(doc: dict[str, Any]) -> Any:
         labels = [
             s.replace(" held", "\nheld")
             .replace(", 16 MB checkpoints", "\n16 MB")
-            .replace(", merges when idle", "\nmerge idle")
+            .replace(", merges always", "\nmerge always")
             for s in sizes
         ]
         bars = right.bar(labels, rates, color=colors)

@@ -9,7 +9,8 @@ batches keep coming: keys ``"<size> held"``), and again with
 to show what reopening costs.  One more run, ``"<largest> held, 16 MB checkpoints"``,
 keeps the file open with DuckDB's own checkpoint threshold, under which some
 commits carry a checkpoint: what ``ETL_DUCKDB__CHECKPOINT_THRESHOLD_MB`` saves.
-And ``"<largest> held, merges when idle"`` runs with ``ETL_DUCKDB__MERGE_ROW_GROUPS=when_idle``.
+And ``"<largest> held, merges always"`` runs with ``ETL_DUCKDB__MERGE_ROW_GROUPS=always``
+(the default is ``when_idle``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def run_sink_alone(
             5.0,
             {"checkpoint_threshold_mb": DUCKDB_DEFAULT_CHECKPOINT_MB},
         ),
-        (f"{largest} held, merges when idle", largest, 5.0, {"merge_row_groups": "when_idle"}),
+        (f"{largest} held, merges always", largest, 5.0, {"merge_row_groups": "always"}),
     ]
     for key, size, hold, extra in runs:
         path = work_dir / f"sink-alone-{key.replace(' ', '-').replace(',', '')}.duckdb"

@@ -20,6 +20,14 @@ class DuckDBSettings(SinkSection):
         description="Longest the sink keeps the file locked under load before letting readers "
         "and other writers in (0 = after every batch).",
     )
+    idle_release_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="How long the sink keeps the file with no batch arriving before letting it "
+        "go (that close checkpoints and, with merge_row_groups = when_idle, merges). A reader "
+        "that asks for the file gets it at the next idle moment (a flush interval without "
+        "input). 0 = at the first idle moment, which serves latency better with always.",
+    )
     memory_limit_mb: int = Field(
         128, ge=64, description="DuckDB memory limit of the sink process, MB."
     )
@@ -31,9 +39,10 @@ class DuckDBSettings(SinkSection):
         "inside a batch's commit.",
     )
     merge_row_groups: Literal["always", "when_idle"] = Field(
-        "always",
+        "when_idle",
         description="When DuckDB may merge small row groups, rewriting rows already stored. "
-        "always: at every checkpoint (DuckDB's own policy). when_idle: a hold of 61,440 "
-        "events rows or more ends with a checkpoint of its own rows only (shorter pauses "
-        "under load); merging waits until the sink goes idle, stops or erases.",
+        "when_idle: a hold of 30,720 events rows or more ends with a checkpoint of its own "
+        "rows only (shorter pauses under load); merging waits until the sink has been idle "
+        "for idle_release_seconds, stops or erases. always: at every checkpoint (DuckDB's "
+        "own policy).",
     )

@@ -107,7 +107,7 @@ def test_bench_runs_every_phase_and_prints_the_json(broker, tmp_path: Path) -> N
         "5000 held",
         "10000 held",
         "10000 held, 16 MB checkpoints",
-        "10000 held, merges when idle",
+        "10000 held, merges always",
     }
     assert all(r["max_ms_per_batch"] > 0 for r in stages["sink_alone"].values())
     assert all(

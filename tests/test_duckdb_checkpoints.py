@@ -112,6 +112,7 @@ def test_when_idle_a_large_hold_never_rewrites_stored_row_groups_and_idle_merges
     # Each hold's checkpoint wrote only its own rows: one row group per hold.
     assert _row_groups(path, "events") == [rows] * 3
     sink.settings.duckdb.max_hold_seconds = 3600  # the next batch's file stays open ...
+    sink.settings.duckdb.idle_release_seconds = 0
     sink.write([{**e, "message_id": f"{e['message_id']}-idle"} for e in batch[:10]])
     sink.on_idle()  # ... until the sink goes idle: that checkpoint merges
     assert len(_row_groups(path, "events")) < 4
