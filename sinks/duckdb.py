@@ -26,15 +26,17 @@ runtime retries the batch until they are fixed, never dead-letters it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from itertools import repeat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import duckdb
 import orjson
@@ -272,6 +274,29 @@ LAYOUT_VIEWS: dict[str, str] = {
 }
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _one_call_at_a_time(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``method`` holding the sink's call lock.
+
+    On shutdown the worker closes the sink from the event loop while a write
+    it stopped waiting for may still run in a thread; DuckDB refuses to close
+    a busy connection, and a close between two statements would cut the write
+    short.  So the close waits for the write (whose batch was never acked: it
+    is redelivered, and the write is idempotent).  Reentrant: a write closes
+    the file itself at the end of a hold.
+    """
+
+    @functools.wraps(method)
+    def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with args[0]._calls:  # type: ignore[attr-defined]
+            return method(*args, **kwargs)
+
+    return guarded
+
+
 class DuckDBSink(Sink):
     name = "duckdb"
 
@@ -302,6 +327,7 @@ class DuckDBSink(Sink):
         self._opened_at = 0.0
         self._hold_rows = 0  # events rows written since the file was opened
         self._last_write: float | None = None  # when the last transaction ended (monotonic)
+        self._calls = threading.RLock()
         self._initialised = False
 
     # ------------------------------------------------------------ connection
@@ -355,6 +381,7 @@ class DuckDBSink(Sink):
             cause = "io"  # the file system failed us, whatever the event
         return cause
 
+    @_one_call_at_a_time
     def probe(self) -> None:
         """A known-good write: replace the one row of ``_etl_probe`` (a WAL write and commit)."""
         with self._transaction(self._connect()) as con:
@@ -362,6 +389,7 @@ class DuckDBSink(Sink):
             con.execute("DELETE FROM _etl_probe")
             con.execute("INSERT INTO _etl_probe VALUES (?, ?)", [self.name, utcnow()])
 
+    @_one_call_at_a_time
     def close(self, *, merge: bool = True) -> None:
         """Let the file go; closing checkpoints it.
 
@@ -379,6 +407,7 @@ class DuckDBSink(Sink):
             finally:
                 self._con = None
 
+    @_one_call_at_a_time
     def on_idle(self) -> None:
         """No batch for a flush interval: let the file go once the pause has lasted
         ``idle_release_seconds`` (or a reader asks, or nothing was written since it
@@ -395,6 +424,7 @@ class DuckDBSink(Sink):
         if idle or _read_requested(self.path):
             self.close()
 
+    @_one_call_at_a_time
     def open(self) -> None:
         self._connect()
 
@@ -460,6 +490,7 @@ class DuckDBSink(Sink):
             self.schema.load_existing(table, columns)
 
     # ----------------------------------------------------------------- write
+    @_one_call_at_a_time
     def write(self, events: list[dict[str, Any]]) -> WriteResult:
         events = dedupe_last(events)
         con = self._connect()
@@ -544,6 +575,7 @@ class DuckDBSink(Sink):
             ]
             self._upsert(con, table, columns, merge(events, existing, now), key)
 
+    @_one_call_at_a_time
     def write_rejected(self, records: list[dict[str, Any]]) -> None:
         seen: dict[str, dict[str, Any]] = {r["rejection_id"]: r for r in records}
         with self._transaction(self._connect()) as con:
@@ -645,6 +677,7 @@ class DuckDBSink(Sink):
         ).fetchall()
         return [r[0] for r in rows if r[0] in PERSON_ID_COLUMNS]
 
+    @_one_call_at_a_time
     def person_ids(self, ids: set[str]) -> set[str]:
         """``ids`` and the ids linked to them: aliases rows, and a user's anonymous ids.
 
@@ -676,6 +709,7 @@ class DuckDBSink(Sink):
         finally:
             self.close()
 
+    @_one_call_at_a_time
     def delete_people(self, ids: set[str]) -> dict[str, int]:
         """Delete every row of these people, in one transaction; rows deleted per table."""
         con = self._connect()

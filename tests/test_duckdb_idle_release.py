@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ops.harness.synthetic import Generator
 from ops.inprocess import normalize_values
 from sinks.duckdb import DuckDBSettings, DuckDBSink, read_request_path
@@ -78,10 +80,18 @@ def test_the_file_goes_after_idle_release_seconds_without_a_batch(tmp_path: Path
     assert not wal.exists() or wal.stat().st_size == 0, "letting the file go checkpoints it"
 
 
-def test_a_waiting_reader_gets_the_idle_file_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("idle_release_seconds", "reader_waits"),
+    [(60, True), (0, False)],
+    ids=["a waiting reader", "idle_release_seconds=0"],
+)
+def test_the_idle_file_goes_at_the_first_idle_moment(
+    tmp_path: Path, idle_release_seconds: float, reader_waits: bool
+) -> None:
     path = tmp_path / "wh.duckdb"
-    sink = _sink(path, idle_release_seconds=60)
-    read_request_path(path).write_text("12345")
+    sink = _sink(path, idle_release_seconds)
+    if reader_waits:
+        read_request_path(path).write_text("12345")
     sink.on_idle()
     assert _another_process_opens(path)
 
@@ -91,12 +101,5 @@ def test_a_sink_that_has_only_opened_the_file_lets_it_go_when_idle(tmp_path: Pat
     path = tmp_path / "wh.duckdb"
     sink = DuckDBSink(Settings(duckdb=DuckDBSettings(path=path, idle_release_seconds=60)))
     sink.open()
-    sink.on_idle()
-    assert _another_process_opens(path)
-
-
-def test_zero_lets_the_file_go_at_the_first_idle_moment(tmp_path: Path) -> None:
-    path = tmp_path / "wh.duckdb"
-    sink = _sink(path, idle_release_seconds=0)
     sink.on_idle()
     assert _another_process_opens(path)
