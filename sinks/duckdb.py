@@ -11,8 +11,8 @@ Which ids ``events`` may already hold is answered by the narrow hash table of
 :mod:`sinks.duckdb_message_ids` instead of a scan of ``events``.)
 
 The sink holds the file while batches keep coming and gives the lock back
-when idle or after ``max_hold_seconds``, so several writers (scale-out,
-``etl replay``) and ``etl query`` take turns; a lock held by someone else is
+after ``idle_release_seconds`` without a batch or after ``max_hold_seconds``,
+so several writers (scale-out, ``etl replay``) and ``etl query`` take turns; a lock held by someone else is
 a retryable error - the partition waits, nothing is lost.  A reader that
 finds the file locked leaves a read request next to it
 (:func:`read_request_path`); the sink gives the lock back after its current
