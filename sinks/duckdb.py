@@ -14,10 +14,9 @@ The sink holds the file while batches keep coming and gives the lock back
 after ``idle_release_seconds`` without a batch or after ``max_hold_seconds``,
 so several writers (scale-out, ``etl replay``) and ``etl query`` take turns;
 a lock held by someone else is a retryable error - the partition waits,
-nothing is lost.  A reader that
-finds the file locked leaves a read request next to it
-(:func:`read_request_path`); the sink gives the lock back after its current
-batch and waits briefly for the reader to get in, so reads never starve.
+nothing is lost.  A reader that finds the file locked leaves a read request
+next to it (:func:`read_request_path`); the sink gives the lock back after its
+current batch and waits briefly for the reader to get in, so reads never starve.
 
 Disk full, read-only files or directories, permission errors and I/O errors
 are faults of the environment (:meth:`DuckDBSink.environment_cause`): the
