@@ -42,6 +42,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from mappers.deadletter import rejection_id
 from sinks import duckdb_message_ids as message_ids
 from sinks.base import Capabilities, FlushPolicy, RetryableSinkError, Sink, WriteResult
 from sinks.duckdb_settings import DuckDBSettings
@@ -155,12 +156,19 @@ def _staging_table(
 
 
 def _delete_staged_keys(
-    con: duckdb.DuckDBPyConnection, table: str, view: str, key: tuple[str, ...], indexed: bool
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    view: str,
+    key: tuple[str, ...],
+    indexed: bool,
+    within: tuple[str, int, int] | None = None,
 ) -> list[Any]:
     """Delete the rows of ``table`` whose key is staged in ``view``; their first key column.
 
     ``indexed`` (``events``): only the ids whose hash is recorded can be there, so
     the table is searched for those alone, and not at all for a batch of new ids.
+    ``within`` (column, low, high): every such row has that column in that range,
+    so DuckDB skips the row groups whose zone maps lie outside it.
     """
     if indexed:
         candidates = message_ids.recorded(con, quote(view))
@@ -172,11 +180,47 @@ def _delete_staged_keys(
         )
         return [r[0] for r in con.execute(sql, [candidates]).fetchall()]
     match = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in key)
+    params: list[int] = []
+    if within is not None:
+        column, low, high = within
+        match += f" AND t.{quote(column)} BETWEEN ? AND ?"
+        params = [low, high]
     sql = (
         f"DELETE FROM {quote(table)} AS t USING {quote(view)} AS s WHERE {match} "
         f"RETURNING t.{quote(key[0])}"
     )
-    return [r[0] for r in con.execute(sql).fetchall()]
+    return [r[0] for r in con.execute(sql, params).fetchall()]
+
+
+def _offset_span(letters: list[dict[str, Any]]) -> tuple[str, int, int] | None:
+    """Where earlier rows with these letters' ids can be: ``("source_offset", min, max)``.
+
+    A ``rejection_id`` is a hash of the letter's stage and source coordinates
+    (:func:`mappers.deadletter.rejection_id`), so a stored row with the same id
+    has the same ``source_offset``.  None (search everywhere) when a letter's id
+    is not that hash (a foreign or hand-made record) or it has no offset.
+    """
+    offsets: list[int] = []
+    for letter in letters:
+        offset = letter.get("source_offset")
+        if type(offset) is not int or letter["rejection_id"] != _coordinates_id(letter, offset):
+            return None
+        offsets.append(offset)
+    return ("source_offset", min(offsets), max(offsets)) if offsets else None
+
+
+def _coordinates_id(letter: dict[str, Any], offset: int) -> str | None:
+    try:
+        return rejection_id(
+            letter["stage"],
+            letter["source_topic"],
+            letter["source_partition"],
+            offset,
+            letter.get("batch_index"),
+            letter.get("message_id"),
+        )
+    except KeyError:
+        return None
 
 
 def _json_text(value: Any) -> str | None:
@@ -577,10 +621,17 @@ class DuckDBSink(Sink):
 
     @_one_call_at_a_time
     def write_rejected(self, records: list[dict[str, Any]]) -> None:
-        seen: dict[str, dict[str, Any]] = {r["rejection_id"]: r for r in records}
+        letters = list({r["rejection_id"]: r for r in records}.values())
         with self._transaction(self._connect()) as con:
             self._upsert(
-                con, "rejected_events", REJECTED_COLUMNS, list(seen.values()), ("rejection_id",)
+                con,
+                "rejected_events",
+                REJECTED_COLUMNS,
+                letters,
+                ("rejection_id",),
+                # The search need not read the whole table (it did: 98 ms of CPU
+                # per 50 letters at 1M rows, 382 at 5M).
+                within=_offset_span(letters),
             )
 
     @contextlib.contextmanager
@@ -630,13 +681,15 @@ class DuckDBSink(Sink):
         delete: bool = True,
         same: dict[str, Any] | None = None,
         indexed: bool = False,
+        within: tuple[str, int, int] | None = None,
     ) -> list[Any]:
         """Replace the rows with these keys: delete them, then insert (rows are unique per key).
 
         ``same`` gives columns whose value is one for every row (the rows are not copied
         to carry it).  ``indexed``: the table is ``events``, whose ids
-        :mod:`sinks.duckdb_message_ids` records.  Returns the first key column of
-        the rows that existed before.
+        :mod:`sinks.duckdb_message_ids` records.  ``within``: a range the rows to
+        replace are known to lie in (:func:`_delete_staged_keys`).  Returns the
+        first key column of the rows that existed before.
         """
         if not rows:
             return []
@@ -646,7 +699,7 @@ class DuckDBSink(Sink):
         try:
             names = ", ".join(quote(c.name) for c in columns)
             select = ", ".join(_select_expr(c) for c in columns)
-            replaced = _delete_staged_keys(con, table, view, key, indexed) if delete else []
+            replaced = _delete_staged_keys(con, table, view, key, indexed, within) if delete else []
             con.execute(f"INSERT INTO {quote(table)} ({names}) SELECT {select} FROM {quote(view)}")
             if indexed:
                 message_ids.record(con, quote(view), replaced)
