@@ -56,6 +56,37 @@ def rejection_id(
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+def offset_span(letters: list[dict[str, Any]]) -> tuple[str, int, int] | None:
+    """``("source_offset", low, high)``: where stored letters with these ids lie, if known.
+
+    A letter's ``rejection_id`` hashes its stage and source coordinates, so a stored
+    row with the same id has the same offset, and a sink looking for the rows a
+    batch replaces need only search that range.  None (search everywhere) when a
+    letter's id is not that hash (a foreign or hand-made record) or it has no offset.
+    """
+    offsets: list[int] = []
+    for letter in letters:
+        offset = letter.get("source_offset")
+        if type(offset) is not int or letter.get("rejection_id") != _coordinates_id(letter, offset):
+            return None
+        offsets.append(offset)
+    return ("source_offset", min(offsets), max(offsets)) if offsets else None
+
+
+def _coordinates_id(letter: dict[str, Any], offset: int) -> str | None:
+    try:
+        return rejection_id(
+            letter["stage"],
+            letter["source_topic"],
+            letter["source_partition"],
+            offset,
+            letter.get("batch_index"),
+            letter.get("message_id"),
+        )
+    except KeyError:
+        return None
+
+
 def dead_letter(
     rejection: Rejection,
     *,

@@ -508,6 +508,7 @@ class BigQuerySink(PeopleErasure, MergingWarehouseSink):
         columns: tuple[Column, ...],
         rows: list[dict[str, Any]],
         keys: tuple[str, ...],
+        within: tuple[str, int, int] | None = None,
     ) -> None:
         if not rows:
             return
@@ -547,6 +548,7 @@ class BigQuerySink(PeopleErasure, MergingWarehouseSink):
                 [c.name for c in columns],
                 keys,
                 quote=_quote,
+                within=within,
             )
         )
 

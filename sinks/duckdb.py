@@ -42,7 +42,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from mappers.deadletter import rejection_id
+from mappers.deadletter import offset_span
 from sinks import duckdb_message_ids as message_ids
 from sinks.base import Capabilities, FlushPolicy, RetryableSinkError, Sink, WriteResult
 from sinks.duckdb_settings import DuckDBSettings
@@ -190,37 +190,6 @@ def _delete_staged_keys(
         f"RETURNING t.{quote(key[0])}"
     )
     return [r[0] for r in con.execute(sql, params).fetchall()]
-
-
-def _offset_span(letters: list[dict[str, Any]]) -> tuple[str, int, int] | None:
-    """Where earlier rows with these letters' ids can be: ``("source_offset", min, max)``.
-
-    A ``rejection_id`` is a hash of the letter's stage and source coordinates
-    (:func:`mappers.deadletter.rejection_id`), so a stored row with the same id
-    has the same ``source_offset``.  None (search everywhere) when a letter's id
-    is not that hash (a foreign or hand-made record) or it has no offset.
-    """
-    offsets: list[int] = []
-    for letter in letters:
-        offset = letter.get("source_offset")
-        if type(offset) is not int or letter["rejection_id"] != _coordinates_id(letter, offset):
-            return None
-        offsets.append(offset)
-    return ("source_offset", min(offsets), max(offsets)) if offsets else None
-
-
-def _coordinates_id(letter: dict[str, Any], offset: int) -> str | None:
-    try:
-        return rejection_id(
-            letter["stage"],
-            letter["source_topic"],
-            letter["source_partition"],
-            offset,
-            letter.get("batch_index"),
-            letter.get("message_id"),
-        )
-    except KeyError:
-        return None
 
 
 def _json_text(value: Any) -> str | None:
@@ -631,7 +600,7 @@ class DuckDBSink(Sink):
                 ("rejection_id",),
                 # The search need not read the whole table (it did: 109 ms of CPU
                 # per 50 letters at 1M rows, 460 at 5M).
-                within=_offset_span(letters),
+                within=offset_span(letters),
             )
 
     @contextlib.contextmanager

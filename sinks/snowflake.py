@@ -532,6 +532,7 @@ class SnowflakeSink(PeopleErasure, MergingWarehouseSink):
         columns: tuple[Column, ...],
         rows: list[dict[str, Any]],
         keys: tuple[str, ...],
+        within: tuple[str, int, int] | None = None,
     ) -> None:
         if not rows:
             return
@@ -557,7 +558,9 @@ class SnowflakeSink(PeopleErasure, MergingWarehouseSink):
         self._stage_dirty = False
         source = f"(SELECT {', '.join(_source_expr(c) for c in columns)} FROM {staging})"
         self._exec(
-            merge_statement(ident(table), source, [c.name for c in columns], keys, quote=ident)
+            merge_statement(
+                ident(table), source, [c.name for c in columns], keys, quote=ident, within=within
+            )
         )
 
     # -- erasure hooks (sinks.erasure) ----------------------------------------

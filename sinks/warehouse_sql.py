@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from etl.config import SinkSection
+from mappers.deadletter import offset_span
 from sinks.base import Capabilities, FlushPolicy, Sink, WriteResult
 from sinks.identity import alias_keys, merge_aliases, merge_users, user_keys
 from sinks.schema import (
@@ -134,13 +135,20 @@ def merge_statement(
     keys: Sequence[str],
     *,
     quote: Callable[[str], str] = lambda name: name,
+    within: tuple[str, int, int] | None = None,
 ) -> str:
     """``MERGE`` of ``source`` (a table name or ``(SELECT ...)``) into ``target`` on ``keys``.
 
     The source must already hold converted values: Snowflake refuses functions on
     source columns inside the WHEN clauses, so conversions belong in ``source``.
+    ``within`` (column, low, high): every target row a source row matches has
+    that column in that range, so the warehouse may skip the rest of the table
+    (Snowflake prunes micro-partitions by their min/max).
     """
     on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in keys)
+    if within is not None:
+        column, low, high = within
+        on += f" AND t.{quote(column)} BETWEEN {int(low):d} AND {int(high):d}"
     updates = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in columns if c not in keys)
     names = ", ".join(quote(c) for c in columns)
     values = ", ".join(f"s.{quote(c)}" for c in columns)
@@ -220,7 +228,11 @@ class MergingWarehouseSink(Sink):
         columns: tuple[Column, ...],
         rows: list[dict[str, Any]],
         keys: tuple[str, ...],
+        within: tuple[str, int, int] | None = None,
     ) -> None:
+        """Load ``rows`` into a staging table and MERGE it into ``table`` on ``keys``
+        (:func:`merge_statement`, with ``within``).
+        """
         raise NotImplementedError
 
     def _select(
@@ -269,4 +281,6 @@ class MergingWarehouseSink(Sink):
 
     def _write_rejected(self, records: list[dict[str, Any]]) -> None:
         self._ready()
-        self._merge("rejected_events", REJECTED_COLUMNS, records, REJECTED_KEY)
+        # Where earlier rows with these ids can be: Snowflake skips the rest of the table.
+        within = offset_span(records)
+        self._merge("rejected_events", REJECTED_COLUMNS, records, REJECTED_KEY, within)

@@ -108,6 +108,22 @@ def warehouse_rows(path: Path, sql: str, params: list[Any] | None = None) -> lis
         con.close()
 
 
+def stored_dead_letter(offset: int, reason: str = "invalid_json") -> dict[str, Any]:
+    """A dead letter as a sink receives it from the dead-letter topic: the normalize
+    stage's record for raw offset ``offset`` (its id hashes those coordinates).
+    """
+    import orjson
+
+    from mappers.deadletter import dead_letter, dumps_dead_letter
+    from mappers.errors import Rejection
+
+    rejection = Rejection(reason, "test", None, b"{")
+    letter = dead_letter(
+        rejection, stage="normalize", topic="raw", partition=0, offset=offset, raw_limit=1024
+    )
+    return orjson.loads(dumps_dead_letter(letter))
+
+
 @contextlib.contextmanager
 def warehouse_lock_held(path: Path, seconds: float) -> Iterator[subprocess.Popen[str]]:
     """Another process holds the DuckDB file's write lock for ``seconds``, from the
