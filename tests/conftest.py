@@ -124,6 +124,27 @@ def stored_dead_letter(offset: int, reason: str = "invalid_json") -> dict[str, A
     return orjson.loads(dumps_dead_letter(letter))
 
 
+def replace_dead_letters_on_and_off_their_range(
+    write_rejected: Callable[[list[dict[str, Any]]], None],
+) -> list[tuple[str, str, int]]:
+    """Dead-letter writes a warehouse sink must replace on; returns the rows
+    ``SELECT rejection_id, reason, source_offset ... ORDER BY source_offset`` gives after.
+
+    A letter whose id hashes its coordinates is looked for in its offsets' range
+    only (a redelivery, here), a foreign record's id everywhere (here: the second
+    letter's id, sent with another offset).
+    """
+    first, second = stored_dead_letter(5), stored_dead_letter(900)
+    write_rejected([first, second])
+    write_rejected([stored_dead_letter(5, "schema_violation")])
+    foreign = stored_dead_letter(70_000, "unreadable_record")
+    write_rejected([{**foreign, "rejection_id": second["rejection_id"]}])
+    return [
+        (first["rejection_id"], "schema_violation", 5),
+        (second["rejection_id"], "unreadable_record", 70_000),
+    ]
+
+
 @contextlib.contextmanager
 def warehouse_lock_held(path: Path, seconds: float) -> Iterator[subprocess.Popen[str]]:
     """Another process holds the DuckDB file's write lock for ``seconds``, from the

@@ -13,7 +13,7 @@ from mappers.identifiers import normalize_identifier
 from sinks.bigquery import BigQuerySettings, BigQuerySink
 from sinks.schema import MAX_NEW_COLUMN_NAME
 from sinks.settings import Settings
-from tests.conftest import stored_dead_letter, warehouse_rows
+from tests.conftest import replace_dead_letters_on_and_off_their_range, warehouse_rows
 from tests.emulators.fixtures import (  # noqa: F401  (pytest finds fixtures by name)
     bigquery_client,
     bigquery_dataset,
@@ -204,24 +204,15 @@ def test_write_rejected_merges_on_rejection_id(sink) -> None:
 
 
 def test_a_redelivered_dead_letter_replaces_its_row_wherever_its_id_points(sink) -> None:
-    # Letters whose ids hash their coordinates are looked for in their offsets' range
-    # only; a foreign record's id (here: the first letter's, at another offset) everywhere.
-    first, second = stored_dead_letter(5), stored_dead_letter(900)
-    sink.write_rejected([first, second])
-    sink.write_rejected([stored_dead_letter(5, "schema_violation")])
-    foreign = {
-        **stored_dead_letter(70_000, "unreadable_record"),
-        "rejection_id": second["rejection_id"],
-    }
-    sink.write_rejected([foreign])
-    assert q(
-        sink,
-        "SELECT rejection_id, reason, source_offset FROM `{t}.rejected_events` "
-        "ORDER BY source_offset",
-    ) == [
-        (first["rejection_id"], "schema_violation", 5),
-        (second["rejection_id"], "unreadable_record", 70_000),
-    ]
+    expected = replace_dead_letters_on_and_off_their_range(sink.write_rejected)
+    assert (
+        q(
+            sink,
+            "SELECT rejection_id, reason, source_offset FROM `{t}.rejected_events` "
+            "ORDER BY source_offset",
+        )
+        == expected
+    )
 
 
 def test_settings_choose_emulator_or_application_default_credentials(bigquery_emulator) -> None:  # noqa: F811

@@ -15,7 +15,7 @@ from mappers.normalize import Normalizer, dumps_event
 from sinks.schema import MAX_NEW_COLUMN_NAME
 from sinks.settings import Settings
 from sinks.snowflake import SnowflakeSink
-from tests.conftest import stored_dead_letter, warehouse_rows
+from tests.conftest import replace_dead_letters_on_and_off_their_range, warehouse_rows
 from tests.emulators.fixtures import (  # noqa: F401  (pytest finds fixtures by name)
     SNOWFLAKE_TEST_DATABASE,
     snowflake_conn_kwargs,
@@ -229,23 +229,15 @@ def test_write_rejected_merges_on_rejection_id(sink) -> None:
 
 
 def test_a_redelivered_dead_letter_replaces_its_row_wherever_its_id_points(sink) -> None:
-    # Letters whose ids hash their coordinates are looked for in their offsets' range
-    # only; a foreign record's id (here: the first letter's, at another offset) everywhere.
-    first, second = stored_dead_letter(5), stored_dead_letter(900)
-    sink.write_rejected([first, second])
-    sink.write_rejected([stored_dead_letter(5, "schema_violation")])
-    foreign = {
-        **stored_dead_letter(70_000, "unreadable_record"),
-        "rejection_id": second["rejection_id"],
-    }
-    sink.write_rejected([foreign])
-    assert rows(
-        sink,
-        "SELECT rejection_id, reason, source_offset FROM rejected_events ORDER BY source_offset",
-    ) == [
-        (first["rejection_id"], "schema_violation", 5),
-        (second["rejection_id"], "unreadable_record", 70_000),
-    ]
+    expected = replace_dead_letters_on_and_off_their_range(sink.write_rejected)
+    assert (
+        rows(
+            sink,
+            "SELECT rejection_id, reason, source_offset FROM rejected_events "
+            "ORDER BY source_offset",
+        )
+        == expected
+    )
 
 
 def test_key_pair_settings_produce_a_der_private_key(tmp_path) -> None:
