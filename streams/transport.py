@@ -12,7 +12,10 @@ the ack/commit bookkeeping, the producer, the worker and the web server.
 Commit safety (the at-least-once contract):
 
 * acking a chunk marks *every* offset it covers (from the first offset after
-  the previous chunk, so compaction gaps are covered too) as processed;
+  the previous chunk, so compaction gaps are covered too) as processed; a
+  fetch that starts past that offset is read again from it first, since a
+  fetch from before a rebalance's seek can land after it (those offsets
+  would be committed unread);
 * ``_new_offset`` refuses to commit past an unacked head.  Upstream compares
   ``min(acked) - committed > 1`` and skips the test when ``committed == 0``,
   which can commit past one in-flight message (faust-streaming#606); here a
@@ -61,6 +64,11 @@ class ChunkSchema(Schema):
 
 class ChunkingConsumer(faust_aiokafka.Consumer):
     """aiokafka-backed Faust consumer that delivers per-partition chunks."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Per partition, the read offset a fetch starting past it was re-read from.
+        self._gap_checked: dict[TP, int] = {}
 
     def _new_consumer_thread(self) -> Any:
         return ChunkingConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -131,6 +139,16 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
                         batch = [r for r in batch if r.offset >= start]
                     if not batch:
                         continue
+                    if start is not None and batch[0].offset > start:
+                        if self._gap_checked.get(tp) != start:
+                            # The fetch starts past the next offset to read: a fetch from
+                            # before a rebalance's seek can land after it.  The chunk would
+                            # claim the offsets in between (its ack covers them) unread.
+                            # Read from there once more; a gap still there is real
+                            # (transaction markers, compaction) and is covered as before.
+                            self._gap_checked[tp] = start
+                            await self._rewind([tp])
+                            continue
                     message = to_chunk(tp, batch, batch[0].offset if start is None else start)
                     await self.wait_first(callback(message), self.suspend_flow.wait())
                     if self._rebalancing(generation):
