@@ -71,23 +71,35 @@ async def _until(condition: Any, timeout: float, what: Any) -> None:
         await asyncio.sleep(0.1)
 
 
+def _one_partition(broker: EmbeddedBroker, tmp_path: Path) -> Any:
+    settings = isolated_settings(broker, tmp_path, partitions=1, web_enabled=False)
+    kafka_tools.ensure_topics(settings)
+    return settings
+
+
+def _collecting_app(settings: Any, delivered: list[int]) -> Any:
+    """An app whose agent records the offsets it is handed and acks each chunk."""
+    app = create_app(settings, Role.parse("normalize"))
+
+    @app.agent(app.chunk_topic(settings.kafka.raw_topic), name="collect")
+    async def collect(stream: Any) -> None:
+        async for event in stream.events():
+            delivered.extend(record.offset for record in event.value)
+            await stream.ack(event)
+
+    return app
+
+
 def test_records_fetched_while_the_flow_is_held_are_fetched_again(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
-    settings = isolated_settings(broker, tmp_path, partitions=1, web_enabled=False)
-    kafka_tools.ensure_topics(settings)
+    settings = _one_partition(broker, tmp_path)
     topic = settings.kafka.raw_topic
     _produce(broker.bootstrap, topic, 0, RECORDS)
     delivered: list[int] = []
 
     async def run() -> None:
-        app = create_app(settings, Role.parse("normalize"))
-
-        @app.agent(app.chunk_topic(topic), name="collect")
-        async def collect(stream: Any) -> None:
-            async for event in stream.events():
-                delivered.extend(record.offset for record in event.value)
-                await stream.ack(event)
+        app = _collecting_app(settings, delivered)
 
         hold = FlowHold(app.consumer, 0.5)
 
@@ -137,19 +149,12 @@ def test_records_between_the_read_offset_and_a_late_fetch_are_not_skipped(
     # transaction markers had left them empty): its ack committed them unprocessed.
     # Seen in test_scale_out: one partition lost 31 to 49 consecutive offsets when a
     # worker joined.  Here the fetch position is moved ahead of the read offset by hand.
-    settings = isolated_settings(broker, tmp_path, partitions=1, web_enabled=False)
-    kafka_tools.ensure_topics(settings)
+    settings = _one_partition(broker, tmp_path)
     topic = settings.kafka.raw_topic
     delivered: list[int] = []
 
     async def run() -> None:
-        app = create_app(settings, Role.parse("normalize"))
-
-        @app.agent(app.chunk_topic(topic), name="collect")
-        async def collect(stream: Any) -> None:
-            async for event in stream.events():
-                delivered.extend(record.offset for record in event.value)
-                await stream.ack(event)
+        app = _collecting_app(settings, delivered)
 
         await app.start()
         try:
