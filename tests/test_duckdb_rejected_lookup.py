@@ -24,7 +24,7 @@ import pytest
 from mappers.deadletter import rejection_id
 from sinks.duckdb import DuckDBSettings, DuckDBSink
 from sinks.settings import Settings
-from tests.conftest import warehouse_rows
+from tests.conftest import stored_dead_letter, warehouse_rows
 
 #: Rows already in rejected_events: eight of DuckDB's 122,880-row groups and more.
 HISTORY = 1_000_000
@@ -71,19 +71,6 @@ def _table_scans(node: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def _letter(offset: int, reason: str = "invalid_json") -> dict[str, Any]:
-    return {
-        "rejection_id": rejection_id("normalize", "raw", 0, offset, None, None),
-        "reason": reason,
-        "stage": "normalize",
-        "raw_payload": "{",
-        "raw_encoding": "utf-8",
-        "source_topic": "raw",
-        "source_partition": 0,
-        "source_offset": offset,
-    }
-
-
 def _warehouse_with_history(tmp_path: Path) -> tuple[DuckDBSink, Path]:
     """A sink on a file whose rejected_events holds HISTORY letters at offsets 0.."""
     path = tmp_path / "wh.duckdb"
@@ -125,7 +112,9 @@ def test_dead_letters_read_only_the_row_groups_of_their_offsets(
     sink.open()
     profiles = DeleteProfiles(sink._con, tmp_path / "profile.json")  # type: ignore[arg-type]
     sink._con = profiles  # type: ignore[assignment]
-    sink.write_rejected([_letter(first_offset + i, "schema_violation") for i in range(50)])
+    sink.write_rejected(
+        [stored_dead_letter(first_offset + i, "schema_violation") for i in range(50)]
+    )
     sink.close()
 
     scans = [
@@ -146,8 +135,11 @@ def test_dead_letters_read_only_the_row_groups_of_their_offsets(
 def test_a_redelivered_dead_letter_still_replaces_its_row(tmp_path: Path) -> None:
     sink, path = _warehouse_with_history(tmp_path)
     # Old offsets far apart (the first and a middle row group) and a new one, in one batch.
-    old = [_letter(7, "schema_violation"), _letter(HISTORY // 2, "schema_violation")]
-    sink.write_rejected([*old, _letter(HISTORY)])
+    old = [
+        stored_dead_letter(7, "schema_violation"),
+        stored_dead_letter(HISTORY // 2, "schema_violation"),
+    ]
+    sink.write_rejected([*old, stored_dead_letter(HISTORY)])
     sink.close()
     assert warehouse_rows(
         path,
@@ -163,8 +155,8 @@ def test_a_redelivered_dead_letter_still_replaces_its_row(tmp_path: Path) -> Non
 
 def test_letters_without_an_offset_are_matched_on_their_id_alone(tmp_path: Path) -> None:
     sink, path = _warehouse_with_history(tmp_path)
-    hand_made = {**_letter(3, "schema_violation"), "source_offset": None}
-    sink.write_rejected([hand_made, _letter(HISTORY)])
+    hand_made = {**stored_dead_letter(3, "schema_violation"), "source_offset": None}
+    sink.write_rejected([hand_made, stored_dead_letter(HISTORY)])
     sink.close()
     assert warehouse_rows(
         path,
@@ -181,8 +173,8 @@ def test_a_letter_whose_id_is_not_its_coordinates_hash_is_searched_for_everywher
     # offset far from the stored row that has that id.
     sink, path = _warehouse_with_history(tmp_path)
     foreign = {
-        **_letter(HISTORY + 5, "schema_violation"),
-        "rejection_id": _letter(3)["rejection_id"],
+        **stored_dead_letter(HISTORY + 5, "schema_violation"),
+        "rejection_id": stored_dead_letter(3)["rejection_id"],
     }
     sink.write_rejected([foreign])
     sink.close()
