@@ -33,9 +33,10 @@ from faust import Schema
 from faust.transport.consumer import Consumer as _BaseConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
-from faust.types.tuples import ConsumerMessage
+from faust.types.tuples import ConsumerMessage, ack_lock
 from faust.utils.functional import consecutive_numbers
 from mode import Service
+from mode.utils.futures import notify
 
 
 class ChunkMessage(ConsumerMessage):
@@ -76,6 +77,15 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
     def ack(self, message: Any) -> bool:
         if not isinstance(message, ChunkMessage):
             return super().ack(message)
+        # As Faust's own ack: one step under ack_lock (the bookkeeping is shared by
+        # every message), and a wake-up for a rebalance or stop waiting on acks.
+        with ack_lock:
+            try:
+                return self._ack_chunk(message)
+            finally:
+                notify(self._waiting_for_ack)
+
+    def _ack_chunk(self, message: ChunkMessage) -> bool:
         if message.acked:
             return False
         message.acked = True

@@ -177,3 +177,43 @@ def test_records_between_the_read_offset_and_a_late_fetch_are_not_skipped(
             await app.stop()
 
     asyncio.run(run())
+
+
+def test_a_rebalance_waiting_for_a_chunk_ends_when_the_chunk_is_acked(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    # A rebalance (and a stop) first waits for every handed-over record to be acked
+    # (Faust's wait_empty).  It sleeps until an ack wakes it, or a second passes.
+    # A chunk's ack has to wake it as a record's ack does, or every rebalance with
+    # a write in flight waits out the second.
+    settings = _one_partition(broker, tmp_path)
+    topic = settings.kafka.raw_topic
+    _produce(broker.bootstrap, topic, 0, 10)
+    delivered: list[int] = []
+    release = asyncio.Event()
+
+    async def run() -> float:
+        app = create_app(settings, Role.parse("normalize"))
+
+        @app.agent(app.chunk_topic(topic), name="collect")
+        async def collect(stream: Any) -> None:
+            async for event in stream.events():
+                delivered.extend(record.offset for record in event.value)
+                await release.wait()  # a write in flight
+                await stream.ack(event)
+
+        await app.start()
+        try:
+            await _until(lambda: delivered, 30, lambda: "no chunk was delivered")
+            waiting = asyncio.ensure_future(app.consumer.wait_empty())
+            await asyncio.sleep(0.1)
+            assert not waiting.done(), "wait_empty did not wait for the chunk in flight"
+            acked_at = time.monotonic()
+            release.set()
+            await asyncio.wait_for(waiting, 5)
+            return time.monotonic() - acked_at
+        finally:
+            await app.stop()
+
+    after_ack = asyncio.run(run())
+    assert after_ack < 0.5, f"the rebalance went on waiting {after_ack:.2f} s after the ack"
