@@ -46,3 +46,11 @@ class DuckDBSettings(SinkSection):
         "for idle_release_seconds, stops or erases. always: at every checkpoint (DuckDB's "
         "own policy).",
     )
+    max_merge_deferral_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="With merge_row_groups = when_idle, how long merging may wait for an idle "
+        "moment once a large hold deferred it. Until then a small hold ends without merges "
+        "too, because its checkpoint would do all the deferred merging under load (seconds); "
+        "after it, the next small hold merges. 0 = small holds always merge.",
+    )
