@@ -81,9 +81,9 @@ log = logging.getLogger("etl.sinks.duckdb")
 READ_REQUEST_TTL = 10.0
 READER_GRACE = 1.0
 #: With ``merge_row_groups = when_idle``, a hold that wrote fewer ``events`` rows than
-#: a quarter of DuckDB's row group (122,880) still merges: a slow stream that never idles
-#: would otherwise leave a tiny row group per hold, and merging them costs little - unless
-#: larger holds left their merging for later (``_may_merge_now``).
+#: a quarter of DuckDB's row group (122,880) may still merge, now and then
+#: (``_may_merge_now``): a slow stream that never idles would otherwise leave a small
+#: row group per hold for good.
 #: (Half a row group let 9,000 events/s in 5 s holds fall just short, and merge.)
 MIN_UNMERGED_HOLD_ROWS = 30_720
 
@@ -340,8 +340,8 @@ class DuckDBSink(Sink):
         self._con: duckdb.DuckDBPyConnection | None = None
         self._opened_at = 0.0
         self._hold_rows = 0  # events rows written since the file was opened
-        #: When a close first left merging for later, since the last close that merged.
-        self._merges_deferred_since: float | None = None
+        #: When a close last merged row groups (or the sink started).
+        self._merged_at = time.monotonic()
         self._last_write: float | None = None  # when the last transaction ended (monotonic)
         self._calls = threading.RLock()
         self._initialised = False
@@ -420,9 +420,7 @@ class DuckDBSink(Sink):
                         # A failed connection may refuse even this; it closes all the same.
                         with contextlib.suppress(duckdb.Error):
                             self._con.execute("RESET max_vacuum_tasks")
-                        self._merges_deferred_since = None
-                    elif self._merges_deferred_since is None:
-                        self._merges_deferred_since = time.monotonic()
+                        self._merged_at = time.monotonic()
                 self._con.close()
             finally:
                 self._con = None
@@ -639,19 +637,16 @@ class DuckDBSink(Sink):
             self.close(merge=self._hold_rows < MIN_UNMERGED_HOLD_ROWS and self._may_merge_now())
 
     def _may_merge_now(self) -> bool:
-        """A small hold's close under load may merge: nothing is deferred, or it has
-        waited ``max_merge_deferral_seconds`` for an idle close.
+        """A small hold's close under load may merge: the last close that merged was
+        ``max_merge_deferral_seconds`` ago or more.
 
-        A checkpoint that merges folds every small row group in the file, so after
-        large holds it would do all their deferred merging, under load (1.6 s against
-        0.16 for a 20,000-row hold after 360,000 unmerged rows, on the machine of
-        2026-12-08; the benchmark's quarter-load p99 was 5.9 s).
+        A merging checkpoint rewrites the table's row groups that are not full, up to
+        122,880 rows each, whatever this hold wrote: closes of 27,000-row holds that
+        rewrote a larger row group took 0.72-2.69 s, the others 0.23-0.86 s (machine
+        of 2026-12-08),
+        and the benchmark's quarter-load p99 was 5.9 s.
         """
-        since = self._merges_deferred_since
-        return (
-            since is None
-            or time.monotonic() - since >= self.settings.duckdb.max_merge_deferral_seconds
-        )
+        return time.monotonic() - self._merged_at >= self.settings.duckdb.max_merge_deferral_seconds
 
     def _rollback(self, con: duckdb.DuckDBPyConnection) -> None:
         try:

@@ -49,8 +49,8 @@ class DuckDBSettings(SinkSection):
     max_merge_deferral_seconds: float = Field(
         600.0,
         ge=0,
-        description="With merge_row_groups = when_idle, how long merging may wait for an idle "
-        "moment once a large hold deferred it. Until then a small hold ends without merges "
-        "too, because its checkpoint would do all the deferred merging under load (seconds); "
-        "after it, the next small hold merges. 0 = small holds always merge.",
+        description="With merge_row_groups = when_idle, how long holds under load go without "
+        "merging: a hold of fewer than 30,720 events rows merges only when no close has "
+        "merged for this long (a merging checkpoint rewrites every row group that is not "
+        "full, seconds under load). 0 = small holds always merge.",
     )
