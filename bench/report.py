@@ -376,7 +376,7 @@ def chart_figure(doc: dict[str, Any]) -> Any:
         labels = [
             s.replace(" held", "\nheld")
             .replace(", 16 MB checkpoints", "\n16 MB")
-            .replace(", merges always", "\nmerge always")
+            .replace(", merges always", "\nmerges\nalways")
             for s in sizes
         ]
         bars = right.bar(labels, rates, color=colors)
