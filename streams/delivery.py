@@ -44,6 +44,25 @@ T = TypeVar("T")
 #: How long a cancelled delivery waits for the sink call in progress to end.
 WRITE_GRACE_SECONDS = 30.0
 
+
+async def sink_call_in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run a sink call in a thread; on cancellation, let it finish before passing it on.
+
+    A call in progress is not abandoned under the sink's feet: a write's
+    connection, or one an open is setting up, is closed next; a batch stays
+    unacked either way.
+    """
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    # Its outcome is read even when nobody awaits it any more (no "never retrieved").
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait({task}, timeout=WRITE_GRACE_SECONDS)
+        raise
+
+
 #: What a dead letter the warehouse refuses as it is keeps (its identity, reason and source).
 REDUCED_DEAD_LETTER_FIELDS = frozenset(
     {
@@ -164,7 +183,7 @@ class Deliverer:
             self._check_stopping()
             started = time.monotonic()
             try:
-                result = await self._in_thread(write, events)
+                result = await sink_call_in_thread(write, events)
             except asyncio.CancelledError:
                 raise
             except RetryableSinkError as exc:
@@ -273,23 +292,6 @@ class Deliverer:
             metrics.BACKPRESSURE_SECONDS.labels(self.name).inc(delay)
             attempt += 1
 
-    @staticmethod
-    async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
-        """Run a sink call in a thread; on cancellation, let it finish before passing it on.
-
-        A write in progress is not abandoned under the sink's feet (its
-        connection is closed next); its batch stays unacked either way.
-        """
-        task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-        # Its outcome is read even when nobody awaits it any more (no "never retrieved").
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait({task}, timeout=WRITE_GRACE_SECONDS)
-            raise
-
     def _check_stopping(self) -> None:
         if self.stopping.is_set():
             raise DeliveryInterrupted(f"sink {self.name}: shutting down")
@@ -305,7 +307,7 @@ class Deliverer:
     async def _probe(self) -> str | None:
         """None if a known-good write succeeds; else the environment fault it met."""
         try:
-            await self._in_thread(self.sink.probe)
+            await sink_call_in_thread(self.sink.probe)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of a known-good write
@@ -379,7 +381,7 @@ class Deliverer:
         while True:
             self._check_stopping()
             try:
-                await self._in_thread(write, [reduced])
+                await sink_call_in_thread(write, [reduced])
                 return
             except asyncio.CancelledError:
                 raise

@@ -36,7 +36,7 @@ from mappers.models import KNOWN_EVENTS
 from mappers.normalize import Normalizer, dumps_event
 from mappers.suppression import SuppressionList, rejection_suppressed
 from streams import metrics
-from streams.delivery import Deliverer
+from streams.delivery import Deliverer, sink_call_in_thread
 from streams.outputs import DeadLetterItem, DeadLetters, OutMessage
 from streams.retry import RetryPolicy, until_done
 
@@ -302,8 +302,8 @@ class SinkStage:
 
         async def open_and_release() -> None:
             async with self._lock:
-                await asyncio.to_thread(self.sink.open)
-                await asyncio.to_thread(self.sink.on_idle)
+                await sink_call_in_thread(self.sink.open)
+                await sink_call_in_thread(self.sink.on_idle)
 
         await until_done(
             open_and_release, what=f"{self.name}: opening the destination", policy=self.policy
@@ -385,8 +385,8 @@ class SinkStage:
         (file locks, buffers).
         """
         async with self._lock:
-            await asyncio.to_thread(self.sink.on_idle)
+            await sink_call_in_thread(self.sink.on_idle)
 
     async def close(self) -> None:
         async with self._lock:
-            await asyncio.to_thread(self.sink.close)
+            await sink_call_in_thread(self.sink.close)

@@ -8,7 +8,9 @@ the Kafka output, a memory of the messages the stages would produce.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
+from typing import Any
 
 import faust
 import orjson
@@ -16,6 +18,7 @@ import pytest
 
 from mappers.envelope import EVENTS_HEADER, split_unified
 from ops.inprocess import Record
+from sinks.base import Capabilities, Sink, WriteResult
 from sinks.duckdb import DuckDBSettings, DuckDBSink
 from sinks.settings import Settings
 from streams.outputs import DeadLetters, MemoryOutput
@@ -180,3 +183,61 @@ def test_the_sink_stage_gates_and_redacts_off_the_event_loop(tmp_path: Path) -> 
     loop_thread = asyncio.run(run())
     assert threads and all(t is not loop_thread for t in threads), threads
     assert warehouse_rows(settings.duckdb.path, "SELECT count(*) FROM events") == [(3,)]
+
+
+class _TimedSink(Sink):
+    """A destination whose connect and idle release take a while, and that records
+    when each of its calls ran (stage.close must not overlap them)."""
+
+    name = "timed"
+
+    def __init__(self, settings: Settings, seconds: float) -> None:
+        super().__init__(settings)
+        self.seconds = seconds
+        self.calls: list[tuple[str, float, float]] = []
+
+    @classmethod
+    def declare_capabilities(cls, settings: Settings) -> Capabilities:
+        return Capabilities()
+
+    def _timed(self, what: str, seconds: float) -> None:
+        began = time.monotonic()
+        time.sleep(seconds)
+        self.calls.append((what, began, time.monotonic()))
+
+    def open(self) -> None:
+        self._timed("open", self.seconds)
+
+    def on_idle(self) -> None:
+        self._timed("on_idle", self.seconds)
+
+    def close(self) -> None:
+        self._timed("close", 0)
+
+    def write(self, events: list[dict[str, Any]]) -> WriteResult:
+        return WriteResult(written=len(events))
+
+
+@pytest.mark.parametrize("step", ["open", "idle"])
+def test_a_cancelled_open_or_idle_finishes_before_the_stage_closes_the_sink(
+    tmp_path: Path, step: str
+) -> None:
+    # A worker that stops cancels whatever the sink stage is doing, then closes it.
+    # The sink call of a cancelled open or idle goes on in its thread; a close
+    # alongside it would, say, drop a connection that open then sets up and leaks.
+    settings = Settings(sinks=["duckdb"], duckdb=DuckDBSettings(path=tmp_path / "wh.duckdb"))
+    sink = _TimedSink(settings, seconds=0.4)
+    stage = SinkStage(settings, sink, DeadLetters(MemoryOutput(), settings))
+
+    async def run() -> None:
+        task = asyncio.ensure_future(stage.open() if step == "open" else stage.idle())
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await stage.close()
+
+    asyncio.run(run())
+    (first, _, first_end), (last, close_began, _) = sink.calls[0], sink.calls[-1]
+    assert (first, last) == ("open" if step == "open" else "on_idle", "close"), sink.calls
+    assert close_began >= first_end, f"close ran {first_end - close_began:.2f} s into {first}"
