@@ -584,14 +584,27 @@ class DuckDBSink(Sink):
                 for c in columns
             )
             cur = con.execute(
-                f"SELECT {select} FROM {quote(table)} "
+                f"SELECT rowid, {select} FROM {quote(table)} "
                 f"WHERE {quote(key[0])} IN (SELECT unnest(?::VARCHAR[]))",
                 [keys],
             )
-            existing = [
-                dict(zip([c.name for c in columns], r, strict=True)) for r in cur.fetchall()
-            ]
-            self._upsert(con, table, columns, merge(events, existing, now), key)
+            names = [c.name for c in columns]
+            existing: list[dict[str, Any]] = []
+            stored: dict[Any, list[int]] = {}
+            for rowid, *values in cur.fetchall():
+                row = dict(zip(names, values, strict=True))
+                existing.append(row)
+                stored.setdefault(row[key[0]], []).append(rowid)
+            rows = merge(events, existing, now)
+            # The rows to replace were just read, in this transaction: deleting them by
+            # rowid reads one row group each, where a join on the key would scan the
+            # whole column again (random ids, no index: 61 ms at 2M users).
+            replaced = [rowid for row in rows for rowid in stored.get(row[key[0]], ())]
+            if replaced:
+                con.execute(
+                    f"DELETE FROM {quote(table)} WHERE rowid = ANY(?::BIGINT[])", [replaced]
+                )
+            self._upsert(con, table, columns, rows, key, delete=False)
 
     @_one_call_at_a_time
     def write_rejected(self, records: list[dict[str, Any]]) -> None:

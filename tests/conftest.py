@@ -8,6 +8,7 @@ other's data.  Workers are the real ``etl worker`` processes.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 # Tests must not inherit a developer's configuration.
@@ -169,3 +171,44 @@ def warehouse_lock_held(path: Path, seconds: float) -> Iterator[subprocess.Popen
         yield holder
     finally:
         holder.wait(timeout=60)
+
+
+class DeleteProfiles:
+    """The sink's connection, with DuckDB's profile of each DELETE it runs kept.
+
+    Only observes: every call goes to the real connection.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, out: Path) -> None:
+        self._con = con
+        self._out = out
+        self.scans: list[dict[str, Any]] = []
+        con.execute("PRAGMA enable_profiling = 'json'")
+        con.execute(f"PRAGMA profiling_output = '{out}'")
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        result = self._con.execute(sql, *args)
+        if sql.lstrip().upper().startswith("DELETE"):
+            # A DELETE ... RETURNING runs as its rows are fetched.
+            rows = result.fetchall()
+            self.scans.extend(table_scans(json.loads(self._out.read_text())))
+            return _Fetched(rows)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+
+class _Fetched:
+    def __init__(self, rows: list[Any]) -> None:
+        self._rows = rows
+
+    def fetchall(self) -> list[Any]:
+        return self._rows
+
+
+def table_scans(node: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [node] if node.get("name") == "SEQ_SCAN" else []
+    for child in node.get("operator", []) + node.get("children", []):
+        found += table_scans(child)
+    return found

@@ -14,9 +14,7 @@ that replacing still replaces.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pytest
@@ -24,51 +22,10 @@ import pytest
 from mappers.deadletter import rejection_id
 from sinks.duckdb import DuckDBSettings, DuckDBSink
 from sinks.settings import Settings
-from tests.conftest import stored_dead_letter, warehouse_rows
+from tests.conftest import DeleteProfiles, stored_dead_letter, warehouse_rows
 
 #: Rows already in rejected_events: eight of DuckDB's 122,880-row groups and more.
 HISTORY = 1_000_000
-
-
-class DeleteProfiles:
-    """The sink's connection, with DuckDB's profile of each DELETE it runs kept.
-
-    Only observes: every call goes to the real connection.
-    """
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, out: Path) -> None:
-        self._con = con
-        self._out = out
-        self.scans: list[dict[str, Any]] = []
-        con.execute("PRAGMA enable_profiling = 'json'")
-        con.execute(f"PRAGMA profiling_output = '{out}'")
-
-    def execute(self, sql: str, *args: Any) -> Any:
-        result = self._con.execute(sql, *args)
-        if sql.lstrip().upper().startswith("DELETE"):
-            # A DELETE ... RETURNING runs as its rows are fetched.
-            rows = result.fetchall()
-            self.scans.extend(_table_scans(json.loads(self._out.read_text())))
-            return _Fetched(rows)
-        return result
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._con, name)
-
-
-class _Fetched:
-    def __init__(self, rows: list[Any]) -> None:
-        self._rows = rows
-
-    def fetchall(self) -> list[Any]:
-        return self._rows
-
-
-def _table_scans(node: dict[str, Any]) -> list[dict[str, Any]]:
-    found = [node] if node.get("name") == "SEQ_SCAN" else []
-    for child in node.get("operator", []) + node.get("children", []):
-        found += _table_scans(child)
-    return found
 
 
 def _warehouse_with_history(tmp_path: Path) -> tuple[DuckDBSink, Path]:
