@@ -212,3 +212,20 @@ def table_scans(node: dict[str, Any]) -> list[dict[str, Any]]:
     for child in node.get("operator", []) + node.get("children", []):
         found += table_scans(child)
     return found
+
+
+def warehouse_filled_by(tmp_path: Path, sql: str) -> tuple[Any, Path]:
+    """A DuckDB sink (held file) on a fresh warehouse with its tables, after ``sql``
+    filled them by hand; returns the sink and the file."""
+    from sinks.duckdb import DuckDBSink
+
+    path = tmp_path / "wh.duckdb"
+    sink = DuckDBSink(Settings(duckdb=DuckDBSettings(path=path, max_hold_seconds=3600)))
+    sink.open()
+    sink.close()
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(sql)
+    finally:
+        con.close()
+    return sink, path

@@ -14,12 +14,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import duckdb
 import orjson
 
-from sinks.duckdb import DuckDBSettings, DuckDBSink
-from sinks.settings import Settings
-from tests.conftest import DeleteProfiles, warehouse_rows
+from tests.conftest import DeleteProfiles, warehouse_filled_by, warehouse_rows
 from tests.test_snowflake_sink import unified
 
 #: Users already stored: five of DuckDB's 122,880-row groups.
@@ -39,20 +36,15 @@ def _identify(message_id: str, user_id: str) -> bytes:
 
 
 def test_an_identify_replaces_its_users_row_reading_only_its_row_group(tmp_path: Path) -> None:
-    path = tmp_path / "wh.duckdb"
-    sink = DuckDBSink(Settings(duckdb=DuckDBSettings(path=path, max_hold_seconds=3600)))
-    sink.open()
-    sink.close()
-    con = duckdb.connect(str(path))
-    con.execute(
+    sink, path = warehouse_filled_by(
+        tmp_path,
         "INSERT INTO users (user_id, traits, workspace_id, first_identified_at, "
         "last_identified_at, last_message_id, trait_versions) "
         "SELECT md5(i::VARCHAR), '{\"plan\": \"free\"}', 'ws', "
         "TIMESTAMPTZ '2026-11-01 00:00:00+00', TIMESTAMPTZ '2026-11-01 00:00:00+00', 'm-' || i, "
         '\'{"plan": ["2026-11-01T00:00:00Z", "m-\' || i || \'"]}\' '
-        f"FROM range({HISTORY}) t(i)"
+        f"FROM range({HISTORY}) t(i)",
     )
-    con.close()
 
     sink.open()
     profiles = DeleteProfiles(sink._con, tmp_path / "profile.json")  # type: ignore[arg-type]

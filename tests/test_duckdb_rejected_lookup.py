@@ -20,9 +20,13 @@ import duckdb
 import pytest
 
 from mappers.deadletter import rejection_id
-from sinks.duckdb import DuckDBSettings, DuckDBSink
-from sinks.settings import Settings
-from tests.conftest import DeleteProfiles, stored_dead_letter, warehouse_rows
+from sinks.duckdb import DuckDBSink
+from tests.conftest import (
+    DeleteProfiles,
+    stored_dead_letter,
+    warehouse_filled_by,
+    warehouse_rows,
+)
 
 #: Rows already in rejected_events: eight of DuckDB's 122,880-row groups and more.
 HISTORY = 1_000_000
@@ -30,20 +34,14 @@ HISTORY = 1_000_000
 
 def _warehouse_with_history(tmp_path: Path) -> tuple[DuckDBSink, Path]:
     """A sink on a file whose rejected_events holds HISTORY letters at offsets 0.."""
-    path = tmp_path / "wh.duckdb"
-    sink = DuckDBSink(Settings(duckdb=DuckDBSettings(path=path, max_hold_seconds=3600)))
-    sink.open()
-    sink.close()
-    con = duckdb.connect(str(path))
     # The ids the normalize stage would give letters at these offsets (sha256, cut to 32).
-    con.execute(
+    return warehouse_filled_by(
+        tmp_path,
         "INSERT INTO rejected_events (rejection_id, reason, stage, raw_payload, raw_encoding, "
         "source_topic, source_partition, source_offset) "
         "SELECT substr(sha256('normalize|raw|0|' || i || '||'), 1, 32), 'invalid_json', "
-        f"'normalize', '{{', 'utf-8', 'raw', 0, i FROM range({HISTORY}) t(i)"
+        f"'normalize', '{{', 'utf-8', 'raw', 0, i FROM range({HISTORY}) t(i)",
     )
-    con.close()
-    return sink, path
 
 
 def test_the_id_rule_the_history_uses_is_the_stages() -> None:
