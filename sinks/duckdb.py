@@ -415,12 +415,11 @@ class DuckDBSink(Sink):
         """
         if self._con is not None:
             try:
-                if self.settings.duckdb.merge_row_groups == "when_idle":
-                    if merge:
-                        # A failed connection may refuse even this; it closes all the same.
-                        with contextlib.suppress(duckdb.Error):
-                            self._con.execute("RESET max_vacuum_tasks")
-                        self._merged_at = time.monotonic()
+                if merge and self.settings.duckdb.merge_row_groups == "when_idle":
+                    # A failed connection may refuse even this; it closes all the same.
+                    with contextlib.suppress(duckdb.Error):
+                        self._con.execute("RESET max_vacuum_tasks")
+                    self._merged_at = time.monotonic()
                 self._con.close()
             finally:
                 self._con = None
@@ -656,8 +655,7 @@ class DuckDBSink(Sink):
         A merging checkpoint rewrites the table's row groups that are not full, up to
         122,880 rows each, whatever this hold wrote: closes of 27,000-row holds that
         rewrote a larger row group took 0.72-2.69 s, the others 0.23-0.86 s (machine
-        of 2026-12-08),
-        and the benchmark's quarter-load p99 was 5.9 s.
+        of 2026-12-08), and the benchmark's quarter-load p99 was 5.9 s.
         """
         return time.monotonic() - self._merged_at >= self.settings.duckdb.max_merge_deferral_seconds
 

@@ -41,7 +41,8 @@ from streams.retry import backoff
 log = logging.getLogger("etl.delivery")
 T = TypeVar("T")
 
-#: How long a cancelled delivery waits for the sink call in progress to end.
+#: How long a cancelled sink call (a write, a probe, an open) is waited for before the
+#: cancellation passes on.
 WRITE_GRACE_SECONDS = 30.0
 
 

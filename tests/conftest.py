@@ -31,7 +31,7 @@ from etl.compiled import stale_modules  # noqa: E402
 from etl.config import KafkaSettings  # noqa: E402
 from ops.harness.broker import EmbeddedBroker  # noqa: E402
 from ops.harness.local_pipeline import LocalPipeline  # noqa: E402
-from sinks.duckdb import DuckDBSettings  # noqa: E402
+from sinks.duckdb import DuckDBSettings, DuckDBSink  # noqa: E402
 from sinks.settings import Settings  # noqa: E402
 
 
@@ -214,11 +214,9 @@ def table_scans(node: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def warehouse_filled_by(tmp_path: Path, sql: str) -> tuple[Any, Path]:
+def warehouse_filled_by(tmp_path: Path, sql: str) -> tuple[DuckDBSink, Path]:
     """A DuckDB sink (held file) on a fresh warehouse with its tables, after ``sql``
     filled them by hand; returns the sink and the file."""
-    from sinks.duckdb import DuckDBSink
-
     path = tmp_path / "wh.duckdb"
     sink = DuckDBSink(Settings(duckdb=DuckDBSettings(path=path, max_hold_seconds=3600)))
     sink.open()

@@ -129,8 +129,8 @@ def test_when_idle_a_large_hold_never_rewrites_stored_row_groups_and_idle_merges
 def test_when_idle_small_holds_under_load_merge_now_and_then(tmp_path: Path) -> None:
     # A merging checkpoint rewrites every row group that is not full (closes of
     # 27,000-row holds that rewrote a larger row group took 0.72-2.69 s, the
-    # others 0.23-0.86 s), so
-    # under load small holds merge only once per max_merge_deferral_seconds ...
+    # others 0.23-0.86 s), so under load small holds merge only once per
+    # max_merge_deferral_seconds ...
     path = tmp_path / "wh.duckdb"
     rows = 2000
     sink, batch = _hold_after_hold(path, "when_idle", holds=3, rows=rows)
